@@ -1,0 +1,313 @@
+"""Datasets as in-memory uint8 tensors, their statistics, and batched augmentation.
+
+CIFAR-10 and Fashion-MNIST are small enough to hold in memory (150 MB and 180 MB as uint8),
+so batches are cut from one tensor and augmented on the device in one vectorised step instead
+of per-image PIL transforms in data-loader workers, which on a 2-core machine cost more than
+the network itself. Everything that knows a dataset's mean, std, class names or file layout
+lives here; other modules work on normalized batches.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.error import URLError
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from PIL import Image, UnidentifiedImageError
+
+from errors import UserError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about the data it was trained on."""
+
+    name: str
+    classes: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int = 32
+    grayscale: bool = False
+    pad: int = 0              # border added around the source images (Fashion-MNIST 28 -> 32)
+    crop_padding: int = 4     # random-crop padding for training augmentation
+    hflip: bool = True
+
+    def as_meta(self) -> dict:
+        """The fields a checkpoint records so that test mode needs no dataset flag."""
+        return {"dataset": self.name, "classes": list(self.classes), "mean": list(self.mean),
+                "std": list(self.std), "input_size": self.input_size}
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(
+        name="cifar10",
+        classes=("airplane", "automobile", "bird", "cat", "deer",
+                 "dog", "frog", "horse", "ship", "truck"),
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+    ),
+    # Statistics of the 28x28 images zero-padded to 32x32, measured on the 60k training images.
+    "fashion_mnist": DatasetInfo(
+        name="fashion_mnist",
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        mean=(0.2190, 0.2190, 0.2190),
+        std=(0.3318, 0.3318, 0.3318),
+        grayscale=True,
+        pad=2,
+        crop_padding=2,
+    ),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The registered dataset called ``name``."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UserError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})") from None
+
+
+def info_from_meta(meta: dict) -> DatasetInfo:
+    """The dataset a checkpoint was trained on, with the statistics the checkpoint recorded."""
+    base = DATASETS.get(meta.get("dataset", "cifar10"), DATASETS["cifar10"])
+    classes = tuple(meta.get("classes") or base.classes)
+    return DatasetInfo(
+        name=meta.get("dataset", base.name), classes=classes,
+        mean=tuple(meta.get("mean") or base.mean), std=tuple(meta.get("std") or base.std),
+        input_size=int(meta.get("input_size") or base.input_size), grayscale=base.grayscale,
+        pad=base.pad, crop_padding=base.crop_padding, hflip=base.hflip)
+
+
+# --------------------------------------------------------------------------------------------
+# Normalization
+
+
+def _stats(info: DatasetInfo, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(info.mean, dtype=like.dtype, device=like.device).view(-1, 1, 1)
+    std = torch.tensor(info.std, dtype=like.dtype, device=like.device).view(-1, 1, 1)
+    return mean, std
+
+
+def normalize(pixels: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    """Pixel space ``[0, 1]`` -> the network's input space."""
+    mean, std = _stats(info, pixels)
+    return (pixels - mean) / std
+
+
+def denormalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+    """The network's input space -> pixel space ``[0, 1]`` (not clamped)."""
+    mean, std = _stats(info, images)
+    return images * std + mean
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class ImageSplit:
+    """One split of a dataset: ``images`` uint8 ``[N, 3, S, S]``, ``labels`` long ``[N]``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    info: DatasetInfo
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int) -> "ImageSplit":
+        """The first ``n`` samples (all of them when ``n`` is larger)."""
+        return ImageSplit(self.images[:n], self.labels[:n], self.info)
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one uint8 array in the MNIST idx format, gzipped or plain."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
+        raise UserError(f"{path} is not a uint8 idx file (bad header)")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != int(np.prod(dims)):
+        raise UserError(f"{path} is truncated or corrupt: header says {dims}, "
+                        f"{len(raw) - offset} bytes of data")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _download(fetch: Callable[[], object], what: str, url: str, folder: Path) -> None:
+    """Run a torchvision download; turn a network failure into one line that says what to do."""
+    try:
+        fetch()
+    except (URLError, RuntimeError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what} is not in {folder} and downloading it from {url} failed "
+                        f"({reason[:100]}); download it on a machine with network and put the "
+                        f"extracted files in {folder}") from None
+
+
+def _fashion_mnist_folders(data_dir: Path) -> list[Path]:
+    return [data_dir / "FashionMNIST" / "raw", data_dir / "fashion-mnist", data_dir,
+            DEBIAN_FASHION_MNIST]
+
+
+def load_fashion_mnist(data_dir: str | os.PathLike, train: bool) -> ImageSplit:
+    """Fashion-MNIST from raw idx files (gzipped or not), downloading through torchvision.
+
+    Looked for, in order: ``DATA_DIR/FashionMNIST/raw`` (torchvision's layout),
+    ``DATA_DIR/fashion-mnist``, ``DATA_DIR`` itself, and the Debian package's folder
+    ``/usr/share/datasets/fashion-mnist``.
+    """
+    data_dir = Path(data_dir)
+    prefix = "train" if train else "t10k"
+    stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+
+    def locate() -> tuple[Path, Path] | None:
+        for folder in _fashion_mnist_folders(data_dir):
+            found = [_find_idx(folder, s) for s in stems]
+            if all(found):
+                return found[0], found[1]
+        return None
+
+    paths = locate()
+    if paths is None:
+        target = data_dir / "FashionMNIST" / "raw"
+        _download(lambda: torchvision.datasets.FashionMNIST(data_dir, train=train, download=True),
+                  "Fashion-MNIST", torchvision.datasets.FashionMNIST.mirrors[0], target)
+        paths = locate()
+        assert paths is not None, "torchvision reported a download but left no files"
+    images, labels = read_idx(paths[0]), read_idx(paths[1])
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise UserError(f"{paths[0].parent}: images {images.shape} and labels {labels.shape} "
+                        f"do not belong together")
+    info = DATASETS["fashion_mnist"]
+    tensor = torch.from_numpy(images.copy()).unsqueeze(1)
+    tensor = F.pad(tensor, (info.pad,) * 4).expand(-1, 3, -1, -1).contiguous()
+    return ImageSplit(tensor, torch.from_numpy(labels.astype(np.int64)), info)
+
+
+def load_cifar10(data_dir: str | os.PathLike, train: bool) -> ImageSplit:
+    """CIFAR-10 through ``torchvision.datasets.CIFAR10`` (pickled batches, MD5-checked)."""
+    data_dir = Path(data_dir)
+    cls = torchvision.datasets.CIFAR10
+    try:
+        dataset = cls(data_dir, train=train, download=False)
+    except RuntimeError:
+        _download(lambda: cls(data_dir, train=train, download=True), "CIFAR-10 (or a complete, "
+                  "uncorrupted copy of it)", cls.url, data_dir / cls.base_folder)
+        dataset = cls(data_dir, train=train, download=False)
+    images = torch.from_numpy(np.ascontiguousarray(dataset.data)).permute(0, 3, 1, 2).contiguous()
+    return ImageSplit(images, torch.tensor(dataset.targets, dtype=torch.long), DATASETS["cifar10"])
+
+
+LOADERS: dict[str, Callable[[str | os.PathLike, bool], ImageSplit]] = {
+    "cifar10": load_cifar10,
+    "fashion_mnist": load_fashion_mnist,
+}
+
+
+def load_split(name: str, data_dir: str | os.PathLike, train: bool) -> ImageSplit:
+    """The training (``train=True``) or test split of dataset ``name`` from ``data_dir``."""
+    dataset_info(name)
+    return LOADERS[name](data_dir, train)
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+
+
+def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool,
+                     generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, per image, in one step.
+
+    Equivalent to torchvision's ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()``
+    applied to each image; the random numbers come from ``generator`` (on the CPU) so a seeded
+    run is repeatable whatever the device.
+    """
+    b, _, h, w = images.shape
+    out = images
+    if padding > 0:
+        padded = F.pad(images, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
+        dx = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
+        rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
+        batch = torch.arange(b, device=images.device)[:, None, None, None]
+        chans = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+        out = padded[batch, chans, rows, cols]
+    if hflip:
+        flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)
+        out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return out
+
+
+def batches(split: ImageSplit, batch_size: int, device: torch.device, *, shuffle: bool = False,
+            augment: bool = False, generator: torch.Generator | None = None,
+            channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield normalized float batches ``(images, labels)`` on ``device``."""
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    info = split.info
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        images = split.images[idx].to(device, non_blocking=True)
+        if augment:
+            images = random_crop_flip(images, info.crop_padding, info.hflip, generator)
+        images = normalize(images.float().div_(255), info)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        yield images, split.labels[idx].to(device, non_blocking=True)
+
+
+# --------------------------------------------------------------------------------------------
+# A user's own image
+
+
+def load_image(path: str | os.PathLike, info: DatasetInfo) -> torch.Tensor:
+    """A user's image file as a pixel tensor ``[3, S, S]`` in ``[0, 1]``, shaped like the data.
+
+    Any mode PIL reads (grayscale, RGBA, palette) is converted: to RGB, or for a grayscale
+    dataset to one luminance channel resized to the source size and padded as the data was.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGBA", "LA", "P"):
+                img = img.convert("RGBA")
+                background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+                img = Image.alpha_composite(background, img)
+            img = img.convert("L" if info.grayscale else "RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+    size = info.input_size - 2 * info.pad
+    img = img.resize((size, size), Image.Resampling.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+    pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+    pixels = F.pad(pixels, (info.pad,) * 4)
+    return pixels.expand(3, -1, -1).contiguous()

@@ -1,0 +1,160 @@
+"""Command line: parse the flags and hand the work to the module that does it.
+
+Examples::
+
+    python main.py --mode train --dataset fashion_mnist --num_epochs 15
+    python main.py --mode test --save_path ./checkpoints/resnet_best.pth --vis cam --vis_num 10
+    python main.py --mode test --save_path ./checkpoints/resnet_best.pth --vis cam --hidden_strategy zero
+    python main.py --mode test --det_vis --det_img test.png
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from errors import UserError
+
+HIDDEN_STRATEGIES = ("none", "zero", "gray", "mean", "blur")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train and test a CIFAR ResNet-18, explain it with CAM / Grad-CAM, "
+                    "measure the explanations, and explain Faster R-CNN detections.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--mode", choices=("train", "test"), default="test")
+
+    g = p.add_argument_group("data and hardware")
+    g.add_argument("--dataset", choices=("cifar10", "fashion_mnist"), default=None,
+                   help="training: default cifar10; test: the checkpoint's own dataset")
+    g.add_argument("--data_dir", default="./data", help="where datasets are read/downloaded")
+    g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
+    g.add_argument("--precision", choices=("auto", "fp32"), default="auto",
+                   help="auto: bf16/fp16 autocast where the hardware has it (training, test "
+                        "accuracy, deletion/insertion); fp32: never")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out_dir", default="./results", help="where pictures and numbers go")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--batch_size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=0.1, help="peak learning rate (one-cycle)")
+    g.add_argument("--num_epochs", type=int, default=30)
+    g.add_argument("--weight_decay", type=float, default=5e-4)
+    g.add_argument("--label_smoothing", type=float, default=0.1)
+    g.add_argument("--save_path", default="./checkpoints/resnet_best.pth",
+                   help="checkpoint written by training, read by testing")
+    g.add_argument("--save_half", action="store_true",
+                   help="store the checkpoint's weights in fp16 without optimizer state")
+    g.add_argument("--log_dir", default="./logs", help="metrics.csv and training_curves.png")
+
+    g = p.add_argument_group("heatmaps")
+    g.add_argument("--vis", default="none",
+                   help="none, cam, gradcam, gradcampp; for deletion/insertion also 'all' or a "
+                        "comma list such as cam,gradcam")
+    g.add_argument("--vis_num", type=int, default=20, help="how many test images to explain")
+    g.add_argument("--target", choices=("pred", "gt"), default="pred",
+                   help="explain the predicted class or the true class")
+    g.add_argument("--target_layer", default="layer4",
+                   help="Grad-CAM layer: layer1..layer4 or any module name of the model")
+    g.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="explain your own image (repeatable)")
+
+    g = p.add_argument_group("deletion / insertion")
+    g.add_argument("--hidden_strategy", choices=HIDDEN_STRATEGIES, default="none",
+                   help="how hidden pixels are filled; anything but none runs the evaluation")
+    g.add_argument("--steps", type=int, default=100, help="points per curve minus one")
+    g.add_argument("--num_eval", type=int, default=100,
+                   help="correctly classified test images to evaluate")
+    g.add_argument("--eval_batch_size", type=int, default=256,
+                   help="masked images per forward pass")
+
+    g = p.add_argument_group("detection (Faster R-CNN)")
+    g.add_argument("--det_vis", action="store_true", help="explain Faster R-CNN detections")
+    g.add_argument("--det_img", default=None, help="one image; without it, PASCAL VOC 2007 test")
+    g.add_argument("--det_weights", default=None, help="a state-dict file for the detector")
+    g.add_argument("--det_layer", default="layer4", help="layer2, layer3 or layer4 (comma list)")
+    g.add_argument("--det_score_thresh", type=float, default=0.5)
+    g.add_argument("--det_max", type=int, default=20, help="detections explained per image")
+    g.add_argument("--det_per_box", action="store_true", help="one panel per detection too")
+    g.add_argument("--det_num", type=int, default=200, help="VOC images to process")
+    g.add_argument("--voc_path", default="./data/VOCtest_06-Nov-2007.tar",
+                   help="the VOC 2007 test tar, or an extracted VOCdevkit folder")
+    return p
+
+
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Reject flag values that cannot work, before any work starts."""
+    for name in ("batch_size", "num_epochs", "vis_num", "steps", "num_eval", "eval_batch_size",
+                 "det_max", "det_num"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.lr <= 0:
+        parser.error("--lr must be positive")
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    """Run what the flags ask for; user errors surface as ``UserError``."""
+    from runtime import resolve_device
+
+    if args.mode == "train":
+        from train import run_training
+
+        run_training(args)
+        return 0
+
+    device = resolve_device(args.device)
+    if args.det_vis:
+        import detection
+
+        return detection.run(args, device)
+
+    from data import info_from_meta, load_split
+    from model import load_model
+
+    model, meta = load_model(args.save_path, device)
+    if args.dataset and meta.get("dataset") not in (None, args.dataset):
+        raise UserError(f"checkpoint {args.save_path} was trained on {meta['dataset']}, "
+                        f"not {args.dataset}; leave --dataset out to use its own")
+    if args.dataset and "dataset" not in meta:
+        meta["dataset"] = args.dataset
+    info = info_from_meta(meta)
+    if args.image:
+        import explain
+
+        return explain.run_images(model, info, device, args)
+
+    if args.vis == "none" and args.hidden_strategy != "none":
+        raise UserError("--hidden_strategy evaluates heatmaps: name them with --vis "
+                        "(cam, gradcam, gradcampp, all or a comma list)")
+    split = load_split(info.name, args.data_dir, train=False)
+    split.info = info
+    if args.hidden_strategy != "none":
+        import evaluate
+
+        return evaluate.run(model, split, device, args)
+    if args.vis != "none":
+        import explain
+
+        return explain.run_dataset(model, split, device, args)
+    from train import run_test
+
+    run_test(model, split, device, args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    validate(args, parser)
+    try:
+        return dispatch(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
