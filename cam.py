@@ -1,0 +1,134 @@
+"""Class Activation Mapping (Zhou et al., 2016) and the machinery every explainer shares.
+
+An explainer is a callable ``(images, targets) -> heatmaps``: ``images`` a normalized batch
+``[B, 3, H, W]``, ``targets`` ``[B]`` class indices, ``heatmaps`` ``[B, H, W]`` in ``[0, 1]`` on
+the same device. The shared pieces here keep that contract in one place: finding a layer by
+name, capturing its output with a hook that is always removed, leaving the model as it was
+found, and turning raw maps into normalized heatmaps at input resolution.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from errors import UserError
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` (``layer4``, ``layer3.1.conv2``, ...)."""
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        top = [n for n, _ in model.named_children()]
+        raise UserError(f"no layer '{name}' in the model (top-level layers: {', '.join(top)})")
+    return modules[name]
+
+
+class ActivationCapture:
+    """What a forward hook saw: the layer's output, kept out of reach of in-place operations."""
+
+    def __init__(self) -> None:
+        self.activation: torch.Tensor | None = None
+
+    def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise TypeError(f"{type(module).__name__} returned {type(output).__name__}; "
+                            f"explainers need a layer whose output is a tensor")
+        if torch.is_grad_enabled() and not output.requires_grad:
+            output.requires_grad_(True)  # a frozen model still gives gradients w.r.t. this layer
+        self.activation = output
+        # The rest of the network gets a copy: an in-place op after the hook (ReLU(inplace=True),
+        # ``out += identity``) would otherwise overwrite the activation we keep.
+        return output.clone()
+
+
+@contextlib.contextmanager
+def capture_activation(layer: nn.Module) -> Iterator[ActivationCapture]:
+    """Capture ``layer``'s output during the forward passes inside the block.
+
+    The hook is removed when the block ends, also when an exception leaves it.
+    """
+    capture = ActivationCapture()
+    handle = layer.register_forward_hook(capture._hook)
+    try:
+        yield capture
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode (samples independent, BatchNorm on running statistics),
+    then restore the train/eval flag of every submodule."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def normalize_heatmaps(maps: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """ReLU, bilinear upsampling to ``size``, then per-map min-max scaling to ``[0, 1]``.
+
+    Scaling after upsampling makes every non-constant map span exactly ``[0, 1]``. A constant
+    map (all zeros after ReLU, say) comes back as zeros, never NaN.
+    """
+    maps = maps.float().clamp(min=0)
+    if size is not None and tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear",
+                             align_corners=False).squeeze(1)
+    flat = maps.flatten(1)
+    lo = flat.min(dim=1, keepdim=True).values
+    hi = flat.max(dim=1, keepdim=True).values
+    span = hi - lo
+    constant = span <= 1e-7 * hi.abs().clamp(min=torch.finfo(torch.float32).tiny)
+    flat = torch.where(constant, torch.zeros_like(flat), (flat - lo) / span.clamp(min=1e-30))
+    return flat.view_as(maps)
+
+
+def check_batch(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Validate an explainer's arguments; return ``targets`` as a long tensor on the device."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
+    targets = torch.as_tensor(targets, device=images.device).long().view(-1)
+    if len(targets) != len(images):
+        raise ValueError(f"{len(images)} images but {len(targets)} targets")
+    return targets
+
+
+class CAM:
+    """CAM: ``M_c = sum_k w_k^c A_k`` over the feature maps that feed global average pooling.
+
+    Defined only for a network whose head is global average pooling followed by one linear
+    layer, at the layer just before that pooling (``layer4`` of a ResNet).
+    """
+
+    def __init__(self, model: nn.Module, target_layer: str = "layer4", fc_layer: str = "fc"):
+        self.model = model
+        self.layer = resolve_layer(model, target_layer)
+        fc = resolve_layer(model, fc_layer)
+        if not isinstance(fc, nn.Linear):
+            raise UserError(f"CAM needs a linear classifier layer; '{fc_layer}' is "
+                            f"{type(fc).__name__}")
+        self.fc = fc
+        self.target_layer = target_layer
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = check_batch(images, targets)
+        with eval_mode(self.model), capture_activation(self.layer) as capture:
+            self.model(images)
+        features = capture.activation
+        if features is None or features.ndim != 4 or features.shape[1] != self.fc.in_features:
+            shape = None if features is None else tuple(features.shape)
+            raise UserError(f"CAM needs the feature maps that feed the linear layer "
+                            f"({self.fc.in_features} channels); '{self.target_layer}' gave "
+                            f"{shape}. Use gradcam for other layers")
+        weights = self.fc.weight[targets].to(features.dtype)          # [B, K]
+        maps = torch.einsum("bk,bkhw->bhw", weights, features)
+        return normalize_heatmaps(maps, tuple(images.shape[-2:]))

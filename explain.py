@@ -1,0 +1,125 @@
+"""The registry of explanation methods, and heatmaps for test images or a user's own images.
+
+``EXPLAINERS`` is the one place that lists the methods; everything else (the CLI, the
+evaluation, the benchmarks) looks them up here.
+"""
+from __future__ import annotations
+
+from argparse import Namespace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+import visualize
+from cam import CAM
+from data import DatasetInfo, ImageSplit, denormalize, load_image, normalize
+from errors import UserError
+from gradcam import GradCAM, GradCAMPlusPlus
+
+Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+EXPLAINERS: dict[str, Callable[..., Explainer]] = {
+    "cam": CAM,
+    "gradcam": GradCAM,
+    "gradcampp": GradCAMPlusPlus,
+}
+
+TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}
+
+
+def make_explainer(name: str, model: nn.Module, target_layer: str = "layer4") -> Explainer:
+    """The explainer called ``name`` for ``model`` at ``target_layer``."""
+    if name not in EXPLAINERS:
+        raise UserError(f"unknown heatmap method '{name}' (known: {', '.join(EXPLAINERS)})")
+    if name == "cam" and target_layer != "layer4":
+        raise UserError("CAM is defined at the layer before global pooling (layer4) only; "
+                        "use --vis gradcam for other layers")
+    return EXPLAINERS[name](model, target_layer=target_layer)
+
+
+def parse_methods(spec: str) -> list[str]:
+    """``gradcam`` / ``cam,gradcam`` / ``all`` -> method names, each checked."""
+    names = list(EXPLAINERS) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    for name in names:
+        if name not in EXPLAINERS:
+            raise UserError(f"unknown heatmap method '{name}' (known: {', '.join(EXPLAINERS)}, "
+                            f"all)")
+    if not names:
+        raise UserError("--vis names no method")
+    return names
+
+
+def explain_batched(explainer: Explainer, images: torch.Tensor, targets: torch.Tensor,
+                    batch_size: int) -> torch.Tensor:
+    """Heatmaps ``[N, H, W]`` for ``images`` in chunks of ``batch_size``, on the images' device."""
+    chunks = [explainer(images[i:i + batch_size], targets[i:i + batch_size])
+              for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def _probabilities(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    probs = torch.cat([model(images[i:i + batch_size]).float().softmax(1)
+                       for i in range(0, len(images), batch_size)])
+    model.train(was_training)
+    return probs
+
+
+def run_dataset(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespace) -> int:
+    """``--vis METHOD --vis_num N``: panels and a grid for the first N test images."""
+    methods = parse_methods(args.vis)
+    explainers = {m: make_explainer(m, model, args.target_layer) for m in methods}
+    info = split.info
+    part = split.subset(args.vis_num)
+    images = normalize(part.images.float().div(255), info).to(device)
+    labels = part.labels.to(device)
+    probs = _probabilities(model, images, args.batch_size)
+    preds = probs.argmax(1)
+    targets = preds if args.target == "pred" else labels
+    pixels = denormalize(images, info).cpu()
+    for method, explainer in explainers.items():
+        heatmaps = explain_batched(explainer, images, targets, args.batch_size).cpu()
+        folder = Path(args.out_dir) / method
+        titles = []
+        for i in range(len(images)):
+            pred, true = info.classes[preds[i]], info.classes[labels[i]]
+            name = f"{method}_{i}_pred_{visualize.slug(pred)}_gt_{visualize.slug(true)}.png"
+            visualize.save_rgb(visualize.heatmap_panel(pixels[i], heatmaps[i]), folder / name)
+            titles.append(f"pred {pred} ({probs[i, preds[i]]:.2f})\ntrue {true}")
+        grid = folder / f"{method}_grid.png"
+        visualize.save_heatmap_grid(pixels, heatmaps, titles, grid,
+                                    suptitle=f"{TITLES[method]} ({args.target_layer}, "
+                                             f"{'predicted' if args.target == 'pred' else 'true'} class)")
+        correct = (preds == labels).sum().item()
+        print(f"{TITLES[method]}: {len(images)} panels and {grid} "
+              f"({correct}/{len(images)} predicted correctly)")
+    return 0
+
+
+def run_images(model: nn.Module, info: DatasetInfo, device: torch.device, args: Namespace) -> int:
+    """``--image PATH``: top-5 classes of each image and, with ``--vis``, its heatmap panels."""
+    if args.target == "gt":
+        raise UserError("--target gt needs the true class, which a user image does not have")
+    methods = [] if args.vis == "none" else parse_methods(args.vis)
+    explainers = {m: make_explainer(m, model, args.target_layer) for m in methods}
+    pixels = torch.stack([load_image(path, info) for path in args.image])
+    images = normalize(pixels, info).to(device)
+    probs = _probabilities(model, images, args.batch_size)
+    top = probs.topk(min(5, probs.shape[1]), dim=1)
+    preds = top.indices[:, 0]
+    for path, values, indices in zip(args.image, top.values, top.indices):
+        ranking = ", ".join(f"{info.classes[k]} {v:.3f}" for v, k in zip(values, indices))
+        print(f"{path}: {ranking}")
+    for method, explainer in explainers.items():
+        heatmaps = explain_batched(explainer, images, preds, args.batch_size).cpu()
+        for path, pixel, heatmap, pred in zip(args.image, pixels, heatmaps, preds):
+            out = (Path(args.out_dir) / method /
+                   f"{method}_{visualize.slug(Path(path).stem)}_pred_"
+                   f"{visualize.slug(info.classes[pred])}.png")
+            visualize.save_rgb(visualize.heatmap_panel(pixel, heatmap), out)
+            print(f"{TITLES[method]}: {out}")
+    return 0

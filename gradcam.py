@@ -1,0 +1,68 @@
+"""Grad-CAM (Selvaraju et al., 2017) and Grad-CAM++ (Chattopadhay et al., 2018), batched.
+
+One forward and one backward pass explain a whole batch: in eval mode the samples are
+independent, so the gradient of the *sum* of the target scores with respect to the layer's
+activation holds each sample's own gradient in its own slice. The gradient is taken with
+``torch.autograd.grad`` with respect to the activation only, so no weight gradients are
+computed and the parameters' ``.grad`` stay untouched.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cam import capture_activation, check_batch, eval_mode, normalize_heatmaps, resolve_layer
+
+
+class GradCAM:
+    """Grad-CAM at any layer: channel weights are the spatial mean of the score's gradient."""
+
+    def __init__(self, model: nn.Module, target_layer: str = "layer4"):
+        self.model = model
+        self.layer = resolve_layer(model, target_layer)
+        self.target_layer = target_layer
+
+    @staticmethod
+    def channel_weights(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """``[B, K, h, w]`` activation and gradient -> ``[B, K]`` weights."""
+        return grad.mean(dim=(2, 3))
+
+    def raw_maps(self, images: torch.Tensor, targets: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unnormalized maps ``[B, h, w]`` at the layer's resolution, and the logits."""
+        targets = check_batch(images, targets)
+        if images.is_inference():
+            images = images.clone()  # tensors made under inference_mode cannot enter autograd
+        with eval_mode(self.model), capture_activation(self.layer) as capture, \
+                torch.enable_grad():
+            logits = self.model(images)
+            activation = capture.activation
+            if activation is None or activation.ndim != 4:
+                shape = None if activation is None else tuple(activation.shape)
+                raise ValueError(f"layer '{self.target_layer}' must give a [B, K, h, w] map, "
+                                 f"got {shape}")
+            score = logits.gather(1, targets[:, None]).sum()
+            (grad,) = torch.autograd.grad(score, activation)
+        activation = activation.detach()
+        weights = self.channel_weights(activation, grad)
+        maps = torch.einsum("bk,bkhw->bhw", weights, activation)
+        return maps, logits.detach()
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        maps, _ = self.raw_maps(images, targets)
+        return normalize_heatmaps(maps, tuple(images.shape[-2:]))
+
+
+class GradCAMPlusPlus(GradCAM):
+    """Grad-CAM++: pixel-weighted positive gradients, with the closed-form alphas that assume an
+    exponential of the class score (the form used by the paper's code and by its peers)."""
+
+    @staticmethod
+    def channel_weights(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        grad2 = grad.pow(2)
+        grad3 = grad2 * grad
+        sum_activation = activation.sum(dim=(2, 3), keepdim=True)
+        denominator = 2 * grad2 + sum_activation * grad3
+        alpha = grad2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+        alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
+        return (alpha * grad.clamp(min=0)).sum(dim=(2, 3))
