@@ -112,12 +112,7 @@ def dispatch(args: argparse.Namespace) -> int:
     from model import load_model
 
     model, meta = load_model(args.save_path, device)
-    if args.dataset and meta.get("dataset") not in (None, args.dataset):
-        raise UserError(f"checkpoint {args.save_path} was trained on {meta['dataset']}, "
-                        f"not {args.dataset}; leave --dataset out to use its own")
-    if args.dataset and "dataset" not in meta:
-        meta["dataset"] = args.dataset
-    info = info_from_meta(meta)
+    info = info_from_meta(meta, args.dataset, num_outputs=model.fc.out_features)
     if args.image:
         import explain
 

@@ -7,9 +7,8 @@ stride 1, no max-pool), so a 32x32 input keeps a 4x4 map at ``layer4``. Its name
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +67,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise UserError(f"checkpoint not found: {path} (train one with --mode train, "
                         f"or pass --save_path PATH)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError,
-            OSError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - garbage bytes raise anything from the unpickler
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch file ({reason[:120]})") from None
+        if reason.startswith("Weights only load failed"):
+            reason = "it is not a pickle of tensors and plain values"
+        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint "
+                        f"({reason[:120]})") from None
     if isinstance(payload, dict) and "model_state_dict" in payload:
         return payload
     if isinstance(payload, dict) and payload and all(torch.is_tensor(v) for v in payload.values()):

@@ -1,0 +1,44 @@
+"""Run ``main.py`` the way a user does, in a subprocess, with the network switched off."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Any connection attempt fails at once, as on a machine without network, so the tests never
+# download anything and never wait for a timeout.
+_NO_NETWORK = """
+import socket, sys
+def _refuse(*args, **kwargs):
+    raise OSError("network disabled for tests")
+socket.socket.connect = _refuse
+socket.create_connection = _refuse
+socket.getaddrinfo = _refuse
+sys.path.insert(0, {root!r})
+sys.argv = ["main.py"] + sys.argv[1:]
+import main
+sys.exit(main.main())
+"""
+
+
+def run_main(*args: str, cwd: Path | None = None, timeout: float = 300
+             ) -> subprocess.CompletedProcess:
+    """``python main.py ARGS`` offline; returns the completed process (text output)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    code = _NO_NETWORK.format(root=str(ROOT))
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd or ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit status 2, exactly one line on stderr, no traceback, and the line names the problem."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])

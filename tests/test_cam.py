@@ -1,0 +1,125 @@
+"""cam.py: CAM, and the machinery every explainer shares (hooks, state, normalization)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from cam import CAM, capture_activation, eval_mode, normalize_heatmaps, resolve_layer
+from errors import UserError
+from model import build_resnet18
+
+
+class EvidenceNet(nn.Module):
+    """A hand-built GAP + linear classifier: class 1 is "red light", class 0 its absence.
+
+    ``features`` is a 1x1 convolution that copies the red channel, so the feature map (and
+    with it CAM and Grad-CAM for class 1) is large exactly where the image is red.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Conv2d(3, 2, kernel_size=1, bias=False)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.features.weight.zero_()
+            self.features.weight[0, 0] = 1.0       # channel 0: red
+            self.features.weight[1, 1] = 1.0       # channel 1: green
+            self.fc.weight.copy_(torch.tensor([[-1.0, 1.0], [1.0, -1.0]]))
+            self.fc.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.relu(self.features(x))).flatten(1))
+
+
+def evidence_images(n: int = 3) -> tuple[torch.Tensor, list[tuple[slice, slice]]]:
+    """Black images, each with a red square at a different known place."""
+    images = torch.zeros(n, 3, 16, 16)
+    regions = []
+    for i in range(n):
+        rows, cols = slice(2 + 3 * i, 6 + 3 * i), slice(9 - 3 * i, 13 - 3 * i)
+        images[i, 0, rows, cols] = 1.0
+        regions.append((rows, cols))
+    return images, regions
+
+
+def random_resnet(num_classes: int = 10, seed: int = 0) -> nn.Module:
+    """A random-weight ResNet-18 with non-trivial BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    model = build_resnet18(num_classes)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.uniform_(module.weight, 0.5, 1.5)
+            nn.init.normal_(module.bias, 0.0, 0.1)
+            nn.init.normal_(module.running_mean, 0.0, 0.1)
+            nn.init.uniform_(module.running_var, 0.5, 1.5)
+    return model.eval()
+
+
+def test_cam_maximum_lies_in_the_evidence_region():
+    images, regions = evidence_images()
+    heatmaps = CAM(EvidenceNet(), target_layer="relu")(images, torch.ones(3, dtype=torch.long))
+    for heatmap, (rows, cols) in zip(heatmaps, regions):
+        assert heatmap[rows, cols].min() == 1.0
+        assert heatmap.sum() == heatmap[rows, cols].sum()
+
+
+def test_cam_matches_the_formula_on_resnet():
+    model = random_resnet()
+    images = torch.randn(3, 3, 32, 32)
+    targets = torch.tensor([1, 4, 9])
+    with capture_activation(model.layer4) as capture, torch.no_grad():
+        model(images)
+    manual = torch.einsum("bk,bkhw->bhw", model.fc.weight[targets], capture.activation)
+    expected = normalize_heatmaps(manual, (32, 32))
+    torch.testing.assert_close(CAM(model)(images, targets), expected)
+
+
+def test_cam_refuses_a_layer_that_does_not_feed_the_classifier():
+    with pytest.raises(UserError, match="feed the linear layer"):
+        CAM(random_resnet(), target_layer="layer3")(torch.randn(1, 3, 32, 32), torch.tensor([0]))
+
+
+def test_resolve_layer_names_the_choices():
+    model = build_resnet18()
+    assert resolve_layer(model, "layer4.1.conv2") is model.layer4[1].conv2
+    with pytest.raises(UserError, match="layer1, layer2"):
+        resolve_layer(model, "layer9")
+
+
+def test_normalize_heatmaps_range_size_and_constant_maps():
+    maps = torch.stack([torch.rand(4, 4) * 5 - 1, torch.full((4, 4), 3.0), torch.zeros(4, 4),
+                        -torch.rand(4, 4)])
+    out = normalize_heatmaps(maps, (32, 32))
+    assert out.shape == (4, 32, 32) and not out.isnan().any()
+    assert out[0].min() == 0.0 and out[0].max() == 1.0
+    assert torch.equal(out[1:], torch.zeros(3, 32, 32))      # constant / all-negative -> zeros
+
+
+def test_capture_removes_its_hook_after_an_exception():
+    layer = nn.Conv2d(3, 3, 1)
+    with pytest.raises(RuntimeError):
+        with capture_activation(layer):
+            layer(torch.randn(1, 5, 4, 4))                    # wrong channel count
+    assert not layer._forward_hooks
+
+
+def test_capture_keeps_the_activation_safe_from_in_place_ops():
+    model = random_resnet()
+    block = model.layer4[1]          # bn2's output is followed by ``out += identity`` in place
+    seen = {}
+    handle = block.bn2.register_forward_hook(lambda m, i, o: seen.setdefault("bn2", o.clone()))
+    with capture_activation(block.bn2) as capture, torch.no_grad():
+        model(torch.randn(2, 3, 32, 32))
+    handle.remove()
+    torch.testing.assert_close(capture.activation, seen["bn2"])
+
+
+def test_eval_mode_restores_every_flag():
+    model = random_resnet().train()
+    model.layer2.eval()
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert model.training and not model.layer2.training and model.layer3.training

@@ -1,0 +1,151 @@
+"""data.py: loaders on small files in the real formats, augmentation, normalization, images."""
+from __future__ import annotations
+
+import gzip
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import data
+from data import (DATASETS, ImageSplit, batches, denormalize, load_image, load_split, normalize,
+                  random_crop_flip, read_idx)
+from errors import UserError
+from tinydata import idx_bytes, write_cifar10, write_fashion_mnist
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Any connection fails at once, as on a machine without network."""
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled for tests")
+    for name in ("create_connection", "getaddrinfo"):
+        monkeypatch.setattr(socket, name, refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", data.Path("/nonexistent"))
+
+
+def test_read_idx_gzipped_and_plain(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    (tmp_path / "a").write_bytes(idx_bytes(array))
+    with gzip.open(tmp_path / "a.gz", "wb") as f:
+        f.write(idx_bytes(array))
+    assert np.array_equal(read_idx(tmp_path / "a"), array)
+    assert np.array_equal(read_idx(tmp_path / "a.gz"), array)
+
+
+@pytest.mark.parametrize("payload, fragment", [
+    (b"\x00\x00\x0d\x03" + b"\x00" * 12, "bad header"),              # float32 idx, not uint8
+    (idx_bytes(np.zeros((2, 3, 4), np.uint8))[:-5], "truncated"),
+])
+def test_read_idx_rejects_corrupt_files(tmp_path, payload, fragment):
+    (tmp_path / "bad").write_bytes(payload)
+    with pytest.raises(UserError, match=fragment):
+        read_idx(tmp_path / "bad")
+
+
+def test_fashion_mnist_from_debian_layout(tmp_path):
+    write_fashion_mnist(tmp_path, n_test=12, n_train=20)
+    test = load_split("fashion_mnist", tmp_path, train=False)
+    train = load_split("fashion_mnist", tmp_path, train=True)
+    assert test.images.shape == (12, 3, 32, 32) and test.images.dtype == torch.uint8
+    assert len(train) == 20 and test.labels.tolist()[:3] == [0, 1, 2]
+    raw = read_idx(tmp_path / "t10k-images-idx3-ubyte.gz")
+    assert torch.equal(test.images[:, 0, 2:30, 2:30], torch.from_numpy(raw.copy()))
+    assert torch.equal(test.images[:, 0], test.images[:, 2])            # gray -> 3 channels
+    assert test.images[:, :, :2].sum() == 0 and test.images[:, :, :, 30:].sum() == 0
+
+
+def test_fashion_mnist_from_torchvision_layout_plain_files(tmp_path):
+    write_fashion_mnist(tmp_path / "FashionMNIST" / "raw", n_test=5, gz=False)
+    assert len(load_split("fashion_mnist", tmp_path, train=False)) == 5
+
+
+def test_fashion_mnist_missing_without_network(tmp_path, no_download):
+    with pytest.raises(UserError, match="Fashion-MNIST is not in .*FashionMNIST/raw"):
+        load_split("fashion_mnist", tmp_path, train=False)
+
+
+def test_cifar10_real_format_through_torchvision(tmp_path, monkeypatch):
+    write_cifar10(tmp_path, per_batch=6)
+    # The tiny files cannot have the real archive's MD5 sums; only this check is bypassed.
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    train = load_split("cifar10", tmp_path, train=True)
+    test = load_split("cifar10", tmp_path, train=False)
+    assert train.images.shape == (30, 3, 32, 32) and test.images.shape == (6, 3, 32, 32)
+    assert train.info.classes[3] == "cat"
+    reference = torchvision.datasets.CIFAR10(tmp_path, train=False)
+    image, label = reference[4]
+    assert torch.equal(test.images[4].permute(1, 2, 0), torch.from_numpy(np.array(image)))
+    assert test.labels[4].item() == label
+
+
+def test_cifar10_missing_without_network(tmp_path, no_download):
+    with pytest.raises(UserError, match="cifar-10-python.tar.gz|cifar-10-batches-py"):
+        load_split("cifar10", tmp_path, train=False)
+
+
+def test_normalize_round_trip():
+    info = DATASETS["cifar10"]
+    pixels = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(denormalize(normalize(pixels, info), info), pixels)
+    assert torch.allclose(normalize(torch.tensor(info.mean).view(1, 3, 1, 1), info),
+                          torch.zeros(1, 3, 1, 1), atol=1e-6)
+
+
+def test_random_crop_flip_gives_crops_of_the_padded_image():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(1, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(images, padding=2, hflip=True, generator=gen)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    shifts, flips = set(), set()
+    for i in range(len(images)):
+        matches = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (False, True)
+                   if torch.equal(out[i], (lambda c: c.flip(2) if f else c)(
+                       padded[i, :, dy:dy + 8, dx:dx + 8]))]
+        assert matches, i
+        shifts.add(matches[0][:2])
+        flips.add(matches[0][2])
+    assert len(shifts) > 3 and flips == {False, True}
+
+
+def test_random_crop_flip_without_padding_or_flip_is_identity():
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    out = random_crop_flip(images, 0, False, torch.Generator())
+    assert torch.equal(out, images)
+
+
+def test_batches_cover_every_sample_once_and_are_seeded():
+    split = ImageSplit(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2),
+                       torch.arange(10), DATASETS["cifar10"])
+    run = lambda seed: [y.tolist() for _, y in batches(  # noqa: E731
+        split, 4, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(seed))]
+    first = run(1)
+    assert sorted(sum(first, [])) == list(range(10)) and [len(b) for b in first] == [4, 4, 2]
+    assert run(1) == first and run(2) != first
+    images, labels = next(batches(split, 10, torch.device("cpu")))
+    expected = normalize(labels.float().div(255).view(10, 1, 1, 1).expand(10, 3, 2, 2),
+                         split.info)
+    torch.testing.assert_close(images, expected)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "RGB"])
+def test_load_image_accepts_any_mode(tmp_path, mode):
+    Image.new(mode, (50, 40), 200 if mode in ("L", "P") else (200, 100, 50, 255)[:len(mode)]
+              ).save(tmp_path / "x.png")
+    for name in ("cifar10", "fashion_mnist"):
+        pixels = load_image(tmp_path / "x.png", DATASETS[name])
+        assert pixels.shape == (3, 32, 32) and 0 <= pixels.min() and pixels.max() <= 1
+    gray = load_image(tmp_path / "x.png", DATASETS["fashion_mnist"])
+    assert gray[:, :2].sum() == 0 and torch.equal(gray[0], gray[1])
+
+
+def test_load_image_missing_and_corrupt(tmp_path):
+    with pytest.raises(UserError, match="image not found"):
+        load_image(tmp_path / "nope.png", DATASETS["cifar10"])
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(UserError, match="cannot read image"):
+        load_image(tmp_path / "bad.jpg", DATASETS["cifar10"])

@@ -1,0 +1,109 @@
+"""explain.py and visualize.py through the CLI: panels, grids, a user's own images."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from errors import UserError
+from explain import EXPLAINERS, explain_batched, make_explainer, parse_methods
+from visualize import heatmap_panel, overlay, slug
+from cli import assert_one_line_error, run_main
+from test_cam import random_resnet
+from tinydata import random_checkpoint, write_fashion_mnist
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explain")
+    return (random_checkpoint(root / "ck.pth", "fashion_mnist"),
+            write_fashion_mnist(root / "data", n_test=8))
+
+
+def test_vis_num_writes_that_many_panels_and_one_grid(setup, tmp_path):
+    ckpt, data_dir = setup
+    result = run_main("--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
+                      "--vis", "gradcam", "--vis_num", "3", "--out_dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    panels = sorted(p.name for p in (tmp_path / "gradcam").glob("gradcam_*_pred_*_gt_*.png"))
+    assert len(panels) == 3
+    assert [int(re.match(r"gradcam_(\d+)_", p).group(1)) for p in panels] == [0, 1, 2]
+    assert "gradcam_0_pred_" in panels[0] and panels[0].endswith("_gt_T-shirt_top.png")
+    assert (tmp_path / "gradcam" / "gradcam_grid.png").is_file()
+    panel = np.asarray(Image.open(tmp_path / "gradcam" / panels[0]))
+    assert panel.shape[0] >= 224 and panel.shape[1] > 2 * panel.shape[0]   # original | overlay
+
+
+def test_several_methods_and_true_class_targets(setup, tmp_path):
+    ckpt, data_dir = setup
+    result = run_main("--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
+                      "--vis", "cam,gradcampp", "--vis_num", "2", "--target", "gt",
+                      "--out_dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    for method in ("cam", "gradcampp"):
+        assert len(list((tmp_path / method).glob(f"{method}_*_pred_*.png"))) == 2
+
+
+def test_own_images_grayscale_and_rgba(setup, tmp_path):
+    ckpt, _ = setup
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30), np.uint8), "L").save(
+        tmp_path / "gray.png")
+    Image.new("RGBA", (64, 48), (200, 30, 30, 128)).save(tmp_path / "rgba.png")
+    result = run_main("--mode", "test", "--save_path", ckpt, "--vis", "gradcam",
+                      "--image", tmp_path / "gray.png", "--image", tmp_path / "rgba.png",
+                      "--out_dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    top5 = [line for line in result.stdout.splitlines() if line.startswith(str(tmp_path))]
+    assert len(top5) == 2 and all(line.count(",") == 4 for line in top5)
+    assert sorted(p.name.split("_pred_")[0] for p in (tmp_path / "out" / "gradcam").iterdir()) \
+        == ["gradcam_gray", "gradcam_rgba"]
+
+
+def test_own_image_missing(setup, tmp_path):
+    ckpt, _ = setup
+    result = run_main("--mode", "test", "--save_path", ckpt, "--vis", "gradcam",
+                      "--image", tmp_path / "missing.png")
+    assert_one_line_error(result, "image not found", "missing.png")
+
+
+def test_unknown_method_and_layer(setup, tmp_path):
+    ckpt, data_dir = setup
+    assert_one_line_error(run_main("--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
+                                   "--vis", "lime"), "unknown heatmap method 'lime'")
+    assert_one_line_error(run_main("--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
+                                   "--vis", "gradcam", "--target_layer", "layer7"),
+                          "no layer 'layer7'")
+
+
+def test_registry_and_method_lists():
+    assert parse_methods("all") == list(EXPLAINERS)
+    assert parse_methods("cam, gradcam") == ["cam", "gradcam"]
+    with pytest.raises(UserError):
+        parse_methods("cam,nope")
+    with pytest.raises(UserError, match="layer4"):
+        make_explainer("cam", random_resnet(), "layer3")
+
+
+def test_chunked_explanations_equal_one_batch():
+    model = random_resnet()
+    images = torch.randn(7, 3, 32, 32)
+    targets = torch.randint(0, 10, (7,))
+    explainer = make_explainer("gradcam", model)
+    torch.testing.assert_close(explain_batched(explainer, images, targets, 3),
+                               explainer(images, targets), rtol=0, atol=1e-5)
+
+
+def test_overlay_and_panel_pixels():
+    image = np.zeros((4, 4, 3), np.uint8)
+    hot = overlay(image, np.ones((4, 4), np.float32), alpha=1.0)
+    cold = overlay(image, np.zeros((4, 4), np.float32), alpha=1.0)
+    assert tuple(hot[0, 0]) == (128, 0, 0) and tuple(cold[0, 0]) == (0, 0, 128)  # JET ends
+    panel = heatmap_panel(torch.ones(3, 32, 32), torch.zeros(32, 32), min_side=64, gap=2)
+    assert panel.shape == (64, 130, 3) and (panel[:, :64] == 255).all()
+
+
+def test_slug_makes_class_names_file_safe():
+    assert slug("T-shirt/top") == "T-shirt_top" and slug("Ankle boot") == "Ankle_boot"

@@ -1,0 +1,100 @@
+"""model.py: the network's shape and the checkpoint contract."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from errors import UserError
+from model import ARCH, build_resnet18, load_model, read_checkpoint, save_checkpoint
+from tinydata import random_checkpoint
+
+
+def test_cifar_resnet18_shape_and_size():
+    model = build_resnet18(10).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 11.1e6 < n_params < 11.2e6
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    features = {}
+    model.layer4.register_forward_hook(lambda m, i, o: features.setdefault("layer4", o))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert features["layer4"].shape == (2, 512, 4, 4)
+
+
+def test_checkpoint_round_trip_records_what_it_holds(tmp_path):
+    path = random_checkpoint(tmp_path / "ck.pth", "fashion_mnist")
+    assert not list(tmp_path.glob("*.tmp"))
+    model, meta = load_model(path)
+    assert meta["arch"] == ARCH and meta["dataset"] == "fashion_mnist"
+    assert meta["classes"][0] == "T-shirt/top" and len(meta["classes"]) == 10
+    assert meta["input_size"] == 32 and len(meta["mean"]) == 3
+    assert not model.training
+    torch.manual_seed(0)
+    reference = build_resnet18(10)
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_half_checkpoint_loads_as_fp32_close_to_original(tmp_path):
+    full = random_checkpoint(tmp_path / "full.pth")
+    half = random_checkpoint(tmp_path / "half.pth", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    a, _ = load_model(full)
+    b, _ = load_model(half)
+    assert all(p.dtype == torch.float32 for p in b.parameters())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x), rtol=1e-2, atol=1e-2)
+
+
+def test_bare_state_dict_is_accepted(tmp_path):
+    torch.save(build_resnet18(10).state_dict(), tmp_path / "bare.pth")
+    model, meta = load_model(tmp_path / "bare.pth")
+    assert meta["arch"] == ARCH and "dataset" not in meta
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
+    path = random_checkpoint(tmp_path / "ck.pth")
+    before = path.read_bytes()
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, build_resnet18(10), {"dataset": "cifar10"})
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: None, "not found"),
+    (lambda p: p.write_bytes(b"this is not a checkpoint"), "corrupt"),
+    (lambda p: p.write_bytes(b""), "corrupt"),
+    (lambda p: torch.save({"weights": [1, 2, 3]}, p), "holds no model weights"),
+    (lambda p: torch.save({"arch": "vgg16", "model_state_dict": {"a": torch.zeros(1)}}, p),
+     "'vgg16'"),
+    (lambda p: torch.save({"model_state_dict": {"features.0.weight": torch.zeros(1)}}, p),
+     "not a ResNet-18"),
+])
+def test_bad_checkpoints_are_one_line_user_errors(tmp_path, make, fragment):
+    path = tmp_path / "ck.pth"
+    make(path)
+    with pytest.raises(UserError, match=fragment) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+
+
+def test_checkpoint_of_another_class_count(tmp_path):
+    path = random_checkpoint(tmp_path / "ck.pth", "cifar10", num_classes=100)
+    assert read_checkpoint(path)["model_state_dict"]["fc.weight"].shape[0] == 100
+    with pytest.raises(UserError, match="100 classes, the dataset has 10"):
+        load_model(path, num_classes=10)
+
+
+def test_checkpoint_with_a_layer_of_the_wrong_shape(tmp_path):
+    state = build_resnet18(10).state_dict()
+    state["layer2.0.conv1.weight"] = torch.zeros(64, 64, 3, 3)
+    torch.save({"model_state_dict": state}, tmp_path / "ck.pth")
+    with pytest.raises(UserError, match="layer2.0.conv1.weight"):
+        load_model(tmp_path / "ck.pth")

@@ -1,0 +1,144 @@
+"""train.py and the CLI's train/test modes, end to end on tiny data in the real formats."""
+from __future__ import annotations
+
+import csv
+from argparse import Namespace
+
+import pytest
+import torch
+
+import main
+from data import DATASETS
+from model import load_model, read_checkpoint
+from train import accuracy_report, run_training
+from cli import assert_one_line_error, run_main
+from tinydata import random_checkpoint, write_fashion_mnist
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+    return write_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_test=40, n_train=64)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, fashion_dir):
+    """One epoch through the real CLI, then ``--mode test --vis none`` on the checkpoint."""
+    out = tmp_path_factory.mktemp("run")
+    ckpt = out / "ck.pth"
+    train = run_main("--mode", "train", "--dataset", "fashion_mnist", "--data_dir", fashion_dir,
+                     "--num_epochs", "1", "--batch_size", "32", "--save_path", ckpt,
+                     "--log_dir", out / "logs")
+    test = run_main("--mode", "test", "--save_path", ckpt, "--data_dir", fashion_dir,
+                    "--vis", "none", "--out_dir", out / "results")
+    return out, ckpt, train, test
+
+
+def test_train_cli_writes_checkpoint_metrics_and_curves(trained):
+    out, ckpt, train, _ = trained
+    assert train.returncode == 0, train.stderr
+    assert "Best test accuracy:" in train.stdout
+    rows = list(csv.DictReader(open(out / "logs" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1]
+    assert {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"} <= rows[0].keys()
+    assert (out / "logs" / "training_curves.png").stat().st_size > 1000
+    payload = read_checkpoint(ckpt)
+    assert "optimizer_state_dict" in payload and payload["epoch"] == 1
+    assert payload["acc"] == pytest.approx(float(rows[0]["test_acc"]))
+
+
+def test_checkpoint_loads_back_with_its_dataset_and_classes(trained):
+    _, ckpt, _, _ = trained
+    model, meta = load_model(ckpt)
+    assert meta["dataset"] == "fashion_mnist"
+    assert tuple(meta["classes"]) == DATASETS["fashion_mnist"].classes
+    assert meta["mean"] == list(DATASETS["fashion_mnist"].mean)
+
+
+def test_test_cli_prints_accuracy_per_class_and_confusion_matrix(trained):
+    out, ckpt, _, test = trained
+    assert test.returncode == 0, test.stderr
+    line = next(l for l in test.stdout.splitlines() if l.startswith("Test Accuracy:"))
+    accuracy = float(line.split()[-1].rstrip("%"))
+    assert accuracy == pytest.approx(read_checkpoint(ckpt)["acc"], abs=0.01)
+    assert "Ankle boot" in test.stdout and "Trouser" in test.stdout
+    assert (out / "results" / "confusion_matrix.png").stat().st_size > 1000
+
+
+def _args(tmp_path, data_dir, name):
+    args = main.build_parser().parse_args([
+        "--mode", "train", "--dataset", "fashion_mnist", "--data_dir", str(data_dir),
+        "--num_epochs", "1", "--batch_size", "32", "--precision", "fp32",
+        "--save_path", str(tmp_path / f"{name}.pth"), "--log_dir", str(tmp_path / name)])
+    return args
+
+
+def test_seeded_training_is_repeatable_on_cpu(tmp_path, fashion_dir):
+    torch.set_num_threads(1)  # one thread: the same reduction order in every run
+    try:
+        for name in ("a", "b"):
+            run_training(_args(tmp_path, fashion_dir, name))
+    finally:
+        torch.set_num_threads(max(1, torch.get_num_interop_threads()))
+    a = read_checkpoint(tmp_path / "a.pth")["model_state_dict"]
+    b = read_checkpoint(tmp_path / "b.pth")["model_state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_accuracy_report_counts():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 5.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    acc, per_class, confusion = accuracy_report(logits, labels, ("a", "b"))
+    assert acc == 50.0 and per_class == [50.0, 50.0]
+    assert confusion.tolist() == [[1, 1], [1, 1]]
+
+
+# -- bad input through the CLI: one line on stderr, exit status 2 ------------------------------
+
+def test_missing_checkpoint(tmp_path):
+    assert_one_line_error(run_main("--mode", "test", "--save_path", tmp_path / "none.pth"),
+                          "checkpoint not found")
+
+
+def test_corrupt_checkpoint(tmp_path):
+    (tmp_path / "bad.pth").write_bytes(b"\x80\x04 truncated pickle")
+    assert_one_line_error(run_main("--mode", "test", "--save_path", tmp_path / "bad.pth"),
+                          "corrupt")
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    import torchvision
+    torch.save({"arch": "resnet50", "model_state_dict": torchvision.models.resnet50().state_dict()},
+               tmp_path / "r50.pth")
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "bare_r50.pth")
+    assert_one_line_error(run_main("--mode", "test", "--save_path", tmp_path / "r50.pth"),
+                          "'resnet50'")
+    assert_one_line_error(run_main("--mode", "test", "--save_path", tmp_path / "bare_r50.pth"),
+                          "does not fit ResNet-18")
+
+
+def test_checkpoint_of_another_class_count(tmp_path, fashion_dir):
+    torch.save(read_checkpoint(random_checkpoint(tmp_path / "ck.pth", num_classes=100))
+               ["model_state_dict"], tmp_path / "bare100.pth")
+    result = run_main("--mode", "test", "--save_path", tmp_path / "bare100.pth", "--dataset",
+                      "fashion_mnist", "--data_dir", fashion_dir)
+    assert_one_line_error(result, "100 outputs", "10 classes")
+
+
+def test_dataset_flag_that_contradicts_the_checkpoint(tmp_path, fashion_dir):
+    ckpt = random_checkpoint(tmp_path / "ck.pth", "cifar10")
+    result = run_main("--mode", "test", "--save_path", ckpt, "--dataset", "fashion_mnist",
+                      "--data_dir", fashion_dir)
+    assert_one_line_error(result, "trained on cifar10")
+
+
+def test_empty_data_dir_without_network(tmp_path):
+    ckpt = random_checkpoint(tmp_path / "ck.pth", "cifar10")
+    result = run_main("--mode", "test", "--save_path", ckpt, "--data_dir", tmp_path / "empty")
+    assert_one_line_error(result, "CIFAR-10", "download")
+
+
+def test_training_with_empty_data_dir_without_network(tmp_path):
+    result = run_main("--mode", "train", "--data_dir", tmp_path / "empty", "--num_epochs", "1",
+                      "--save_path", tmp_path / "ck.pth", "--log_dir", tmp_path / "logs")
+    assert_one_line_error(result, "CIFAR-10", "download")
+    assert not (tmp_path / "ck.pth").exists()
