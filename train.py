@@ -101,8 +101,8 @@ def run_training(args: Namespace) -> float:
     dtype = _precision(args, device)
     generator = seed_everything(args.seed)
     info: DatasetInfo = dataset_info(args.dataset or "cifar10")
-    train_split = load_split(info.name, args.data_dir, train=True)
-    test_split = load_split(info.name, args.data_dir, train=False)
+    train_split = load_split(info.name, args.data_dir, train=True).to(device)
+    test_split = load_split(info.name, args.data_dir, train=False).to(device)
 
     model = build_resnet18(len(info.classes)).to(device)
     if dtype is not None:
@@ -132,8 +132,8 @@ def run_training(args: Namespace) -> float:
                                 dtype, args.batch_size, generator,
                                 desc=f"epoch {epoch}/{args.num_epochs}", scaler=scaler)
         logits = predict(model, test_split, device, dtype, batch_size=max(args.batch_size, 256))
-        test_loss = F.cross_entropy(logits, test_split.labels).item()
-        test_acc, _, _ = accuracy_report(logits, test_split.labels, info.classes)
+        test_loss = F.cross_entropy(logits, test_split.labels.cpu()).item()
+        test_acc, _, _ = accuracy_report(logits, test_split.labels.cpu(), info.classes)
         row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc,
                "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
                "seconds": time.perf_counter() - start}

@@ -73,12 +73,13 @@ def _args(tmp_path, data_dir, name):
 
 
 def test_seeded_training_is_repeatable_on_cpu(tmp_path, fashion_dir):
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: the same reduction order in every run
     try:
         for name in ("a", "b"):
             run_training(_args(tmp_path, fashion_dir, name))
     finally:
-        torch.set_num_threads(max(1, torch.get_num_interop_threads()))
+        torch.set_num_threads(threads)
     a = read_checkpoint(tmp_path / "a.pth")["model_state_dict"]
     b = read_checkpoint(tmp_path / "b.pth")["model_state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
