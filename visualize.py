@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Mapping, Sequence
 
 import cv2
 import matplotlib
@@ -132,5 +132,43 @@ def save_heatmap_grid(pixels: torch.Tensor, heatmaps: torch.Tensor, titles: Sequ
         ax.set_title(titles[i], fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Deletion and insertion curves
+
+
+def plot_deletion_insertion(fractions: np.ndarray,
+                            curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                            aucs: Mapping[str, tuple[float, float]], path: str | Path,
+                            title: str = "", band: bool = True,
+                            dashed: Collection[str] = ()) -> None:
+    """Deletion and insertion side by side: per label the mean curve over images, the AUC in
+    the legend, and with ``band`` the min-max range over images (the original's figure).
+
+    ``curves`` maps a label to its ``(deletion, insertion)`` arrays ``[N, steps + 1]``,
+    ``aucs`` to its mean ``(deletion AUC, insertion AUC)``; labels in ``dashed`` (baselines)
+    are drawn dashed.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    panels = (("Deletion", "pixels hidden", "lower is better"),
+              ("Insertion", "pixels revealed", "higher is better"))
+    for which, (ax, (name, xlabel, better)) in enumerate(zip(axes, panels)):
+        for label, pair in curves.items():
+            values = np.asarray(pair[which], dtype=np.float64)
+            style = "--" if label in dashed else "-"
+            line, = ax.plot(fractions, values.mean(0), style,
+                            label=f"{label} (AUC {aucs[label][which]:.4f})")
+            if band:
+                ax.fill_between(fractions, values.min(0), values.max(0), alpha=0.2,
+                                color=line.get_color(), linewidth=0)
+        ax.set(xlabel=f"fraction of {xlabel}", ylabel="probability of the target class",
+               title=f"{name} ({better})", xlim=(0, 1), ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right" if which == 0 else "lower right")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     _save(fig, Path(path))
