@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--det_max", type=int, default=20, help="detections explained per image")
     g.add_argument("--det_per_box", action="store_true", help="one panel per detection too")
     g.add_argument("--det_num", type=int, default=200, help="VOC images to process")
+    g.add_argument("--det_min_size", type=int, default=800,
+                   help="detector input: shorter side in pixels (torchvision's 800; smaller is "
+                        "faster on a CPU and less accurate)")
     g.add_argument("--voc_path", default="./data/VOCtest_06-Nov-2007.tar",
                    help="the VOC 2007 test tar, or an extracted VOCdevkit folder")
     return p
