@@ -12,7 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+import detection
+import evaluate
+import explain
+from data import info_from_meta, load_split
 from errors import UserError
+from model import load_model
+from runtime import resolve_device
+from train import run_test, run_training
 
 HIDDEN_STRATEGIES = ("none", "zero", "gray", "mean", "blur")
 
@@ -70,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("detection (Faster R-CNN)")
     g.add_argument("--det_vis", action="store_true", help="explain Faster R-CNN detections")
-    g.add_argument("--det_img", default=None, help="one image; without it, PASCAL VOC 2007 test")
+    g.add_argument("--det_img", default=None,
+                   help="one image (implies --det_vis); without it, PASCAL VOC 2007 test")
     g.add_argument("--det_weights", default=None, help="a state-dict file for the detector")
     g.add_argument("--det_layer", default="layer4", help="layer2, layer3 or layer4 (comma list)")
     g.add_argument("--det_score_thresh", type=float, default=0.5)
@@ -97,45 +105,26 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run what the flags ask for; user errors surface as ``UserError``."""
-    from runtime import resolve_device
-
     if args.mode == "train":
-        from train import run_training
-
         run_training(args)
         return 0
-
     device = resolve_device(args.device)
-    if args.det_vis:
-        import detection
-
+    if args.det_vis or args.det_img:
         return detection.run(args, device)
-
-    from data import info_from_meta, load_split
-    from model import load_model
 
     model, meta = load_model(args.save_path, device)
     info = info_from_meta(meta, args.dataset, num_outputs=model.fc.out_features)
     if args.image:
-        import explain
-
         return explain.run_images(model, info, device, args)
-
     if args.vis == "none" and args.hidden_strategy != "none":
         raise UserError("--hidden_strategy evaluates heatmaps: name them with --vis "
                         "(cam, gradcam, gradcampp, all or a comma list)")
     split = load_split(info.name, args.data_dir, train=False)
     split.info = info
     if args.hidden_strategy != "none":
-        import evaluate
-
         return evaluate.run(model, split, device, args)
     if args.vis != "none":
-        import explain
-
         return explain.run_dataset(model, split, device, args)
-    from train import run_test
-
     run_test(model, split, device, args)
     return 0
 

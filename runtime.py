@@ -19,7 +19,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but PyTorch sees no CUDA device "
                         "(use --device auto or cpu)")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device '{name}' (auto, cpu, cuda or cuda:N)") from None
 
 
 @functools.lru_cache(maxsize=1)
