@@ -17,9 +17,11 @@ Prints images per second for each and the ratios.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ from torch import nn
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would garble the printed table
 
 from data import DATASETS, ImageSplit  # noqa: E402
 from model import build_resnet18  # noqa: E402
@@ -48,6 +51,15 @@ class PILDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
+def throughput(run: Callable[[], object], n_images: int, device: torch.device) -> float:
+    """Images per second of ``run()``, waiting for the GPU to finish when there is one."""
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n_images / (time.perf_counter() - start)
+
+
 def make_optimizer(model: nn.Module, steps: int):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True,
                                 weight_decay=5e-4)
@@ -66,17 +78,17 @@ def plain_loop(split: ImageSplit, batch_size: int, device: torch.device, workers
     model = build_resnet18(10).to(device).train()
     optimizer, scheduler = make_optimizer(model, len(loader))
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-    start = time.perf_counter()
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        loss = criterion(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return len(split) / (time.perf_counter() - start)
+
+    def epoch() -> None:
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            loss = criterion(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+
+    return throughput(epoch, len(split), device)
 
 
 def project_loop(split: ImageSplit, batch_size: int, device: torch.device,
@@ -86,12 +98,9 @@ def project_loop(split: ImageSplit, batch_size: int, device: torch.device,
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(model, -(-len(split) // batch_size))
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    start = time.perf_counter()
-    train_one_epoch(model, split, optimizer, scheduler, nn.CrossEntropyLoss(label_smoothing=0.1),
-                    device, dtype, batch_size, torch.Generator().manual_seed(0), scaler=scaler)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return len(split) / (time.perf_counter() - start)
+    return throughput(lambda: train_one_epoch(
+        model, split, optimizer, scheduler, nn.CrossEntropyLoss(label_smoothing=0.1), device,
+        dtype, batch_size, torch.Generator().manual_seed(0), scaler=scaler), len(split), device)
 
 
 def steps_only(n_images: int, batch_size: int, device: torch.device,
@@ -104,17 +113,17 @@ def steps_only(n_images: int, batch_size: int, device: torch.device,
     steps = -(-n_images // batch_size)
     optimizer, scheduler = make_optimizer(model, steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-    start = time.perf_counter()
-    for _ in range(steps):
-        with autocast(device, dtype):
-            loss = criterion(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * batch_size / (time.perf_counter() - start)
+
+    def epoch() -> None:
+        for _ in range(steps):
+            with autocast(device, dtype):
+                loss = criterion(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+
+    return throughput(epoch, steps * batch_size, device)
 
 
 def main() -> None:
