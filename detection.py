@@ -409,7 +409,7 @@ def detection_panel(image_rgb: np.ndarray, result: DetectionResult, layer: str,
     """
     heat = result.heatmaps[layer].amax(0).numpy()
     boxes = image_rgb.copy()
-    for rank, index in enumerate(result.explained.tolist()):
+    for index in result.explained.tolist():
         label = int(result.labels[index])
         draw_box(boxes, result.boxes[index].tolist(),
                  _caption(names, label, float(result.scores[index])),

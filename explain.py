@@ -91,9 +91,9 @@ def run_dataset(model: nn.Module, split: ImageSplit, device: torch.device, args:
             visualize.save_rgb(visualize.heatmap_panel(pixels[i], heatmaps[i]), folder / name)
             titles.append(f"pred {pred} ({probs[i, preds[i]]:.2f})\ntrue {true}")
         grid = folder / f"{method}_grid.png"
-        visualize.save_heatmap_grid(pixels, heatmaps, titles, grid,
-                                    suptitle=f"{TITLES[method]} ({args.target_layer}, "
-                                             f"{'predicted' if args.target == 'pred' else 'true'} class)")
+        which = "predicted" if args.target == "pred" else "true"
+        visualize.save_heatmap_grid(pixels, heatmaps, titles, grid, suptitle=f"{TITLES[method]} "
+                                    f"({args.target_layer}, {which} class)")
         correct = (preds == labels).sum().item()
         print(f"{TITLES[method]}: {len(images)} panels and {grid} "
               f"({correct}/{len(images)} predicted correctly)")

@@ -37,13 +37,13 @@ def original_loop(model: nn.Module, layer: nn.Module, images: torch.Tensor,
                   targets: torch.Tensor) -> torch.Tensor:
     """One forward and one full backward per image, hooks registered around each."""
     maps = []
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(module, inputs, output):
+        store["activation"] = output
+        output.register_hook(lambda grad: store.__setitem__("grad", grad))
+
     for image, target in zip(images, targets):
-        store = {}
-
-        def keep(module, inputs, output):
-            store["activation"] = output
-            output.register_hook(lambda grad: store.__setitem__("grad", grad))
-
         handle = layer.register_forward_hook(keep)
         model.zero_grad()
         score = model(image[None])[0, target]

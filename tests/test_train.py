@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-from argparse import Namespace
 
 import pytest
 import torch
@@ -57,7 +56,7 @@ def test_checkpoint_loads_back_with_its_dataset_and_classes(trained):
 def test_test_cli_prints_accuracy_per_class_and_confusion_matrix(trained):
     out, ckpt, _, test = trained
     assert test.returncode == 0, test.stderr
-    line = next(l for l in test.stdout.splitlines() if l.startswith("Test Accuracy:"))
+    line = next(s for s in test.stdout.splitlines() if s.startswith("Test Accuracy:"))
     accuracy = float(line.split()[-1].rstrip("%"))
     assert accuracy == pytest.approx(read_checkpoint(ckpt)["acc"], abs=0.01)
     assert "Ankle boot" in test.stdout and "Trouser" in test.stdout
