@@ -24,7 +24,7 @@ sys.exit(main.main())
 """
 
 
-def run_main(*args: str, cwd: Path | None = None, timeout: float = 300
+def run_main(*args: str, cwd: Path | None = None, timeout: float = 900
              ) -> subprocess.CompletedProcess:
     """``python main.py ARGS`` offline; returns the completed process (text output)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
