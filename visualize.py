@@ -122,8 +122,8 @@ def save_heatmap_grid(pixels: torch.Tensor, heatmaps: torch.Tensor, titles: Sequ
     n = len(pixels)
     columns = max(1, min(columns, n))
     rows = -(-n // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.7 * rows), dpi=100,
-                             squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.6 * rows), dpi=100,
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
@@ -132,7 +132,6 @@ def save_heatmap_grid(pixels: torch.Tensor, heatmaps: torch.Tensor, titles: Sequ
         ax.set_title(titles[i], fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
     _save(fig, Path(path))
 
 
