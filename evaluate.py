@@ -40,7 +40,7 @@ from data import DatasetInfo, ImageSplit, normalize
 from errors import UserError
 from explain import TITLES, Explainer, explain_batched, make_explainer, parse_methods
 from model import ARCH
-from runtime import autocast, fast_dtype
+from runtime import autocast, fast_dtype, inference_copy
 from train import predict
 
 FILL_STRATEGIES = ("zero", "gray", "mean", "blur")
@@ -179,7 +179,8 @@ def deletion_insertion(model: nn.Module, pixels: torch.Tensor, heatmaps: torch.T
     counts = pixel_counts(steps, h * w).to(device)
     targets = targets.to(device).long()
     bar = tqdm(total=total, desc=desc, unit="img", leave=False, disable=desc is None)
-    with torch.inference_mode(), eval_mode(model):
+    net = inference_copy(model)
+    with torch.inference_mode(), eval_mode(net):
         scores = torch.empty(total, dtype=torch.float32, device=device)
         ranks = pixel_ranks(heatmaps.to(device)).to(torch.int32).view(n, 1, h, w)
         fills = fill_pixels(pixels, strategy)
@@ -189,7 +190,7 @@ def deletion_insertion(model: nn.Module, pixels: torch.Tensor, heatmaps: torch.T
                 image, curve, step = flat // (2 * points), flat // points % 2, flat % points
                 batch = masked_pixels(pixels, fills, ranks, image, counts[step], curve == 1)
                 batch = normalize(batch, info).contiguous(memory_format=torch.channels_last)
-                probs = model(batch).float().softmax(dim=1)
+                probs = net(batch).float().softmax(dim=1)
                 scores[start:start + len(flat)] = probs.gather(1, targets[image, None])[:, 0]
                 bar.update(len(flat))
     bar.close()

@@ -30,6 +30,12 @@ def build_resnet18(num_classes: int = 10) -> nn.Module:
     return model
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None, half: bool = False) -> None:
     """Write a checkpoint that records what it holds, atomically (temporary file + rename).
@@ -50,6 +56,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -35,6 +35,16 @@ def test_checkpoint_round_trip_records_what_it_holds(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_checkpoint_file_mode_follows_the_umask(tmp_path):
+    import os
+    mask = os.umask(0o022)
+    try:
+        path = random_checkpoint(tmp_path / "ck.pth")
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_half_checkpoint_loads_as_fp32_close_to_original(tmp_path):
     full = random_checkpoint(tmp_path / "full.pth")
     half = random_checkpoint(tmp_path / "half.pth", half=True)
