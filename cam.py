@@ -9,7 +9,7 @@ found, and turning raw maps into normalized heatmaps at input resolution.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F

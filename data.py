@@ -11,9 +11,9 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.error import URLError
 
 import numpy as np
@@ -138,11 +138,11 @@ class ImageSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, n: int) -> "ImageSplit":
+    def subset(self, n: int) -> ImageSplit:
         """The first ``n`` samples (all of them when ``n`` is larger)."""
         return ImageSplit(self.images[:n], self.labels[:n], self.info)
 
-    def to(self, device: torch.device) -> "ImageSplit":
+    def to(self, device: torch.device) -> ImageSplit:
         """The split on ``device`` (a GPU holds all of CIFAR-10 as uint8 in 150 MB)."""
         return ImageSplit(self.images.to(device), self.labels.to(device), self.info)
 

@@ -36,9 +36,10 @@ import os
 import tarfile
 import xml.etree.ElementTree as ET
 from argparse import Namespace
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Iterator, Sequence
+from typing import Self
 from urllib.error import URLError
 
 import cv2
@@ -373,7 +374,7 @@ def draw_box(image: np.ndarray, box: Sequence[float], text: str, color: tuple[in
     """Draw ``box`` with a filled label ``text`` on ``image`` (RGB uint8), in place."""
     h, w = image.shape[:2]
     thickness = max(2, round(min(h, w) / 250))
-    x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
     cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
     scale = _text_scale(image)
     (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
@@ -507,7 +508,7 @@ class VOCReader:
 
     def _open_tar(self) -> str:
         try:
-            self._tar = tarfile.open(self.path, "r:*")
+            self._tar = tarfile.open(self.path, "r:*")  # noqa: SIM115 (closed by close())
             self._members = {m.name: m for m in self._tar.getmembers() if m.isfile()}
         except tarfile.ReadError:
             raise UserError(f"cannot read the VOC tar {self.path}: not a tar file, or a "
@@ -559,7 +560,7 @@ class VOCReader:
         if self._tar is not None:
             self._tar.close()
 
-    def __enter__(self) -> "VOCReader":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

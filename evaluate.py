@@ -24,9 +24,9 @@ import json
 import math
 import sys
 from argparse import Namespace
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -429,8 +429,8 @@ def table_rows(results: list[MethodResult]) -> list[dict]:
 def markdown_table(results: list[MethodResult], caption: str) -> str:
     """The comparison as a Markdown table, with the better direction in the header."""
     lines = [caption, "",
-             "| method | deletion AUC (lower is better) | 95% CI | insertion AUC (higher is "
-             "better) | 95% CI | n |",
+             ("| method | deletion AUC (lower is better) | 95% CI | insertion AUC (higher is "
+              "better) | 95% CI | n |"),
              "|---|---:|---|---:|---|---:|"]
     for r in results:
         d, i = r.deletion, r.insertion

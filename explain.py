@@ -6,8 +6,8 @@ evaluation, the benchmarks) looks them up here.
 from __future__ import annotations
 
 from argparse import Namespace
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn

@@ -5,16 +5,16 @@ Pictures are saved, never shown (matplotlib's Agg backend), so the tool runs on 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Collection, Mapping, Sequence
 
 import cv2
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
 
 def slug(text: str) -> str:

@@ -12,18 +12,19 @@ come from one run on one machine, so their ratios are comparable; each is the fa
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import detection as det  # noqa: E402
-from runtime import resolve_device  # noqa: E402
+import detection as det
+from runtime import resolve_device
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, object]:
@@ -41,7 +42,7 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple
     return best, out
 
 
-def batched_maps(state: "det.DetectorPass") -> torch.Tensor:
+def batched_maps(state: det.DetectorPass) -> torch.Tensor:
     """Raw maps ``[N, h, w]`` of the first layer from all N gradients in one call with
     ``is_grads_batched=True`` (vmap over the backward pass)."""
     eye = torch.eye(len(state.targets), device=state.targets.device)
@@ -72,7 +73,8 @@ def main() -> None:
 
     def backward_time(backward: Callable[[det.DetectorPass], object]) -> tuple[float, object]:
         """Fastest backward over fresh forward passes (a backward pass frees its graph)."""
-        tries = [timed(lambda s=forward(): backward(s), device, 1) for _ in range(args.repeats)]
+        tries = [timed(functools.partial(backward, forward()), device, 1)
+                 for _ in range(args.repeats)]
         return min(t for t, _ in tries), tries[-1][1]
 
     def again_per_box() -> None:

@@ -25,17 +25,17 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import DATASETS, normalize  # noqa: E402
-from evaluate import deletion_insertion, reference_curves  # noqa: E402
-from model import build_resnet18  # noqa: E402
-from runtime import autocast, fast_dtype, inference_copy  # noqa: E402
+from data import DATASETS, normalize
+from evaluate import deletion_insertion, reference_curves
+from model import build_resnet18
+from runtime import autocast, fast_dtype, inference_copy
 
 
 def seconds(fn: Callable[[], object]) -> float:
@@ -102,7 +102,7 @@ def main() -> None:
 
     def row(label: str, note: str = "") -> None:
         ms = 1e3 * times[label] / forwards
-        print(f"  {label:<22} {times[label]:7.2f} s  {ms:6.2f} ms/forward  {note}")
+        print(f"  {label:<28} {times[label]:7.2f} s  {ms:6.2f} ms/forward  {note}")
 
     print("Timings (best of", args.repeats, "for the batched and raw runs, one loop run):")
     row("loop", "per-step batch-1 loop, fp32 (the original)")

@@ -18,19 +18,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cam import normalize_heatmaps, resolve_layer  # noqa: E402
-from explain import explain_batched  # noqa: E402
-from gradcam import GradCAM  # noqa: E402
-from model import build_resnet18  # noqa: E402
-from runtime import resolve_device  # noqa: E402
+from cam import normalize_heatmaps, resolve_layer
+from explain import explain_batched
+from gradcam import GradCAM
+from model import build_resnet18
+from runtime import resolve_device
 
 
 def original_loop(model: nn.Module, layer: nn.Module, images: torch.Tensor,

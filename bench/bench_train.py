@@ -20,8 +20,8 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,10 +32,10 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would garble the printed table
 
-from data import DATASETS, ImageSplit  # noqa: E402
-from model import build_resnet18  # noqa: E402
-from runtime import autocast, fast_dtype, resolve_device  # noqa: E402
-from train import train_one_epoch  # noqa: E402
+from data import DATASETS, ImageSplit
+from model import build_resnet18
+from runtime import autocast, fast_dtype, resolve_device
+from train import train_one_epoch
 
 
 class PILDataset(torch.utils.data.Dataset):

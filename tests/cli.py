@@ -30,7 +30,7 @@ def run_main(*args: str, cwd: Path | None = None, timeout: float = 900
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     code = _NO_NETWORK.format(root=str(ROOT))
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=cwd or ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

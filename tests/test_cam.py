@@ -100,9 +100,8 @@ def test_normalize_heatmaps_range_size_and_constant_maps():
 
 def test_capture_removes_its_hook_after_an_exception():
     layer = nn.Conv2d(3, 3, 1)
-    with pytest.raises(RuntimeError):
-        with capture_activation(layer):
-            layer(torch.randn(1, 5, 4, 4))                    # wrong channel count
+    with pytest.raises(RuntimeError), capture_activation(layer):
+        layer(torch.randn(1, 5, 4, 4))                    # wrong channel count
     assert not layer._forward_hooks
 
 

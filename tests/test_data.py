@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import socket
 
 import numpy as np
@@ -11,8 +12,17 @@ import torchvision
 from PIL import Image
 
 import data
-from data import (DATASETS, ImageSplit, batches, denormalize, load_image, load_split, normalize,
-                  random_crop_flip, read_idx)
+from data import (
+    DATASETS,
+    ImageSplit,
+    batches,
+    denormalize,
+    load_image,
+    load_split,
+    normalize,
+    random_crop_flip,
+    read_idx,
+)
 from errors import UserError
 from tinydata import idx_bytes, write_cifar10, write_fashion_mnist
 
@@ -103,9 +113,9 @@ def test_random_crop_flip_gives_crops_of_the_padded_image():
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     shifts, flips = set(), set()
     for i in range(len(images)):
-        matches = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (False, True)
-                   if torch.equal(out[i], (lambda c: c.flip(2) if f else c)(
-                       padded[i, :, dy:dy + 8, dx:dx + 8]))]
+        crops = [(dy, dx, padded[i, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5)]
+        matches = [(dy, dx, f) for dy, dx, crop in crops for f in (False, True)
+                   if torch.equal(out[i], crop.flip(2) if f else crop)]
         assert matches, i
         shifts.add(matches[0][:2])
         flips.add(matches[0][2])
@@ -121,10 +131,10 @@ def test_random_crop_flip_without_padding_or_flip_is_identity():
 def test_batches_cover_every_sample_once_and_are_seeded():
     split = ImageSplit(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 2, 2),
                        torch.arange(10), DATASETS["cifar10"])
-    run = lambda seed: [y.tolist() for _, y in batches(  # noqa: E731
+    run = lambda seed: [y.tolist() for _, y in batches(
         split, 4, torch.device("cpu"), shuffle=True, generator=torch.Generator().manual_seed(seed))]
     first = run(1)
-    assert sorted(sum(first, [])) == list(range(10)) and [len(b) for b in first] == [4, 4, 2]
+    assert sorted(itertools.chain.from_iterable(first)) == list(range(10)) and [len(b) for b in first] == [4, 4, 2]
     assert run(1) == first and run(2) != first
     images, labels = next(batches(split, 10, torch.device("cpu")))
     expected = normalize(labels.float().div(255).view(10, 1, 1, 1).expand(10, 3, 2, 2),

@@ -10,8 +10,8 @@ import io
 import json
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.error import URLError
 
 import numpy as np
@@ -24,8 +24,8 @@ from torchvision.models.detection.roi_heads import RoIHeads
 
 import detection as det
 import main
-from cli import assert_one_line_error, run_main
 from cam import normalize_heatmaps
+from cli import assert_one_line_error, run_main
 from errors import UserError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
@@ -205,7 +205,7 @@ def test_model_is_left_as_found_also_after_an_error(detector: torch.nn.Module) -
     flags = [p.requires_grad for p in detector.parameters()]
     detector.train()
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(RuntimeError, match="size of tensor"):
             det.explain_detections(detector, torch.rand(5, 40, 40), ("layer4",), 0.0, 2)
         assert detector.training and detector.backbone.body.layer4.training
         assert not layer._forward_hooks

@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from cli import assert_one_line_error, run_main
 from errors import UserError
 from explain import EXPLAINERS, explain_batched, make_explainer, parse_methods
-from visualize import heatmap_panel, overlay, slug
-from cli import assert_one_line_error, run_main
 from test_cam import random_resnet
 from tinydata import random_checkpoint, write_fashion_mnist
+from visualize import heatmap_panel, overlay, slug
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ def test_half_checkpoint_loads_as_fp32_close_to_original(tmp_path):
 
 def test_bare_state_dict_is_accepted(tmp_path):
     torch.save(build_resnet18(10).state_dict(), tmp_path / "bare.pth")
-    model, meta = load_model(tmp_path / "bare.pth")
+    _, meta = load_model(tmp_path / "bare.pth")
     assert meta["arch"] == ARCH and "dataset" not in meta
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import main
+from cli import assert_one_line_error, run_main
 from data import DATASETS
 from model import load_model, read_checkpoint
-from train import accuracy_report, run_training
-from cli import assert_one_line_error, run_main
 from tinydata import random_checkpoint, write_fashion_mnist
+from train import accuracy_report, run_training
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_train_cli_writes_checkpoint_metrics_and_curves(trained):
     out, ckpt, train, _ = trained
     assert train.returncode == 0, train.stderr
     assert "Best test accuracy:" in train.stdout
-    rows = list(csv.DictReader(open(out / "logs" / "metrics.csv")))
+    rows = list(csv.DictReader((out / "logs" / "metrics.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1]
     assert {"train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"} <= rows[0].keys()
     assert (out / "logs" / "training_curves.png").stat().st_size > 1000
@@ -47,7 +47,7 @@ def test_train_cli_writes_checkpoint_metrics_and_curves(trained):
 
 def test_checkpoint_loads_back_with_its_dataset_and_classes(trained):
     _, ckpt, _, _ = trained
-    model, meta = load_model(ckpt)
+    _, meta = load_model(ckpt)
     assert meta["dataset"] == "fashion_mnist"
     assert tuple(meta["classes"]) == DATASETS["fashion_mnist"].classes
     assert meta["mean"] == list(DATASETS["fashion_mnist"].mean)
