@@ -14,7 +14,7 @@ from torch import nn
 
 import visualize
 from cam import CAM
-from data import DatasetInfo, ImageSplit, denormalize, load_image, normalize
+from data import DatasetInfo, ImageSplit, load_image, normalize
 from errors import UserError
 from gradcam import GradCAM, GradCAMPlusPlus
 
@@ -75,12 +75,12 @@ def run_dataset(model: nn.Module, split: ImageSplit, device: torch.device, args:
     explainers = {m: make_explainer(m, model, args.target_layer) for m in methods}
     info = split.info
     part = split.subset(args.vis_num)
-    images = normalize(part.images.float().div(255), info).to(device)
+    pixels = part.images.float().div(255)
+    images = normalize(pixels, info).to(device)
     labels = part.labels.to(device)
     probs = _probabilities(model, images, args.batch_size)
     preds = probs.argmax(1)
     targets = preds if args.target == "pred" else labels
-    pixels = denormalize(images, info).cpu()
     for method, explainer in explainers.items():
         heatmaps = explain_batched(explainer, images, targets, args.batch_size).cpu()
         folder = Path(args.out_dir) / method
