@@ -40,7 +40,7 @@ from data import DatasetInfo, ImageSplit, normalize
 from errors import UserError
 from explain import TITLES, Explainer, explain_batched, make_explainer, parse_methods
 from model import ARCH
-from runtime import autocast, fast_dtype, inference_copy
+from runtime import autocast, inference_copy, precision_dtype
 from train import predict
 
 FILL_STRATEGIES = ("zero", "gray", "mean", "blur")
@@ -484,7 +484,7 @@ def run(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespa
         raise UserError(f"--hidden_strategy must be one of {', '.join(FILL_STRATEGIES)}")
     explainers = {m: make_explainer(m, model, args.target_layer) for m in parse_methods(args.vis)}
     explainers.update({name: make(args.seed) for name, make in BASELINES.items()})
-    dtype = None if args.precision == "fp32" else fast_dtype(device)
+    dtype = precision_dtype(args.precision, device)
     info = split.info
     selection = _pick_images(model, split, device, args)
     pixels = split.images[selection.indices].float().div(255).to(device)

@@ -49,6 +49,12 @@ def fast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
+def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype that ``--precision`` asks for: ``fp32`` never reduces, ``auto`` uses
+    :func:`fast_dtype`."""
+    return None if precision == "fp32" else fast_dtype(device)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for ``dtype`` on ``device``, or nothing when ``dtype`` is None."""
     if dtype is None or dtype == torch.float32:

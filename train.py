@@ -20,7 +20,7 @@ from tqdm import tqdm
 import visualize
 from data import DatasetInfo, ImageSplit, batches, dataset_info, load_split
 from model import build_resnet18, save_checkpoint
-from runtime import autocast, fast_dtype, resolve_device, seed_everything
+from runtime import autocast, precision_dtype, resolve_device, seed_everything
 
 
 @dataclass
@@ -91,14 +91,10 @@ def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[s
     return 100.0 * (preds == labels).float().mean().item(), per_class, confusion
 
 
-def _precision(args: Namespace, device: torch.device) -> torch.dtype | None:
-    return None if getattr(args, "precision", "auto") == "fp32" else fast_dtype(device)
-
-
 def run_training(args: Namespace) -> float:
     """``--mode train``: train, keep the best checkpoint, log metrics and curves. Returns it."""
     device = resolve_device(args.device)
-    dtype = _precision(args, device)
+    dtype = precision_dtype(args.precision, device)
     generator = seed_everything(args.seed)
     info: DatasetInfo = dataset_info(args.dataset or "cifar10")
     train_split = load_split(info.name, args.data_dir, train=True).to(device)
@@ -160,7 +156,7 @@ def run_training(args: Namespace) -> float:
 
 def run_test(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespace) -> float:
     """``--mode test --vis none``: accuracy, per-class accuracy, confusion-matrix PNG."""
-    dtype = _precision(args, device)
+    dtype = precision_dtype(args.precision, device)
     logits = predict(model, split, device, dtype, batch_size=max(args.batch_size, 256), desc="test")
     acc, per_class, confusion = accuracy_report(logits, split.labels, split.info.classes)
     print(f"Test Accuracy: {acc:.2f}%")
