@@ -9,6 +9,7 @@ lives here; other modules work on normalized batches.
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from errors import UserError
 
@@ -303,25 +304,34 @@ def batches(split: ImageSplit, batch_size: int, device: torch.device, *, shuffle
 # A user's own image
 
 
+def open_image(source: str | os.PathLike | io.BytesIO, name: str | None = None) -> Image.Image:
+    """An image file (or its bytes), fully decoded and turned upright by its EXIF orientation,
+    as a viewer shows it. A missing file, or one PIL cannot decode, is one ``UserError`` line
+    naming ``name`` (default: the path)."""
+    name = name or str(source)
+    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
+        raise UserError(f"image not found: {source}")
+    try:
+        with Image.open(source) as img:
+            return ImageOps.exif_transpose(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
+            Image.DecompressionBombError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read image {name}: {reason[:120]}") from None
+
+
 def load_image(path: str | os.PathLike, info: DatasetInfo) -> torch.Tensor:
     """A user's image file as a pixel tensor ``[3, S, S]`` in ``[0, 1]``, shaped like the data.
 
     Any mode PIL reads (grayscale, RGBA, palette) is converted: to RGB, or for a grayscale
     dataset to one luminance channel resized to the source size and padded as the data was.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("RGBA", "LA", "P"):
-                img = img.convert("RGBA")
-                background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-                img = Image.alpha_composite(background, img)
-            img = img.convert("L" if info.grayscale else "RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
+    img = open_image(path)
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    img = img.convert("L" if info.grayscale else "RGB")
     size = info.input_size - 2 * info.pad
     img = img.resize((size, size), Image.Resampling.BILINEAR)
     pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)

@@ -46,7 +46,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
@@ -54,6 +53,7 @@ from torchvision.ops import box_iou, clip_boxes_to_image
 from tqdm import tqdm
 
 from cam import capture_activation, eval_mode, normalize_heatmaps, resolve_layer
+from data import open_image
 from errors import UserError
 from gradcam import GradCAM
 from model import read_checkpoint
@@ -340,16 +340,7 @@ def explain_detections(model: FasterRCNN, image: torch.Tensor, layers: Sequence[
 def read_image(source: str | os.PathLike | io.BytesIO, name: str | None = None) -> np.ndarray:
     """An image file (or bytes) as an RGB uint8 array ``[H, W, 3]``; any PIL mode is converted
     (grayscale, RGBA, palette), and EXIF orientation is applied as a viewer would."""
-    name = name or str(source)
-    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
-        raise UserError(f"image not found: {source}")
-    try:
-        with Image.open(source) as img:
-            return np.array(ImageOps.exif_transpose(img).convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
-            Image.DecompressionBombError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read image {name}: {reason[:120]}") from None
+    return np.array(open_image(source, name).convert("RGB"))
 
 
 def to_tensor(image_rgb: np.ndarray, device: torch.device) -> torch.Tensor:

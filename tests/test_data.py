@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import itertools
 import socket
 
@@ -20,6 +21,7 @@ from data import (
     load_image,
     load_split,
     normalize,
+    open_image,
     random_crop_flip,
     read_idx,
 )
@@ -159,3 +161,12 @@ def test_load_image_missing_and_corrupt(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(UserError, match="cannot read image"):
         load_image(tmp_path / "bad.jpg", DATASETS["cifar10"])
+
+
+def test_open_image_turns_a_photo_upright_by_its_exif_orientation(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view", as phones write it
+    Image.new("RGB", (60, 20), (10, 20, 30)).save(tmp_path / "phone.jpg", exif=exif)
+    assert open_image(tmp_path / "phone.jpg").size == (20, 60)
+    with pytest.raises(UserError, match=r"cannot read image tar:x\.jpg"):
+        open_image(io.BytesIO(b"not an image"), name="tar:x.jpg")
