@@ -3,8 +3,8 @@
 An explainer is a callable ``(images, targets) -> heatmaps``: ``images`` a normalized batch
 ``[B, 3, H, W]``, ``targets`` ``[B]`` class indices, ``heatmaps`` ``[B, H, W]`` in ``[0, 1]`` on
 the same device. The shared pieces here keep that contract in one place: finding a layer by
-name, capturing its output with a hook that is always removed, leaving the model as it was
-found, and turning raw maps into normalized heatmaps at input resolution.
+name, capturing its output with a hook that is always removed, and turning raw maps into
+normalized heatmaps at input resolution (``runtime.eval_mode`` leaves the model as found).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from errors import UserError
+from runtime import eval_mode
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
@@ -57,19 +58,6 @@ def capture_activation(layer: nn.Module) -> Iterator[ActivationCapture]:
         yield capture
     finally:
         handle.remove()
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode (samples independent, BatchNorm on running statistics),
-    then restore the train/eval flag of every submodule."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 def normalize_heatmaps(maps: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -52,11 +52,12 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops import box_iou, clip_boxes_to_image
 from tqdm import tqdm
 
-from cam import capture_activation, eval_mode, normalize_heatmaps, resolve_layer
+from cam import capture_activation, normalize_heatmaps, resolve_layer
 from data import open_image
 from errors import UserError
 from gradcam import GradCAM
 from model import read_checkpoint
+from runtime import eval_mode
 from visualize import overlay, save_rgb, slug
 
 COCO_WEIGHTS = FasterRCNN_ResNet50_FPN_Weights.COCO_V1

@@ -35,12 +35,11 @@ from torch import nn
 from tqdm import tqdm
 
 import visualize
-from cam import eval_mode
 from data import DatasetInfo, ImageSplit, normalize
 from errors import UserError
 from explain import TITLES, Explainer, explain_batched, make_explainer, parse_methods
 from model import ARCH
-from runtime import autocast, inference_copy, precision_dtype
+from runtime import autocast, eval_mode, inference_copy, precision_dtype
 from train import predict
 
 FILL_STRATEGIES = ("zero", "gray", "mean", "blur")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cam import capture_activation, check_batch, eval_mode, normalize_heatmaps, resolve_layer
+from cam import capture_activation, check_batch, normalize_heatmaps, resolve_layer
+from runtime import eval_mode
 
 
 class GradCAM:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype)
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode (samples independent, BatchNorm on running statistics),
+    then restore the train/eval flag of every submodule."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
 def inference_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy of ``model`` with each BatchNorm folded into the convolution before it.
 
@@ -69,15 +83,11 @@ def inference_copy(model: nn.Module) -> nn.Module:
     folded network computes the same function with one operation less per convolution. The
     model itself is left untouched; one that torch.fx cannot trace comes back as it is.
     """
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        return fuse(model)
-    except Exception:  # noqa: BLE001 - any untraceable model simply runs unfolded
-        return model
-    finally:
-        for module, training in flags:
-            module.training = training
+    with eval_mode(model):
+        try:
+            return fuse(model)
+        except Exception:  # noqa: BLE001 - any untraceable model simply runs unfolded
+            return model
 
 
 def seed_everything(seed: int) -> torch.Generator:

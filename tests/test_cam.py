@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from cam import CAM, capture_activation, eval_mode, normalize_heatmaps, resolve_layer
+from cam import CAM, capture_activation, normalize_heatmaps, resolve_layer
 from errors import UserError
 from model import build_resnet18
+from runtime import eval_mode
 
 
 class EvidenceNet(nn.Module):
