@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from errors import UserError
+from errors import UserError, reason
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -180,9 +180,8 @@ def _download(fetch: Callable[[], object], what: str, url: str, folder: Path) ->
     try:
         fetch()
     except (URLError, RuntimeError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{what} is not in {folder} and downloading it from {url} failed "
-                        f"({reason[:100]}); download it on a machine with network and put the "
+                        f"({reason(exc, 100)}); download it on a machine with network and put the "
                         f"extracted files in {folder}") from None
 
 
@@ -316,8 +315,7 @@ def open_image(source: str | os.PathLike | io.BytesIO, name: str | None = None) 
             return ImageOps.exif_transpose(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
             Image.DecompressionBombError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read image {name}: {reason[:120]}") from None
+        raise UserError(f"cannot read image {name}: {reason(exc)}") from None
 
 
 def load_image(path: str | os.PathLike, info: DatasetInfo) -> torch.Tensor:

@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from cam import capture_activation, normalize_heatmaps, resolve_layer
 from data import open_image
-from errors import UserError
+from errors import UserError, reason
 from gradcam import GradCAM
 from model import read_checkpoint
 from runtime import eval_mode
@@ -118,9 +118,9 @@ def _load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: s
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as exc:  # shape mismatches are raised even when strict=False
         lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
-        detail = lines[0] if lines else str(exc).strip().splitlines()[0]
+        detail = lines[0][:160] if lines else reason(exc, 160)
         raise UserError(f"{source} do not fit Faster R-CNN ResNet-50 FPN with 91 COCO classes "
-                        f"({detail[:160]})") from None
+                        f"({detail})") from None
     missing, unexpected = result.missing_keys, result.unexpected_keys
     if missing or unexpected:
         example = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
@@ -138,9 +138,8 @@ def coco_state_dict() -> tuple[dict[str, torch.Tensor], str]:
             folder.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(COCO_WEIGHTS.url, str(path), hash_prefix)
         except (URLError, OSError, RuntimeError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"the COCO detector weights {WEIGHTS_FILE} are not in {folder} and "
-                            f"downloading them from {COCO_WEIGHTS.url} failed ({reason[:100]}); "
+                            f"downloading them from {COCO_WEIGHTS.url} failed ({reason(exc, 100)}); "
                             f"put the file in {folder} or pass --det_weights PATH") from None
     return read_checkpoint(path)["model_state_dict"], f"weights {path}"
 
@@ -506,8 +505,7 @@ class VOCReader:
             raise UserError(f"cannot read the VOC tar {self.path}: not a tar file, or a "
                             f"damaged one") from None
         except (tarfile.TarError, OSError, EOFError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot read the VOC tar {self.path}: {reason}") from None
+            raise UserError(f"cannot read the VOC tar {self.path}: {reason(exc)}") from None
         for name in self._members:
             if "/Annotations/" in name and name.endswith(".xml"):
                 return name[:name.index("Annotations/")]

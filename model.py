@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from errors import UserError
+from errors import UserError, reason
 
 ARCH = "resnet18_cifar"
 
@@ -78,11 +78,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - garbage bytes raise anything from the unpickler
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if reason.startswith("Weights only load failed"):
-            reason = "it is not a pickle of tensors and plain values"
-        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint "
-                        f"({reason[:120]})") from None
+        why = reason(exc)
+        if why.startswith("Weights only load failed"):
+            why = "it is not a pickle of tensors and plain values"
+        raise UserError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({why})"
+                        ) from None
     if isinstance(payload, dict) and "model_state_dict" in payload:
         return payload
     if isinstance(payload, dict) and payload and all(torch.is_tensor(v) for v in payload.values()):
