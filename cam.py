@@ -60,13 +60,18 @@ def capture_activation(layer: nn.Module) -> Iterator[ActivationCapture]:
         handle.remove()
 
 
+def at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or in float64 when it already is (reduced precision is promoted)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def normalize_heatmaps(maps: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
     """ReLU, bilinear upsampling to ``size``, then per-map min-max scaling to ``[0, 1]``.
 
     Scaling after upsampling makes every non-constant map span exactly ``[0, 1]``. A constant
     map (all zeros after ReLU, say) comes back as zeros, never NaN.
     """
-    maps = maps.float().clamp(min=0)
+    maps = at_least_fp32(maps).clamp(min=0)
     if size is not None and tuple(maps.shape[-2:]) != tuple(size):
         maps = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear",
                              align_corners=False).squeeze(1)
@@ -76,7 +81,7 @@ def normalize_heatmaps(maps: torch.Tensor, size: tuple[int, int] | None = None) 
     span = hi - lo
     constant = span <= 1e-7 * hi.abs().clamp(min=torch.finfo(torch.float32).tiny)
     flat = torch.where(constant, torch.zeros_like(flat), (flat - lo) / span.clamp(min=1e-30))
-    return flat.view_as(maps)
+    return flat.view_as(maps).float()
 
 
 def check_batch(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -87,6 +92,31 @@ def check_batch(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if len(targets) != len(images):
         raise ValueError(f"{len(images)} images but {len(targets)} targets")
     return targets
+
+
+def layer_activation(model: nn.Module, layer: nn.Module, images: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``layer``'s output ``[B, K, h, w]`` and the logits for ``images``, without autograd.
+
+    For the gradient-free explainers: one forward pass in eval mode under inference mode; the
+    model's flags and hooks are left as found.
+    """
+    with torch.inference_mode(), eval_mode(model), capture_activation(layer) as capture:
+        logits = model(images)
+    activation = capture.activation
+    if activation is None or activation.ndim != 4:
+        shape = None if activation is None else tuple(activation.shape)
+        raise ValueError(f"the target layer must give a [B, K, h, w] map, got {shape}")
+    return activation, logits
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of ``[B, h, w]`` or ``[B, K, h, w]`` maps to ``size`` (no clamping)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    flat = at_least_fp32(maps.reshape(-1, 1, *maps.shape[-2:]))
+    out = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
+    return out.view(*maps.shape[:-2], *size)
 
 
 class CAM:

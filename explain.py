@@ -5,6 +5,7 @@ evaluation, the benchmarks) looks them up here.
 """
 from __future__ import annotations
 
+import inspect
 from argparse import Namespace
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,8 @@ import visualize
 from cam import CAM
 from data import DatasetInfo, ImageSplit, load_image, normalize
 from errors import UserError
-from gradcam import GradCAM, GradCAMPlusPlus
+from gradcam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from gradfree import AblationCAM, EigenCAM, ScoreCAM
 
 Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -24,19 +26,44 @@ EXPLAINERS: dict[str, Callable[..., Explainer]] = {
     "cam": CAM,
     "gradcam": GradCAM,
     "gradcampp": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "hirescam": HiResCAM,
+    "layercam": LayerCAM,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+    "eigencam": EigenCAM,
 }
 
-TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}
+TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "xgradcam": "XGrad-CAM",
+          "hirescam": "HiResCAM", "layercam": "LayerCAM", "scorecam": "Score-CAM",
+          "ablationcam": "Ablation-CAM", "eigencam": "Eigen-CAM"}
 
 
-def make_explainer(name: str, model: nn.Module, target_layer: str = "layer4") -> Explainer:
-    """The explainer called ``name`` for ``model`` at ``target_layer``."""
+def make_explainer(name: str, model: nn.Module, target_layer: str = "layer4",
+                   batch_size: int = 256) -> Explainer:
+    """The explainer called ``name`` for ``model`` at ``target_layer``. ``batch_size`` is the
+    chunk of forward passes for the methods that run one per channel (Score-CAM, Ablation-CAM).
+    """
     if name not in EXPLAINERS:
         raise UserError(f"unknown heatmap method '{name}' (known: {', '.join(EXPLAINERS)})")
+    if "," in target_layer:
+        raise UserError(f"--target_layer '{target_layer}' names several layers; a comma list "
+                        f"works with --hidden_strategy and --sanity, heatmap panels take one")
     if name == "cam" and target_layer != "layer4":
         raise UserError("CAM is defined at the layer before global pooling (layer4) only; "
                         "use --vis gradcam for other layers")
-    return EXPLAINERS[name](model, target_layer=target_layer)
+    make = EXPLAINERS[name]
+    if "batch_size" in inspect.signature(make).parameters:
+        return make(model, target_layer=target_layer, batch_size=batch_size)
+    return make(model, target_layer=target_layer)
+
+
+def parse_layers(spec: str) -> list[str]:
+    """``layer4`` / ``layer3,layer4`` -> layer names, in order, without repeats."""
+    layers = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
+    if not layers:
+        raise UserError("--target_layer names no layer")
+    return layers
 
 
 def parse_methods(spec: str) -> list[str]:
@@ -72,7 +99,8 @@ def _probabilities(model: nn.Module, images: torch.Tensor, batch_size: int) -> t
 def run_dataset(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespace) -> int:
     """``--vis METHOD --vis_num N``: panels and a grid for the first N test images."""
     methods = parse_methods(args.vis)
-    explainers = {m: make_explainer(m, model, args.target_layer) for m in methods}
+    explainers = {m: make_explainer(m, model, args.target_layer, args.cam_batch_size)
+                  for m in methods}
     info = split.info
     part = split.subset(args.vis_num)
     pixels = part.images.float().div(255)
@@ -105,7 +133,8 @@ def run_images(model: nn.Module, info: DatasetInfo, device: torch.device, args: 
     if args.target == "gt":
         raise UserError("--target gt needs the true class, which a user image does not have")
     methods = [] if args.vis == "none" else parse_methods(args.vis)
-    explainers = {m: make_explainer(m, model, args.target_layer) for m in methods}
+    explainers = {m: make_explainer(m, model, args.target_layer, args.cam_batch_size)
+                  for m in methods}
     pixels = torch.stack([load_image(path, info) for path in args.image])
     images = normalize(pixels, info).to(device)
     probs = _probabilities(model, images, args.batch_size)

@@ -1,10 +1,15 @@
-"""Grad-CAM (Selvaraju et al., 2017) and Grad-CAM++ (Chattopadhay et al., 2018), batched.
+"""Gradient-based CAMs, batched: Grad-CAM (Selvaraju et al., 2017), Grad-CAM++ (Chattopadhay et
+al., 2018), XGrad-CAM (Fu et al., 2020), HiResCAM (Draelos & Carin, 2020) and LayerCAM (Jiang et
+al., 2021).
 
 One forward and one backward pass explain a whole batch: in eval mode the samples are
 independent, so the gradient of the *sum* of the target scores with respect to the layer's
 activation holds each sample's own gradient in its own slice. The gradient is taken with
 ``torch.autograd.grad`` with respect to the activation only, so no weight gradients are
 computed and the parameters' ``.grad`` stay untouched.
+
+Each method supplies only what differs: channel weights (Grad-CAM, Grad-CAM++, XGrad-CAM) or an
+element-wise combination of gradient and activation (HiResCAM, LayerCAM).
 """
 from __future__ import annotations
 
@@ -44,10 +49,11 @@ class GradCAM:
                                  f"got {shape}")
             score = logits.gather(1, targets[:, None]).sum()
             (grad,) = torch.autograd.grad(score, activation)
-        activation = activation.detach()
-        weights = self.channel_weights(activation, grad)
-        maps = torch.einsum("bk,bkhw->bhw", weights, activation)
-        return maps, logits.detach()
+        return self.combine(activation.detach(), grad), logits.detach()
+
+    def combine(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """``[B, K, h, w]`` activation and gradient -> ``[B, h, w]`` map: ``sum_k w_k A_k``."""
+        return torch.einsum("bk,bkhw->bhw", self.channel_weights(activation, grad), activation)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         maps, _ = self.raw_maps(images, targets)
@@ -67,3 +73,31 @@ class GradCAMPlusPlus(GradCAM):
         alpha = grad2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
         alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
         return (alpha * grad.clamp(min=0)).sum(dim=(2, 3))
+
+
+class XGradCAM(GradCAM):
+    """XGrad-CAM: each gradient weighted by its activation's share of the channel's sum,
+    ``w_k = sum_ij (A_k,ij / sum_ij A_k,ij) dY/dA_k,ij`` (a channel summing to 0 gets weight 0)."""
+
+    @staticmethod
+    def channel_weights(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        total = activation.sum(dim=(2, 3))
+        weighted = (grad * activation).sum(dim=(2, 3))
+        safe = torch.where(total != 0, total, torch.ones_like(total))
+        return torch.where(total != 0, weighted / safe, torch.zeros_like(weighted))
+
+
+class HiResCAM(GradCAM):
+    """HiResCAM: the element-wise product of gradient and activation, summed over channels, so
+    every location keeps its own gradient instead of the channel's average."""
+
+    def combine(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return (grad * activation).sum(dim=1)
+
+
+class LayerCAM(GradCAM):
+    """LayerCAM: like HiResCAM with the gradient's negative part dropped, ``sum_k relu(g_k) A_k``,
+    which keeps fine detail at early layers."""
+
+    def combine(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return (grad.clamp(min=0) * activation).sum(dim=1)

@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("heatmaps")
     g.add_argument("--vis", default="none",
-                   help="none, cam, gradcam, gradcampp; for deletion/insertion also 'all' or a "
-                        "comma list such as cam,gradcam")
+                   help="none, a method (cam, gradcam, gradcampp, xgradcam, hirescam, layercam, "
+                        "scorecam, ablationcam, eigencam), a comma list of them, or all")
     g.add_argument("--vis_num", type=int, default=20, help="how many test images to explain")
     g.add_argument("--target", choices=("pred", "gt"), default="pred",
                    help="explain the predicted class or the true class")
@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Grad-CAM layer: layer1..layer4 or any module name of the model")
     g.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="explain your own image (repeatable)")
+    g.add_argument("--cam_batch_size", type=int, default=256,
+                   help="Score-CAM / Ablation-CAM: masked or ablated inputs per forward pass")
 
     g = p.add_argument_group("deletion / insertion")
     g.add_argument("--hidden_strategy", choices=HIDDEN_STRATEGIES, default="none",
@@ -96,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Reject flag values that cannot work, before any work starts."""
     for name in ("batch_size", "num_epochs", "vis_num", "steps", "num_eval", "eval_batch_size",
-                 "det_max", "det_num"):
+                 "det_max", "det_num", "cam_batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.lr <= 0:
