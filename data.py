@@ -282,17 +282,30 @@ def random_crop_flip(images: torch.Tensor, padding: int, hflip: bool,
 
 def batches(split: ImageSplit, batch_size: int, device: torch.device, *, shuffle: bool = False,
             augment: bool = False, generator: torch.Generator | None = None,
-            channels_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield normalized float batches ``(images, labels)`` on ``device``."""
+            channels_last: bool = False, shard: tuple[int, int] = (0, 1),
+            augment_generator: torch.Generator | None = None
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield normalized float batches ``(images, labels)`` on ``device``.
+
+    ``shard = (rank, ranks)``: this rank's share of the (shuffled) order, every ``ranks``-th
+    item from ``rank``, cut to ``len(split) // ranks`` items so that all ranks take the same
+    number of equal batches; batch ``k`` of all ranks together is then batch ``k`` of a single
+    process with a ``ranks`` times larger batch. ``generator`` draws the order (the same on
+    every rank), ``augment_generator`` (default: ``generator``) the augmentation.
+    """
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    augment_generator = augment_generator if augment_generator is not None else generator
+    rank, ranks = shard
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    if ranks > 1:
+        order = order[rank::ranks][:n // ranks]
     info = split.info
-    for start in range(0, n, batch_size):
+    for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size].to(split.images.device)
         images = split.images[idx].to(device, non_blocking=True)
         if augment:
-            images = random_crop_flip(images, info.crop_padding, info.hflip, generator)
+            images = random_crop_flip(images, info.crop_padding, info.hflip, augment_generator)
         images = normalize(images.float().div_(255), info)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)

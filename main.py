@@ -13,6 +13,7 @@ import argparse
 import sys
 
 import detection
+import distributed
 import evaluate
 import explain
 from data import info_from_meta, load_split
@@ -111,6 +112,9 @@ def dispatch(args: argparse.Namespace) -> int:
         run_training(args)
         return 0
     device = resolve_device(args.device)
+    unsharded = args.det_vis or args.det_img or args.image
+    if unsharded and not distributed.world().is_main:
+        return 0  # under torchrun rank 0 alone does the jobs that are not split across ranks
     if args.det_vis or args.det_img:
         return detection.run(args, device)
 
@@ -136,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     validate(args, parser)
     try:
-        return dispatch(args)
+        with distributed.session(args.device):
+            return dispatch(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,16 +16,24 @@ from errors import UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error."""
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error.
+
+    A bare ``cuda`` becomes the current GPU with its index (``cuda:0``, or ``cuda:LOCAL_RANK``
+    under ``torchrun``, where :func:`distributed.session` selected it), so that device
+    comparisons never mix ``cuda`` and ``cuda:0``.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but PyTorch sees no CUDA device "
                         "(use --device auto or cpu)")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown --device '{name}' (auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 @functools.lru_cache(maxsize=1)

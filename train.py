@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import distributed
 import visualize
 from data import DatasetInfo, ImageSplit, batches, dataset_info, load_split
 from model import build_resnet18, save_checkpoint
@@ -33,14 +34,24 @@ def train_one_epoch(model: nn.Module, split: ImageSplit, optimizer: torch.optim.
                     scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module,
                     device: torch.device, dtype: torch.dtype | None, batch_size: int,
                     generator: torch.Generator, desc: str = "train",
-                    scaler: torch.amp.GradScaler | None = None) -> EpochStats:
-    """One pass over ``split`` with augmentation; returns mean loss and accuracy (%)."""
+                    scaler: torch.amp.GradScaler | None = None,
+                    augment_generator: torch.Generator | None = None) -> EpochStats:
+    """One pass over ``split`` with augmentation; returns mean loss and accuracy (%).
+
+    Under ``torchrun`` (``model`` wrapped by :func:`distributed.wrap_model`) each rank takes
+    its shard of the epoch's order (``generator`` must draw the same order on every rank,
+    ``augment_generator`` differs per rank), and the returned numbers are over all ranks.
+    """
+    here = distributed.world()
     model.train()
     channels_last = dtype is not None
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(total=len(split), desc=desc, unit="img", leave=False, dynamic_ncols=True)
+    bar = tqdm(total=len(split) // here.size, desc=desc, unit="img", leave=False,
+               dynamic_ncols=True, disable=not here.is_main)
     for images, labels in batches(split, batch_size, device, shuffle=True, augment=True,
-                                  generator=generator, channels_last=channels_last):
+                                  generator=generator, channels_last=channels_last,
+                                  shard=(here.rank, here.size),
+                                  augment_generator=augment_generator):
         with autocast(device, dtype):
             logits = model(images)
             loss = criterion(logits, labels)
@@ -60,6 +71,7 @@ def train_one_epoch(model: nn.Module, split: ImageSplit, optimizer: torch.optim.
         bar.update(n)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.2f}%")
     bar.close()
+    total_loss, correct, seen = distributed.sum_across([total_loss, correct, seen], here)
     return EpochStats(total_loss / max(seen, 1), 100.0 * correct / max(seen, 1))
 
 
@@ -81,6 +93,19 @@ def predict(model: nn.Module, split: ImageSplit, device: torch.device,
     return torch.cat(outputs) if outputs else torch.empty(0, len(split.info.classes))
 
 
+def predict_sharded(model: nn.Module, split: ImageSplit, device: torch.device,
+                    dtype: torch.dtype | None = None, batch_size: int = 256,
+                    desc: str | None = None) -> torch.Tensor | None:
+    """:func:`predict` with the images split across ``torchrun``'s ranks: all logits on rank 0
+    (in split order), None on the others. One process: :func:`predict` itself."""
+    here = distributed.world()
+    part = distributed.shard(len(split), here)
+    mine = ImageSplit(split.images[part], split.labels[part], split.info)
+    logits = predict(distributed.unwrap_model(model), mine, device, dtype, batch_size,
+                     desc if here.is_main else None)
+    return distributed.gather_concat(logits, here)
+
+
 def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]
                     ) -> tuple[float, list[float], torch.Tensor]:
     """Overall accuracy (%), per-class accuracy (%), and the confusion matrix [true, pred]."""
@@ -93,9 +118,12 @@ def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[s
 
 def run_training(args: Namespace) -> float:
     """``--mode train``: train, keep the best checkpoint, log metrics and curves. Returns it."""
+    here = distributed.world()
     device = resolve_device(args.device)
     dtype = precision_dtype(args.precision, device)
-    generator = seed_everything(args.seed)
+    generator = seed_everything(args.seed)  # the epochs' order: the same on every rank
+    augment_generator = (torch.Generator().manual_seed(args.seed + 7919 * (here.rank + 1))
+                         if here.distributed else None)
     info: DatasetInfo = dataset_info(args.dataset or "cifar10")
     train_split = load_split(info.name, args.data_dir, train=True).to(device)
     test_split = load_split(info.name, args.data_dir, train=False).to(device)
@@ -103,9 +131,10 @@ def run_training(args: Namespace) -> float:
     model = build_resnet18(len(info.classes)).to(device)
     if dtype is not None:
         model = model.to(memory_format=torch.channels_last)
+    net = distributed.wrap_model(model, here)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
                                 weight_decay=args.weight_decay)
-    steps = args.num_epochs * -(-len(train_split) // args.batch_size)
+    steps = args.num_epochs * -(-(len(train_split) // here.size) // args.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps,
                                                     pct_start=0.25, div_factor=10.0,
                                                     final_div_factor=100.0)
@@ -113,21 +142,31 @@ def run_training(args: Namespace) -> float:
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
     log_dir = Path(args.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
+    if here.is_main:
+        log_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = log_dir / "metrics.csv"
     fields = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
     history: list[dict] = []
     best = -1.0
-    print(f"Training ResNet-18 on {info.name}: {len(train_split)} train / {len(test_split)} test "
-          f"images, {args.num_epochs} epochs, batch {args.batch_size}, device {device}, "
-          f"precision {'fp32' if dtype is None else str(dtype).replace('torch.', '')}")
+    batch = (f"batch {args.batch_size}" if not here.distributed else
+             f"batch {args.batch_size} per process x {here.size} processes = "
+             f"{args.batch_size * here.size}")
+    if here.is_main:
+        print(f"Training ResNet-18 on {info.name}: {len(train_split)} train / {len(test_split)} test "
+              f"images, {args.num_epochs} epochs, {batch}, device {device}, "
+              f"precision {'fp32' if dtype is None else str(dtype).replace('torch.', '')}")
     for epoch in range(1, args.num_epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(model, train_split, optimizer, scheduler, criterion, device,
+        stats = train_one_epoch(net, train_split, optimizer, scheduler, criterion, device,
                                 dtype, args.batch_size, generator,
-                                desc=f"epoch {epoch}/{args.num_epochs}", scaler=scaler)
-        logits = predict(model, test_split, device, dtype, batch_size=max(args.batch_size, 256))
+                                desc=f"epoch {epoch}/{args.num_epochs}", scaler=scaler,
+                                augment_generator=augment_generator)
+        distributed.sync_buffers(model, here)
+        logits = predict_sharded(model, test_split, device, dtype,
+                                 batch_size=max(args.batch_size, 256))
+        if logits is None:  # another rank than 0: rank 0 scores, logs and saves
+            continue
         test_loss = F.cross_entropy(logits, test_split.labels.cpu()).item()
         test_acc, _, _ = accuracy_report(logits, test_split.labels.cpu(), info.classes)
         row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc,
@@ -149,15 +188,19 @@ def run_training(args: Namespace) -> float:
         print(f"epoch {epoch:3d}/{args.num_epochs}  train loss {stats.loss:.4f} "
               f"acc {stats.acc:.2f}%  test loss {test_loss:.4f} acc {test_acc:.2f}%  "
               f"({row['seconds']:.0f}s){marker}", flush=True)
-    print(f"Best test accuracy: {best:.2f}%  (checkpoint {args.save_path}, "
-          f"metrics {metrics_path})")
+    if here.is_main:
+        print(f"Best test accuracy: {best:.2f}%  (checkpoint {args.save_path}, "
+              f"metrics {metrics_path})")
     return best
 
 
 def run_test(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespace) -> float:
     """``--mode test --vis none``: accuracy, per-class accuracy, confusion-matrix PNG."""
     dtype = precision_dtype(args.precision, device)
-    logits = predict(model, split, device, dtype, batch_size=max(args.batch_size, 256), desc="test")
+    logits = predict_sharded(model, split, device, dtype, batch_size=max(args.batch_size, 256),
+                             desc="test")
+    if logits is None:  # another rank than 0 under torchrun: rank 0 reports
+        return 0.0
     acc, per_class, confusion = accuracy_report(logits, split.labels, split.info.classes)
     print(f"Test Accuracy: {acc:.2f}%")
     width = max(len(c) for c in split.info.classes)

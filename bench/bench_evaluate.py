@@ -14,7 +14,8 @@ steps, each needing ``2 * N * (steps + 1)`` forward passes:
 
 Targets: batched >= 4x faster than the per-step loop, and within 1.25x of the raw forward floor.
 
-    python bench/bench_evaluate.py [--images 4] [--steps 100] [--batch 256] [--repeats 2]
+    python bench/bench_evaluate.py [--images 4] [--steps 100] [--batch 256] [--repeats 2] \
+        [--device auto]
 
 Timings are wall-clock minima over ``--repeats`` interleaved runs; other processes on the CPU
 (a training job, say) make them noisy, and the load average is printed with them.
@@ -35,19 +36,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data import DATASETS, normalize
 from evaluate import deletion_insertion, reference_curves
 from model import build_resnet18
-from runtime import autocast, fast_dtype, inference_copy
+from runtime import autocast, fast_dtype, inference_copy, resolve_device
 
 
-def seconds(fn: Callable[[], object]) -> float:
+def seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall-clock seconds of ``fn()``, waiting for the GPU to finish when there is one."""
     start = time.perf_counter()
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
 def raw_forward(model: torch.nn.Module, batches: list[torch.Tensor],
                 dtype: torch.dtype | None) -> None:
     """The floor: only the model's forward passes, on inputs that are already built."""
-    with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
+    with torch.inference_mode(), autocast(batches[0].device, dtype):
         for batch in batches:
             model(batch)
 
@@ -58,21 +62,23 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch", type=int, default=256, help="--eval_batch_size")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     args = p.parse_args()
+    device = resolve_device(args.device)
 
     torch.manual_seed(0)
     info = DATASETS["cifar10"]
-    model = build_resnet18(10).eval()
+    model = build_resnet18(10).eval().to(device)
     net = inference_copy(model)  # what deletion_insertion runs: BatchNorm folded into the convs
     n, steps = args.images, args.steps
-    pixels = torch.rand(n, 3, 32, 32)
-    heatmaps = torch.rand(n, 32, 32)
-    targets = torch.randint(0, 10, (n,))
+    pixels = torch.rand(n, 3, 32, 32, device=device)
+    heatmaps = torch.rand(n, 32, 32, device=device)
+    targets = torch.randint(0, 10, (n,), device=device)
     forwards = 2 * n * (steps + 1)
     sizes = [min(args.batch, forwards - s) for s in range(0, forwards, args.batch)]
-    inputs = [normalize(torch.rand(k, 3, 32, 32), info) for k in sizes]
+    inputs = [normalize(torch.rand(k, 3, 32, 32, device=device), info) for k in sizes]
     inputs = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
-    default = fast_dtype(torch.device("cpu"))
+    default = fast_dtype(device)
     name = "fp32" if default is None else str(default).replace("torch.", "")
 
     def batched(dtype: torch.dtype | None) -> None:
@@ -85,20 +91,20 @@ def main() -> None:
 
     print(f"ResNet-18 (random weights) at 32x32: {n} images x 2 curves x {steps + 1} points = "
           f"{forwards} forward passes per run, chunks of {args.batch}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; default precision {name}")
+          f"device {device}, {torch.get_num_threads()} threads; default precision {name}")
     warm_up = list({len(x): x for x in inputs + [inputs[0][:1]]}.values())  # one per shape
     for dtype in (None, default):
         raw_forward(model, warm_up, dtype)
         raw_forward(net, warm_up, dtype)
 
-    times: dict[str, float] = {"loop": seconds(loop)}
+    times: dict[str, float] = {"loop": seconds(loop, device)}
     runs = {"batched fp32": lambda: batched(None), f"batched {name}": lambda: batched(default),
             "raw fp32": lambda: raw_forward(net, inputs, None),
             f"raw {name}": lambda: raw_forward(net, inputs, default),
             f"raw {name}, BN unfolded": lambda: raw_forward(model, inputs, default)}
     for _ in range(args.repeats):
         for label, fn in runs.items():
-            times[label] = min(times.get(label, float("inf")), seconds(fn))
+            times[label] = min(times.get(label, float("inf")), seconds(fn, device))
 
     def row(label: str, note: str = "") -> None:
         ms = 1e3 * times[label] / forwards

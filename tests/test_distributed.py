@@ -1,0 +1,176 @@
+"""distributed.py and training under torchrun: 2 gloo processes on the CPU, started by the tests.
+
+The processes are started as ``torchrun`` starts them (environment variables), by
+``tests/ranks.py``; one test goes through ``torchrun`` itself.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import distributed
+from data import DATASETS, ImageSplit, batches
+from model import load_model, read_checkpoint
+from ranks import run_ranks, run_torchrun
+from tinydata import write_fashion_mnist
+
+# -- one process: everything is the identity, no process group ---------------------------------
+
+
+def test_one_process_has_no_process_group_and_identity_collectives():
+    with distributed.session("cpu") as here:
+        assert here == distributed.World() and not here.distributed and here.is_main
+        assert not torch.distributed.is_initialized()
+        t = torch.arange(5)
+        assert distributed.gather(t) == [t]
+        assert distributed.gather_concat(t) is t
+        assert distributed.sum_across([1.0, 2.0]) == [1.0, 2.0]
+        assert distributed.shard(7) == slice(0, 7)
+        model = torch.nn.Linear(2, 2)
+        assert distributed.wrap_model(model) is model
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 10, 101])
+@pytest.mark.parametrize("size", [1, 2, 3, 8])
+def test_shards_cover_the_work_once_in_order(n, size):
+    blocks = [distributed.shard(n, distributed.World(r, size, r)) for r in range(size)]
+    covered = [i for b in blocks for i in range(n)[b]]
+    assert covered == list(range(n))
+    lengths = [len(range(n)[b]) for b in blocks]
+    assert max(lengths) - min(lengths) <= 1
+
+
+def test_rank_shards_of_an_epoch_are_the_global_batches():
+    """Batch k of every rank together is batch k of one process with a 2x larger batch."""
+    n, per_rank = 40, 4
+    split = ImageSplit(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2),
+                       torch.arange(n), DATASETS["cifar10"])
+    one = [lab for _, lab in batches(split, 2 * per_rank, torch.device("cpu"), shuffle=True,
+                                     generator=torch.Generator().manual_seed(3))]
+    ranks = [[lab for _, lab in batches(split, per_rank, torch.device("cpu"), shuffle=True,
+                                        generator=torch.Generator().manual_seed(3),
+                                        shard=(r, 2))] for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(one)
+    for k, whole in enumerate(one):
+        together = torch.cat([ranks[0][k], ranks[1][k]])
+        assert sorted(together.tolist()) == sorted(whole.tolist())
+    assert set(torch.cat(ranks[0]).tolist()).isdisjoint(torch.cat(ranks[1]).tolist())
+
+
+def test_a_shard_of_an_odd_split_drops_the_remainder_so_ranks_step_together():
+    split = ImageSplit(torch.zeros(9, 3, 2, 2, dtype=torch.uint8), torch.arange(9),
+                       DATASETS["cifar10"])
+    sizes = [[len(lab) for _, lab in batches(split, 3, torch.device("cpu"), shard=(r, 2))]
+             for r in range(2)]
+    assert sizes == [[3, 1], [3, 1]]
+
+
+# -- training with 2 gloo processes ------------------------------------------------------------
+
+# A ResNet-18 whose normalization does not depend on the batch (GroupNorm), without
+# augmentation: then 2 ranks x batch B must train exactly as 1 process x batch 2B, up to the
+# order of floating-point sums. (With BatchNorm each rank normalizes by its own batch's
+# statistics, as DistributedDataParallel does without SyncBatchNorm, so the two differ.)
+_TRAIN_WITHOUT_BATCH_STATISTICS = """
+import sys
+sys.path.insert(0, {root!r})
+import torch
+from torch import nn
+from torchvision.models import resnet18
+import data, main, train
+
+def groupnorm_resnet18(num_classes):
+    model = resnet18(weights=None, num_classes=num_classes, zero_init_residual=True,
+                     norm_layer=lambda c: nn.GroupNorm(8, c))
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+torch.set_num_threads(1)
+train.build_resnet18 = groupnorm_resnet18
+data.random_crop_flip = lambda images, *args: images
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+    return write_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_test=20, n_train=64)
+
+
+def _train_args(data_dir, out, batch):
+    return ["--mode", "train", "--dataset", "fashion_mnist", "--data_dir", data_dir,
+            "--num_epochs", "3", "--batch_size", str(batch), "--precision", "fp32",
+            "--lr", "0.2", "--save_path", out / "ck.pth", "--log_dir", out / "logs"]
+
+
+@pytest.fixture(scope="module")
+def ddp_and_single(tmp_path_factory, fashion_dir):
+    from cli import ROOT
+    code = _TRAIN_WITHOUT_BATCH_STATISTICS.format(root=str(ROOT))
+    ddp, single = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("single")
+    ranks = run_ranks([_train_args(fashion_dir, ddp, 16)] * 2, code=code)
+    one = run_ranks([_train_args(fashion_dir, single, 32)], code=code)[0]
+    return ddp, single, ranks, one
+
+
+def test_ddp_training_matches_one_process_on_the_same_global_batch(ddp_and_single):
+    """3 epochs x 2 steps: the same weights to 1e-5 (float sums in another order), the same
+    learning-rate schedule and the same reported training numbers."""
+    ddp, single, ranks, one = ddp_and_single
+    assert [r.returncode for r in ranks] == [0, 0], [r.stderr for r in ranks]
+    assert one.returncode == 0, one.stderr
+    a = read_checkpoint(ddp / "ck.pth")
+    b = read_checkpoint(single / "ck.pth")
+    assert a["epoch"] == b["epoch"]
+    for key, value in b["model_state_dict"].items():
+        torch.testing.assert_close(a["model_state_dict"][key], value, rtol=0, atol=1e-5)
+    rows = [(ddp / "logs" / "metrics.csv").read_text().splitlines(),
+            (single / "logs" / "metrics.csv").read_text().splitlines()]
+    for row_ddp, row_one in zip(*rows[:2]):
+        cells = zip(row_ddp.split(",")[:-1], row_one.split(",")[:-1])  # all but seconds
+        for x, y in cells:
+            assert x == y or float(x) == pytest.approx(float(y), rel=1e-4, abs=1e-6)
+
+
+def test_only_rank_0_reports_and_its_checkpoint_loads_without_distributed(ddp_and_single):
+    ddp, _, ranks, _ = ddp_and_single
+    assert "batch 16 per process x 2 processes = 32" in ranks[0].stdout
+    assert "Best test accuracy" in ranks[0].stdout
+    assert ranks[1].stdout == ""
+    state = read_checkpoint(ddp / "ck.pth")["model_state_dict"]
+    assert not any(k.startswith("module.") for k in state)
+    assert "optimizer_state_dict" in read_checkpoint(ddp / "ck.pth")
+
+
+def test_torchrun_trains_the_real_model_and_its_checkpoint_loads(tmp_path, fashion_dir):
+    result = run_torchrun(2, *_train_args(fashion_dir, tmp_path, 16))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Best test accuracy") == 1
+    model, meta = load_model(tmp_path / "ck.pth")
+    assert meta["dataset"] == "fashion_mnist" and model.fc.out_features == 10
+    assert len((tmp_path / "logs" / "metrics.csv").read_text().splitlines()) == 4
+
+
+# -- a failing rank ----------------------------------------------------------------------------
+
+
+def test_a_failing_rank_ends_the_job_with_one_clear_line(tmp_path, fashion_dir):
+    """Rank 1 cannot find its checkpoint (say, missing on its machine); rank 0 has one. Without
+    an agent to kill it, rank 0 must notice the lost peer and stop too, each with one line."""
+    from tinydata import random_checkpoint
+    ckpt = random_checkpoint(tmp_path / "ck.pth")
+    common = ["--mode", "test", "--vis", "none", "--data_dir", fashion_dir,
+              "--out_dir", tmp_path / "out", "--precision", "fp32"]
+    ranks = run_ranks([common + ["--save_path", ckpt],
+                       common + ["--save_path", tmp_path / "missing.pth"]], timeout=120)
+    for rank, result in enumerate(ranks):
+        assert result.returncode == 2, (rank, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        lines = [line for line in result.stderr.splitlines() if "img/s" not in line]  # tqdm
+        errors = [line for line in lines if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: rank {rank} of 2: "), lines
+        assert lines[-1] == errors[0], lines
+    assert "checkpoint not found" in ranks[1].stderr
+    assert "lost contact with another rank" in ranks[0].stderr
+    assert not (tmp_path / "out" / "confusion_matrix.png").exists()
