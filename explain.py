@@ -130,8 +130,6 @@ def run_dataset(model: nn.Module, split: ImageSplit, device: torch.device, args:
 
 def run_images(model: nn.Module, info: DatasetInfo, device: torch.device, args: Namespace) -> int:
     """``--image PATH``: top-5 classes of each image and, with ``--vis``, its heatmap panels."""
-    if args.target == "gt":
-        raise UserError("--target gt needs the true class, which a user image does not have")
     methods = [] if args.vis == "none" else parse_methods(args.vis)
     explainers = {m: make_explainer(m, model, args.target_layer, args.cam_batch_size)
                   for m in methods}

@@ -17,16 +17,18 @@ import distributed
 import evaluate
 import explain
 from data import info_from_meta, load_split
-from errors import UserError
+from errors import EXIT_INTERRUPTED, FlagError, UserError
 from model import load_model
 from runtime import resolve_device
 from train import run_test, run_training
+from validation import Parser, check_args
 
 HIDDEN_STRATEGIES = ("none", "zero", "gray", "mean", "blur")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    """All flags; their ranges and combinations are checked in ``validation.py``."""
+    p = Parser(
         description="Train and test a CIFAR ResNet-18, explain it with CAM / Grad-CAM, "
                     "measure the explanations, and explain Faster R-CNN detections.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -96,16 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Reject flag values that cannot work, before any work starts."""
-    for name in ("batch_size", "num_epochs", "vis_num", "steps", "num_eval", "eval_batch_size",
-                 "det_max", "det_num", "cam_batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
-    if args.lr <= 0:
-        parser.error("--lr must be positive")
-
-
 def dispatch(args: argparse.Namespace) -> int:
     """Run what the flags ask for; user errors surface as ``UserError``."""
     if args.mode == "train":
@@ -122,9 +114,6 @@ def dispatch(args: argparse.Namespace) -> int:
     info = info_from_meta(meta, args.dataset, num_outputs=model.fc.out_features)
     if args.image:
         return explain.run_images(model, info, device, args)
-    if args.vis == "none" and args.hidden_strategy != "none":
-        raise UserError("--hidden_strategy evaluates heatmaps: name them with --vis "
-                        "(cam, gradcam, gradcampp, all or a comma list)")
     split = load_split(info.name, args.data_dir, train=False)
     split.info = info
     if args.hidden_strategy != "none":
@@ -136,18 +125,22 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    validate(args, parser)
+    """Parse, check every flag and path, run; a user error is one ``error:`` line on stderr
+    and its exit code (see ``errors.py``), never a traceback."""
     try:
+        args = build_parser().parse_args(argv)
+        check_args(args)
         with distributed.session(args.device):
             return dispatch(args)
+    except FlagError as exc:
+        print(f"error: {exc} (see python main.py --help)", file=sys.stderr)
+        return exc.exit_code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

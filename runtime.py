@@ -15,8 +15,19 @@ from torch.fx.experimental.optimization import fuse
 from errors import UserError
 
 
+def usable_devices() -> list[str]:
+    """The ``--device`` values this PyTorch build can run on, here and now."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a user error.
+    """``auto`` -> CUDA when available, else CPU. Any device this build cannot use (no GPU, a
+    CUDA index past the last GPU, ``mps`` without Metal, ``meta``) is a one-line user error.
 
     A bare ``cuda`` becomes the current GPU with its index (``cuda:0``, or ``cuda:LOCAL_RANK``
     under ``torchrun``, where :func:`distributed.session` selected it), so that device
@@ -24,13 +35,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA device "
-                        "(use --device auto or cpu)")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown --device '{name}' (auto, cpu, cuda or cuda:N)") from None
+        raise UserError(f"unknown --device '{name}' (usable here: "
+                        f"{', '.join(usable_devices())})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for, but PyTorch sees no CUDA device "
+                        f"(use --device auto or cpu)")
+    usable = (device.type == "cpu" and device.index in (None, 0)
+              or device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()
+              or device.type == "mps" and torch.backends.mps.is_available())
+    if not usable:
+        raise UserError(f"--device {name} cannot be used by this PyTorch build on this machine "
+                        f"(usable here: {', '.join(usable_devices())})")
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device

@@ -1,0 +1,285 @@
+"""Bad input, one row each: ``main(argv)`` in-process must refuse it in one line and lose nothing.
+
+For every row it asserts: the exit code (2 for bad input, 3 for a training run stopped on a
+non-finite loss), exactly one visible line on stderr starting ``error:`` that names the problem,
+no exception escaping ``main``, nothing created in the output folders, and every file that
+existed before (checkpoints above all) byte-identical after.
+
+Each row is ``(id, argv, exit code, fragment of the error line)``. ``argv`` may use ``{w}``
+(a folder of prepared bad and good inputs, shared by all rows) and ``{o}`` (the row's own
+folder, holding a copy of a good checkpoint as ``ck.pth``). Every row runs with
+``--data_dir {w}/fm --out_dir {o}/out --log_dir {o}/logs --save_path {o}/ck.pth`` in front of
+its own flags, so a row overrides them by naming them again. To add a case for a new flag,
+add a row; to add a new kind of bad file, write it in ``world``.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import pickle
+import shutil
+import socket
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import main
+from tinydata import idx_bytes, random_checkpoint, write_fashion_mnist
+from validation import NUMBERS
+
+BAD = 2
+STOPPED = 3
+
+CASES: list[tuple[str, str, int, str]] = [
+    # ---- flags: parse errors are one line pointing to --help, not argparse's usage block
+    ("unknown-flag", "--frobnicate 3", BAD, "--help"),
+    ("bad-choice-mode", "--mode bogus", BAD, "--mode"),
+    ("bad-choice-dataset", "--mode train --dataset imagenet", BAD, "--dataset"),
+    ("not-an-int", "--batch_size abc", BAD, "--batch_size"),
+    ("not-a-float", "--mode train --lr fast", BAD, "--lr"),
+    ("missing-value", "--mode test --vis_num", BAD, "--vis_num"),
+    # ---- flags: finite numbers in range (validation.NUMBERS)
+    ("lr-nan", "--mode train --lr nan", BAD, "--lr"),
+    ("lr-inf", "--mode train --lr inf", BAD, "--lr"),
+    ("lr-negative", "--mode train --lr -0.1", BAD, "--lr"),
+    ("lr-zero", "--mode train --lr 0", BAD, "--lr"),
+    ("lr-1e6", "--mode train --lr 1e6", BAD, "--lr"),
+    ("weight-decay-nan", "--mode train --weight_decay nan", BAD, "--weight_decay"),
+    ("weight-decay-negative", "--mode train --weight_decay -1", BAD, "--weight_decay"),
+    ("label-smoothing-2", "--mode train --label_smoothing 2", BAD, "--label_smoothing"),
+    ("label-smoothing-nan", "--mode train --label_smoothing nan", BAD, "--label_smoothing"),
+    ("seed-negative", "--mode train --seed -1", BAD, "--seed"),
+    ("seed-2-32", "--mode train --seed 4294967296", BAD, "--seed"),
+    ("batch-size-0", "--mode train --batch_size 0", BAD, "--batch_size"),
+    ("num-epochs-0", "--mode train --num_epochs 0", BAD, "--num_epochs"),
+    ("vis-num-0", "--vis gradcam --vis_num 0", BAD, "--vis_num"),
+    ("steps-0", "--vis cam --hidden_strategy zero --steps 0", BAD, "--steps"),
+    ("num-eval-negative", "--vis cam --hidden_strategy zero --num_eval -3", BAD, "--num_eval"),
+    ("cam-batch-size-0", "--vis scorecam --cam_batch_size 0", BAD, "--cam_batch_size"),
+    ("eval-batch-size-0", "--vis cam --hidden_strategy zero --eval_batch_size 0", BAD,
+     "--eval_batch_size"),
+    ("det-score-thresh-1.5", "--det_vis --det_score_thresh 1.5", BAD, "--det_score_thresh"),
+    ("det-score-thresh-nan", "--det_vis --det_score_thresh nan", BAD, "--det_score_thresh"),
+    ("det-max-0", "--det_vis --det_max 0", BAD, "--det_max"),
+    ("det-num-0", "--det_vis --det_num 0", BAD, "--det_num"),
+    ("det-min-size-10", "--det_vis --det_min_size 10", BAD, "--det_min_size"),
+    # ---- flags that cannot go together
+    ("strategy-without-vis", "--hidden_strategy zero", BAD, "--vis"),
+    ("image-with-target-gt", "--image {w}/good.png --target gt", BAD, "--target gt"),
+    ("image-with-strategy", "--image {w}/good.png --vis cam --hidden_strategy zero", BAD,
+     "--image"),
+    # ---- devices: only what this PyTorch build can use
+    ("device-mps", "--device mps", BAD, "--device mps"),
+    ("device-meta", "--device meta", BAD, "--device meta"),
+    ("device-cuda-99", "--device cuda:99", BAD, "--device cuda:99"),
+    ("device-unknown", "--device toaster", BAD, "toaster"),
+    ("device-train", "--mode train --device meta", BAD, "--device meta"),
+    # ---- output paths: checked before any work
+    ("out-dir-is-file", "--out_dir {w}/afile", BAD, "--out_dir"),
+    ("out-dir-under-file", "--out_dir {w}/afile/sub", BAD, "--out_dir"),
+    ("out-dir-is-file-vis", "--vis gradcam --out_dir {w}/afile", BAD, "--out_dir"),
+    ("out-dir-is-file-eval", "--vis cam --hidden_strategy zero --out_dir {w}/afile", BAD,
+     "--out_dir"),
+    ("out-dir-is-file-image", "--image {w}/good.png --vis cam --out_dir {w}/afile", BAD,
+     "--out_dir"),
+    ("out-dir-is-file-det", "--det_img {w}/good.png --out_dir {w}/afile", BAD, "--out_dir"),
+    ("out-dir-name-too-long", "--out_dir {o}/" + "x" * 300, BAD, "--out_dir"),
+    ("log-dir-is-file", "--mode train --log_dir {w}/afile", BAD, "--log_dir"),
+    ("log-dir-under-file", "--mode train --log_dir {w}/afile/logs", BAD, "--log_dir"),
+    ("save-path-parent-is-file", "--mode train --save_path {w}/afile/ck.pth", BAD, "--save_path"),
+    ("save-path-is-folder", "--mode train --save_path {o}", BAD, "--save_path"),
+    ("save-path-empty", ["--mode", "train", "--save_path", ""], BAD, "--save_path"),
+    # ---- input paths
+    ("data-dir-is-file", "--data_dir {w}/afile", BAD, "--data_dir"),
+    ("data-dir-is-file-train", "--mode train --data_dir {w}/afile", BAD, "--data_dir"),
+    ("image-missing", "--image {w}/nope.png", BAD, "nope.png"),
+    ("det-img-missing", "--det_img {w}/nope.png", BAD, "nope.png"),
+    ("det-weights-missing", "--det_img {w}/good.png --det_weights {w}/nope.pth", BAD, "nope.pth"),
+    ("voc-missing", "--det_vis --voc_path {w}/nope.tar", BAD, "nope.tar"),
+    # ---- checkpoints
+    ("ckpt-missing", "--save_path {w}/nope.pth", BAD, "not found"),
+    ("ckpt-truncated", "--save_path {w}/ck_truncated.pth", BAD, "ck_truncated.pth"),
+    ("ckpt-garbage", "--save_path {w}/ck_garbage.pth", BAD, "ck_garbage.pth"),
+    ("ckpt-code-pickle", "--save_path {w}/ck_pickle.pth", BAD, "ck_pickle.pth"),
+    ("ckpt-list", "--save_path {w}/ck_list.pth", BAD, "no model weights"),
+    ("ckpt-other-arch", "--save_path {w}/ck_arch.pth", BAD, "vgg16"),
+    ("ckpt-class-count", "--save_path {w}/ck_classes5.pth", BAD, "classes"),
+    ("ckpt-wrong-dataset", "--save_path {w}/ck.pth --dataset cifar10", BAD, "fashion_mnist"),
+    # ---- images, for --image and --det_img (data.open_image)
+    ("image-text", "--image {w}/text.png", BAD, "text.png"),
+    ("image-truncated", "--image {w}/truncated.png", BAD, "truncated.png"),
+    ("image-bomb", "--image {w}/bomb.png", BAD, "bomb.png"),
+    ("det-img-text", "--det_img {w}/text.png", BAD, "text.png"),
+    # ---- datasets: checked when loaded
+    ("gz-bad-crc", "--data_dir {w}/fm_crc", BAD, "t10k-images"),
+    ("idx-truncated", "--data_dir {w}/fm_truncated", BAD, "truncated"),
+    ("idx-bad-header", "--data_dir {w}/fm_header", BAD, "header"),
+    ("labels-miscounted", "--data_dir {w}/fm_count", BAD, "labels"),
+    ("labels-10-train", "--mode train --num_epochs 1 --data_dir {w}/fm_label10", BAD, "label"),
+    ("cifar-missing", "--mode train --dataset cifar10 --data_dir {w}/empty", BAD, "CIFAR-10"),
+    # ---- layers and methods
+    ("layer-unknown", "--vis gradcam --target_layer layer9", BAD, "layer9"),
+    ("cam-not-layer4", "--vis cam --target_layer layer3", BAD, "layer4"),
+    ("method-unknown", "--vis lime", BAD, "lime"),
+    ("det-layer-unknown", "--det_img {w}/good.png --det_layer layer9", BAD, "layer9"),
+]
+
+
+def _png_with_size(width: int, height: int) -> bytes:
+    """A PNG header claiming ``width x height`` pixels (a decompression bomb for PIL)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+class _Pwned:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def _fashion_variant(root: Path, name: str, images: np.ndarray, labels: np.ndarray,
+                     mangle=None) -> None:
+    folder = root / name
+    folder.mkdir()
+    for stem, array in (("t10k-images-idx3-ubyte", images), ("t10k-labels-idx1-ubyte", labels),
+                        ("train-images-idx3-ubyte", images), ("train-labels-idx1-ubyte", labels)):
+        data = gzip.compress(idx_bytes(array))
+        if mangle and stem.endswith(mangle[0]):
+            data = mangle[1](data)
+        (folder / f"{stem}.gz").write_bytes(data)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any connection fails at once, as on a machine without network: a download is refused
+    in one line instead of waiting."""
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled for tests")
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """Every input the rows name, good and bad, written once."""
+    w = tmp_path_factory.mktemp("world")
+    write_fashion_mnist(w / "fm", n_test=40, n_train=64)
+    (w / "afile").write_text("a regular file\n")
+    (w / "empty").mkdir()
+    good = random_checkpoint(w / "ck.pth")
+    payload = torch.load(good, weights_only=True)
+
+    def variant(name: str, **changes) -> None:
+        torch.save({**payload, **changes}, w / name)
+
+    (w / "ck_text.pth").write_text("epoch 3, accuracy 91%\nthis is a text file\n")
+    (w / "ck_truncated.pth").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (w / "ck_garbage.pth").write_bytes(np.random.default_rng(0).bytes(5000))
+    (w / "ck_pickle.pth").write_bytes(pickle.dumps({"model_state_dict": _Pwned()}))
+    torch.save([1, 2, 3], w / "ck_list.pth")
+    variant("ck_arch.pth", arch="vgg16")
+    variant("ck_classes5.pth", classes=["a", "b", "c", "d", "e"])
+    variant("ck_classes_int.pth", classes=7)
+    variant("ck_msd_int.pth", model_state_dict=5)
+    variant("ck_std0.pth", std=[0.0, 0.0, 0.0])
+    variant("ck_mean_text.pth", mean="grey")
+    variant("ck_input_size.pth", input_size=-3)
+    for name, value in (("ck_nan.pth", float("nan")), ("ck_inf.pth", float("inf"))):
+        state = dict(payload["model_state_dict"])
+        state["layer4.1.conv2.weight"] = state["layer4.1.conv2.weight"].clone()
+        state["layer4.1.conv2.weight"][0, 0, 0, 0] = value
+        variant(name, model_state_dict=state)
+
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(w / "good.png")
+    (w / "text.png").write_text("not an image\n")
+    (w / "truncated.png").write_bytes((w / "good.png").read_bytes()[:60])
+    (w / "bomb.png").write_bytes(_png_with_size(60000, 60000))
+    Image.fromarray(np.linspace(0, 1000, 400, dtype=np.float32).reshape(20, 20)
+                    ).save(w / "float_wide.tif")
+    nan = np.full((20, 20), 0.5, dtype=np.float32)
+    nan[3, 3] = np.nan
+    Image.fromarray(nan).save(w / "float_nan.tif")
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
+    labels = (np.arange(40) % 10).astype(np.uint8)
+    label10 = labels.copy()
+    label10[7] = 10
+    _fashion_variant(w, "fm_stream", images, labels,
+                     ("images-idx3-ubyte", lambda b: b[:20] + bytes(255 - x for x in b[20:])))
+    _fashion_variant(w, "fm_crc", images, labels,
+                     ("images-idx3-ubyte", lambda b: b[:-8] + bytes(4) + b[-4:]))
+    _fashion_variant(w, "fm_truncated", images, labels,
+                     ("images-idx3-ubyte", lambda b: gzip.compress(gzip.decompress(b)[:-100])))
+    _fashion_variant(w, "fm_header", images, labels,
+                     ("images-idx3-ubyte", lambda b: gzip.compress(b"\x01\x02" +
+                                                                   gzip.decompress(b)[2:])))
+    _fashion_variant(w, "fm_label10", images, label10)
+    _fashion_variant(w, "fm_count", images, labels[:39])
+    return w
+
+
+def _snapshot(*folders: Path) -> dict[str, str]:
+    """Every file under ``folders`` (recursively) with a hash of its bytes."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _visible_lines(stderr: str) -> list[str]:
+    """What a terminal shows: for each line the text after its last carriage return (a closed
+    progress bar erases itself with ``\\r``), blank lines dropped."""
+    return [line.split("\r")[-1] for line in stderr.splitlines() if line.split("\r")[-1].strip()]
+
+
+@pytest.mark.parametrize("argv, code, fragment", [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_loses_nothing(world, tmp_path, capfd, argv, code, fragment):
+    shutil.copy(world / "ck.pth", tmp_path / "ck.pth")
+    own = argv if isinstance(argv, list) else argv.format(w=world, o=tmp_path).split()
+    defaults = ["--data_dir", f"{world}/fm", "--out_dir", f"{tmp_path}/out",
+                "--log_dir", f"{tmp_path}/logs", "--save_path", f"{tmp_path}/ck.pth"]
+    before = _snapshot(world, tmp_path)
+    result = main.main(defaults + own)   # an exception escaping here fails the row
+    out, err = capfd.readouterr()
+    lines = _visible_lines(err)
+    assert result == code, (result, err)
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), lines[0]
+    assert fragment in lines[0], (fragment, lines[0])
+    assert "pwned" not in out
+    assert _snapshot(world, tmp_path) == before
+    assert not (tmp_path / "out").exists() and not (tmp_path / "logs").exists()
+
+
+def test_the_table_has_at_least_fifty_rows_with_unique_ids():
+    ids = [c[0] for c in CASES]
+    assert len(ids) >= 50 and len(set(ids)) == len(ids)
+
+
+def test_every_numeric_flag_has_a_range():
+    numeric = {a.dest for a in main.build_parser()._actions if a.type in (int, float)}
+    assert numeric == set(NUMBERS), numeric ^ set(NUMBERS)
+
+
+def test_help_still_prints_and_exits_zero(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main.main(["--help"])
+    assert exit_info.value.code == 0 and "--hidden_strategy" in capsys.readouterr().out
+
+
+def test_a_flag_error_is_not_argparse_usage_block(capfd):
+    assert main.main(["--mode", "bogus"]) == BAD
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err and err.startswith("error: argument --mode")
+    assert isinstance(main.build_parser(), argparse.ArgumentParser)
