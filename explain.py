@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+import distributed
 import visualize
 from cam import CAM
 from data import DatasetInfo, ImageSplit, load_image, normalize
@@ -104,16 +105,21 @@ def run_dataset(model: nn.Module, split: ImageSplit, device: torch.device, args:
     info = split.info
     part = split.subset(args.vis_num)
     pixels = part.images.float().div(255)
-    images = normalize(pixels, info).to(device)
-    labels = part.labels.to(device)
-    probs = _probabilities(model, images, args.batch_size)
+    labels = part.labels
+    here = distributed.world()
+    mine = distributed.shard(len(part), here)  # under torchrun: this rank's block of images
+    gathered = distributed.gather(_explain_block(model, explainers, pixels[mine], labels[mine],
+                                                 info, device, args), here)
+    if gathered is None:  # another rank than 0: rank 0 writes the panels and grids
+        return 0
+    probs = torch.cat([p for p, _ in gathered])
+    all_maps = {m: torch.cat([maps[m] for _, maps in gathered]) for m in explainers}
     preds = probs.argmax(1)
-    targets = preds if args.target == "pred" else labels
-    for method, explainer in explainers.items():
-        heatmaps = explain_batched(explainer, images, targets, args.batch_size).cpu()
+    for method in explainers:
+        heatmaps = all_maps[method]
         folder = Path(args.out_dir) / method
         titles = []
-        for i in range(len(images)):
+        for i in range(len(pixels)):
             pred, true = info.classes[preds[i]], info.classes[labels[i]]
             name = f"{method}_{i}_pred_{visualize.slug(pred)}_gt_{visualize.slug(true)}.png"
             visualize.save_rgb(visualize.heatmap_panel(pixels[i], heatmaps[i]), folder / name)
@@ -123,9 +129,24 @@ def run_dataset(model: nn.Module, split: ImageSplit, device: torch.device, args:
         visualize.save_heatmap_grid(pixels, heatmaps, titles, grid, suptitle=f"{TITLES[method]} "
                                     f"({args.target_layer}, {which} class)")
         correct = (preds == labels).sum().item()
-        print(f"{TITLES[method]}: {len(images)} panels and {grid} "
-              f"({correct}/{len(images)} predicted correctly)")
+        print(f"{TITLES[method]}: {len(pixels)} panels and {grid} "
+              f"({correct}/{len(pixels)} predicted correctly)")
     return 0
+
+
+def _explain_block(model: nn.Module, explainers: dict[str, Explainer], pixels: torch.Tensor,
+                   labels: torch.Tensor, info: DatasetInfo, device: torch.device,
+                   args: Namespace) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Class probabilities ``[n, C]`` and each method's heatmaps ``[n, H, W]`` (on the CPU) for
+    a block of test images; an empty block gives empty tensors."""
+    if len(pixels) == 0:
+        classes = len(info.classes)
+        return torch.empty(0, classes), {m: torch.empty(0, *pixels.shape[-2:]) for m in explainers}
+    images = normalize(pixels, info).to(device)
+    probs = _probabilities(model, images, args.batch_size)
+    targets = probs.argmax(1) if args.target == "pred" else labels.to(device)
+    return probs.cpu(), {m: explain_batched(e, images, targets, args.batch_size).cpu()
+                         for m, e in explainers.items()}
 
 
 def run_images(model: nn.Module, info: DatasetInfo, device: torch.device, args: Namespace) -> int:

@@ -5,10 +5,13 @@ The processes are started as ``torchrun`` starts them (environment variables), b
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import distributed
+from cli import ROOT
 from data import DATASETS, ImageSplit, batches
 from model import load_model, read_checkpoint
 from ranks import run_ranks, run_torchrun
@@ -101,12 +104,11 @@ def fashion_dir(tmp_path_factory):
 def _train_args(data_dir, out, batch):
     return ["--mode", "train", "--dataset", "fashion_mnist", "--data_dir", data_dir,
             "--num_epochs", "3", "--batch_size", str(batch), "--precision", "fp32",
-            "--lr", "0.2", "--save_path", out / "ck.pth", "--log_dir", out / "logs"]
+            "--lr", "0.2", "--device", "cpu", "--save_path", out / "ck.pth", "--log_dir", out / "logs"]
 
 
 @pytest.fixture(scope="module")
 def ddp_and_single(tmp_path_factory, fashion_dir):
-    from cli import ROOT
     code = _TRAIN_WITHOUT_BATCH_STATISTICS.format(root=str(ROOT))
     ddp, single = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("single")
     ranks = run_ranks([_train_args(fashion_dir, ddp, 16)] * 2, code=code)
@@ -161,7 +163,7 @@ def test_a_failing_rank_ends_the_job_with_one_clear_line(tmp_path, fashion_dir):
     from tinydata import random_checkpoint
     ckpt = random_checkpoint(tmp_path / "ck.pth")
     common = ["--mode", "test", "--vis", "none", "--data_dir", fashion_dir,
-              "--out_dir", tmp_path / "out", "--precision", "fp32"]
+              "--out_dir", tmp_path / "out", "--precision", "fp32", "--device", "cpu"]
     ranks = run_ranks([common + ["--save_path", ckpt],
                        common + ["--save_path", tmp_path / "missing.pth"]], timeout=120)
     for rank, result in enumerate(ranks):
@@ -174,3 +176,28 @@ def test_a_failing_rank_ends_the_job_with_one_clear_line(tmp_path, fashion_dir):
     assert "checkpoint not found" in ranks[1].stderr
     assert "lost contact with another rank" in ranks[0].stderr
     assert not (tmp_path / "out" / "confusion_matrix.png").exists()
+
+
+# -- heatmaps and evaluation split across 2 gloo processes -------------------------------------
+
+SHIPPED = ROOT / "checkpoints" / "resnet18_fashion_mnist.pth"
+
+
+def _pictures(folder):
+    return {p.relative_to(folder): np.asarray(Image.open(p).convert("RGB"), dtype=np.int16)
+            for p in sorted(folder.rglob("*.png"))}
+
+
+def test_sharded_heatmaps_write_what_one_process_writes(tmp_path):
+    """5 images on 2 ranks (blocks of 3 and 2): the same panels and grids, written by rank 0
+    alone; pixels may differ by one level where a float lands on a rounding edge."""
+    common = ["--mode", "test", "--save_path", SHIPPED, "--data_dir", ROOT / "data",
+              "--vis", "gradcam,cam", "--vis_num", "5", "--device", "cpu"]
+    ranks = run_ranks([common + ["--out_dir", tmp_path / "ranks"]] * 2)
+    one = run_ranks([common + ["--out_dir", tmp_path / "one"]])[0]
+    assert [r.returncode for r in ranks] == [0, 0] and one.returncode == 0, ranks[0].stderr
+    assert ranks[0].stdout.replace("ranks", "one") == one.stdout and ranks[1].stdout == ""
+    sharded, single = _pictures(tmp_path / "ranks"), _pictures(tmp_path / "one")
+    assert sharded.keys() == single.keys() and len(single) == 2 * (5 + 1)
+    for name, picture in single.items():
+        assert np.abs(sharded[name] - picture).max() <= 1, name
