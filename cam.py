@@ -94,6 +94,36 @@ def check_batch(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return targets
 
 
+def map_layers(model: nn.Module, images: torch.Tensor) -> list[str]:
+    """The top-level layers whose output for ``images`` is a ``[B, K, h, w]`` map larger than
+    one pixel (a 1x1 map can only give a constant heatmap)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = [child.register_forward_hook(
+        lambda module, inputs, output, name=name: shapes.__setitem__(
+            name, tuple(output.shape) if isinstance(output, torch.Tensor) else ()))
+        for name, child in model.named_children()]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(images[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [name for name, shape in shapes.items() if len(shape) == 4 and shape[2] * shape[3] > 1]
+
+
+def not_a_map(model: nn.Module, layer: nn.Module, images: torch.Tensor,
+              activation: torch.Tensor | None) -> UserError:
+    """The one-line error for a target layer whose output is no ``[B, K, h, w]`` map (``fc``,
+    a pooling to a vector), naming the layers that work."""
+    names = {id(m): n for n, m in model.named_modules()}
+    shape = None if activation is None else list(activation.shape)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    example = f", or a convolution inside them such as {convs[-1]}" if convs else ""
+    return UserError(f"--target_layer {names.get(id(layer), '?')} gives {shape}, not a "
+                     f"[B, K, h, w] map; layers that work: "
+                     f"{', '.join(map_layers(model, images))}{example}")
+
+
 def layer_activation(model: nn.Module, layer: nn.Module, images: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """``layer``'s output ``[B, K, h, w]`` and the logits for ``images``, without autograd.
@@ -105,8 +135,7 @@ def layer_activation(model: nn.Module, layer: nn.Module, images: torch.Tensor
         logits = model(images)
     activation = capture.activation
     if activation is None or activation.ndim != 4:
-        shape = None if activation is None else tuple(activation.shape)
-        raise ValueError(f"the target layer must give a [B, K, h, w] map, got {shape}")
+        raise not_a_map(model, layer, images, activation)
     return activation, logits
 
 

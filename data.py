@@ -12,6 +12,7 @@ import gzip
 import io
 import os
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,8 +156,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UserError(f"cannot read {path}: {reason(exc)}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
         raise UserError(f"{path} is not a uint8 idx file (bad header)")
     ndim = raw[3]
@@ -248,7 +249,25 @@ LOADERS: dict[str, Callable[[str | os.PathLike, bool], ImageSplit]] = {
 def load_split(name: str, data_dir: str | os.PathLike, train: bool) -> ImageSplit:
     """The training (``train=True``) or test split of dataset ``name`` from ``data_dir``."""
     dataset_info(name)
-    return LOADERS[name](data_dir, train)
+    split = LOADERS[name](data_dir, train)
+    check_labels(split, f"{name} {'training' if train else 'test'} split in {data_dir}")
+    return split
+
+
+def check_labels(split: ImageSplit, where: str) -> None:
+    """One label per image and every label a class index: a bad label file fails here, at
+    load time, in one line, instead of later and differently in training, testing and
+    drawing (or not at all in evaluation)."""
+    n, k = len(split.images), len(split.info.classes)
+    if len(split.labels) != n:
+        raise UserError(f"{where}: {n} images but {len(split.labels)} labels")
+    if n == 0:
+        raise UserError(f"{where} holds no images")
+    bad = ((split.labels < 0) | (split.labels >= k)).nonzero()
+    if len(bad):
+        i = int(bad[0, 0])
+        raise UserError(f"{where}: image {i} has label {int(split.labels[i])}, but the classes "
+                        f"are 0..{k - 1} ({len(bad)} bad labels in all)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,10 +344,53 @@ def open_image(source: str | os.PathLike | io.BytesIO, name: str | None = None) 
         raise UserError(f"image not found: {source}")
     try:
         with Image.open(source) as img:
-            return ImageOps.exif_transpose(img)
+            upright = ImageOps.exif_transpose(img)
+            bits = _integer_bits(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
             Image.DecompressionBombError) as exc:
         raise UserError(f"cannot read image {name}: {reason(exc)}") from None
+    return to_8bit(upright, bits, name)
+
+
+def _integer_bits(img: Image.Image) -> int | None:
+    """Bits per sample of a one-channel integer image, from the file itself: 16 for PIL's
+    ``I;16`` modes and 16-bit PNGs, a TIFF's BitsPerSample tag, else None (unknown)."""
+    if img.mode.startswith("I;16"):
+        return 16
+    if img.mode != "I":
+        return None
+    if img.format == "PNG":
+        return 16
+    tags = getattr(img, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    bits = bits[0] if isinstance(bits, tuple) else bits
+    return bits if isinstance(bits, int) and bits <= 16 else None
+
+
+def to_8bit(img: Image.Image, bits: int | None, name: str) -> Image.Image:
+    """An 8-bit image with the same brightness as ``img``: 16-bit samples are divided by
+    65535 (not clipped at 255, which turns mid-grey white), float samples must already lie in
+    ``[0, 1]`` (not cut to 0 or 1, which turns them black). Anything whose range cannot be
+    known from the file is refused rather than guessed."""
+    if img.mode not in ("F", "I") and not img.mode.startswith("I;16"):
+        return img
+    values = np.asarray(img).astype(np.float64)
+    if img.mode == "F":
+        if not np.isfinite(values).all():
+            raise UserError(f"image {name} is a float image with NaN or infinite values")
+        lo, hi = float(values.min()), float(values.max())
+        if lo < 0 or hi > 1:
+            raise UserError(f"image {name} is a float image with values in [{lo:g}, {hi:g}]; "
+                            f"only [0, 1] is understood (save it as an 8- or 16-bit image)")
+        scale = 1.0
+    else:
+        if bits is None:
+            raise UserError(f"image {name} has {img.mode}-mode integer samples of unknown bit "
+                            f"depth; save it as an 8- or 16-bit image")
+        scale = float(2 ** bits - 1)
+        if values.min() < 0 or values.max() > scale:
+            raise UserError(f"image {name} has values outside its {bits}-bit range")
+    return Image.fromarray(np.rint(values * (255.0 / scale)).astype(np.uint8))
 
 
 def load_image(path: str | os.PathLike, info: DatasetInfo) -> torch.Tensor:

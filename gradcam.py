@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cam import capture_activation, check_batch, normalize_heatmaps, resolve_layer
+from cam import capture_activation, check_batch, normalize_heatmaps, not_a_map, resolve_layer
 from runtime import eval_mode
 
 
@@ -44,9 +44,7 @@ class GradCAM:
             logits = self.model(images)
             activation = capture.activation
             if activation is None or activation.ndim != 4:
-                shape = None if activation is None else tuple(activation.shape)
-                raise ValueError(f"layer '{self.target_layer}' must give a [B, K, h, w] map, "
-                                 f"got {shape}")
+                raise not_a_map(self.model, self.layer, images, activation)
             score = logits.gather(1, targets[:, None]).sum()
             (grad,) = torch.autograd.grad(score, activation)
         return self.combine(activation.detach(), grad), logits.detach()

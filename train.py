@@ -7,6 +7,7 @@ a one-cycle learning rate, label smoothing, and on hardware that has it bf16/fp1
 from __future__ import annotations
 
 import csv
+import math
 import time
 from argparse import Namespace
 from dataclasses import dataclass
@@ -20,8 +21,25 @@ from tqdm import tqdm
 import distributed
 import visualize
 from data import DatasetInfo, ImageSplit, batches, dataset_info, load_split
+from errors import TrainingStopped
 from model import build_resnet18, save_checkpoint
 from runtime import autocast, precision_dtype, resolve_device, seed_everything
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite at ``step`` of an epoch: the weights are lost."""
+
+    def __init__(self, loss: float, step: int):
+        super().__init__(f"loss {loss} at step {step}")
+        self.loss, self.step = loss, step
+
+
+def warmup_fraction(total_steps: int) -> float:
+    """One-cycle's warm-up share of ``total_steps``: a quarter, but never exactly one step,
+    where ``OneCycleLR`` divides by a warm-up of length zero (4 steps in all, say)."""
+    if total_steps < 4:
+        return 0.25               # under one step of warm-up: OneCycleLR starts annealing at once
+    return max(0.25, 2 / total_steps)
 
 
 @dataclass
@@ -58,14 +76,22 @@ def train_one_epoch(model: nn.Module, split: ImageSplit, optimizer: torch.optim.
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        step_loss = loss.item()
+        if not math.isfinite(step_loss):
+            # Checked after backward, so that under torchrun every rank has joined this step's
+            # gradient all-reduce; the NaN gradients then stop the other ranks a step later.
+            bar.close()
+            raise NonFiniteLoss(step_loss, seen // max(len(labels), 1) + 1)
+        if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         scheduler.step()
         n = len(labels)
-        total_loss += loss.item() * n
+        total_loss += step_loss * n
         correct += (logits.argmax(1) == labels).sum().item()
         seen += n
         bar.update(n)
@@ -136,18 +162,17 @@ def run_training(args: Namespace) -> float:
                                 weight_decay=args.weight_decay)
     steps = args.num_epochs * -(-(len(train_split) // here.size) // args.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps,
-                                                    pct_start=0.25, div_factor=10.0,
+                                                    pct_start=warmup_fraction(steps),
+                                                    div_factor=10.0,
                                                     final_div_factor=100.0)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
-    log_dir = Path(args.log_dir)
-    if here.is_main:
-        log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(args.log_dir)   # created with the first epoch's metrics, not before
     metrics_path = log_dir / "metrics.csv"
     fields = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
     history: list[dict] = []
-    best = -1.0
+    best, best_epoch = -1.0, 0
     batch = (f"batch {args.batch_size}" if not here.distributed else
              f"batch {args.batch_size} per process x {here.size} processes = "
              f"{args.batch_size * here.size}")
@@ -158,10 +183,17 @@ def run_training(args: Namespace) -> float:
     for epoch in range(1, args.num_epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(net, train_split, optimizer, scheduler, criterion, device,
-                                dtype, args.batch_size, generator,
-                                desc=f"epoch {epoch}/{args.num_epochs}", scaler=scaler,
-                                augment_generator=augment_generator)
+        try:
+            stats = train_one_epoch(net, train_split, optimizer, scheduler, criterion, device,
+                                    dtype, args.batch_size, generator,
+                                    desc=f"epoch {epoch}/{args.num_epochs}", scaler=scaler,
+                                    augment_generator=augment_generator)
+        except NonFiniteLoss as exc:
+            kept = (f"the best checkpoint of this run (epoch {best_epoch}) is in {args.save_path}"
+                    if best_epoch else f"{args.save_path} was not touched")
+            raise TrainingStopped(f"training stopped in epoch {epoch}, step {exc.step}: the loss "
+                                  f"is not finite ({exc.loss}); {kept}. Try a lower --lr than "
+                                  f"{args.lr:g}") from None
         distributed.sync_buffers(model, here)
         logits = predict_sharded(model, test_split, device, dtype,
                                  batch_size=max(args.batch_size, 256))
@@ -173,6 +205,7 @@ def run_training(args: Namespace) -> float:
                "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
                "seconds": time.perf_counter() - start}
         history.append(row)
+        log_dir.mkdir(parents=True, exist_ok=True)
         with open(metrics_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
@@ -180,7 +213,7 @@ def run_training(args: Namespace) -> float:
         visualize.plot_training_curves(history, log_dir / "training_curves.png")
         marker = ""
         if test_acc > best:
-            best = test_acc
+            best, best_epoch = test_acc, epoch
             meta = {**info.as_meta(), "epoch": epoch, "acc": test_acc}
             save_checkpoint(args.save_path, model, meta,
                             optimizer=None if args.save_half else optimizer, half=args.save_half)

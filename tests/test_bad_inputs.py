@@ -104,27 +104,46 @@ CASES: list[tuple[str, str, int, str]] = [
     ("voc-missing", "--det_vis --voc_path {w}/nope.tar", BAD, "nope.tar"),
     # ---- checkpoints
     ("ckpt-missing", "--save_path {w}/nope.pth", BAD, "not found"),
+    ("ckpt-text", "--save_path {w}/ck_text.pth", BAD, "text file"),
     ("ckpt-truncated", "--save_path {w}/ck_truncated.pth", BAD, "ck_truncated.pth"),
     ("ckpt-garbage", "--save_path {w}/ck_garbage.pth", BAD, "ck_garbage.pth"),
     ("ckpt-code-pickle", "--save_path {w}/ck_pickle.pth", BAD, "ck_pickle.pth"),
     ("ckpt-list", "--save_path {w}/ck_list.pth", BAD, "no model weights"),
     ("ckpt-other-arch", "--save_path {w}/ck_arch.pth", BAD, "vgg16"),
     ("ckpt-class-count", "--save_path {w}/ck_classes5.pth", BAD, "classes"),
+    ("ckpt-classes-int", "--save_path {w}/ck_classes_int.pth", BAD, "classes"),
+    ("ckpt-state-dict-int", "--save_path {w}/ck_msd_int.pth", BAD, "model_state_dict"),
+    ("ckpt-std-zero", "--save_path {w}/ck_std0.pth", BAD, "std"),
+    ("ckpt-mean-text", "--save_path {w}/ck_mean_text.pth", BAD, "mean"),
+    ("ckpt-input-size", "--save_path {w}/ck_input_size.pth", BAD, "input_size"),
+    ("ckpt-nan-weights", "--save_path {w}/ck_nan.pth", BAD, "not finite"),
+    ("ckpt-inf-weights", "--vis gradcam --save_path {w}/ck_inf.pth", BAD, "not finite"),
     ("ckpt-wrong-dataset", "--save_path {w}/ck.pth --dataset cifar10", BAD, "fashion_mnist"),
     # ---- images, for --image and --det_img (data.open_image)
     ("image-text", "--image {w}/text.png", BAD, "text.png"),
     ("image-truncated", "--image {w}/truncated.png", BAD, "truncated.png"),
     ("image-bomb", "--image {w}/bomb.png", BAD, "bomb.png"),
+    ("image-float-out-of-range", "--image {w}/float_wide.tif", BAD, "float_wide.tif"),
+    ("image-float-nan", "--image {w}/float_nan.tif", BAD, "float_nan.tif"),
     ("det-img-text", "--det_img {w}/text.png", BAD, "text.png"),
+    ("det-img-float-out-of-range", "--det_img {w}/float_wide.tif", BAD, "float_wide.tif"),
+    ("det-img-float-nan", "--det_img {w}/float_nan.tif", BAD, "float_nan.tif"),
     # ---- datasets: checked when loaded
+    ("gz-corrupt-stream", "--data_dir {w}/fm_stream", BAD, "t10k-images"),
     ("gz-bad-crc", "--data_dir {w}/fm_crc", BAD, "t10k-images"),
     ("idx-truncated", "--data_dir {w}/fm_truncated", BAD, "truncated"),
     ("idx-bad-header", "--data_dir {w}/fm_header", BAD, "header"),
-    ("labels-miscounted", "--data_dir {w}/fm_count", BAD, "labels"),
-    ("labels-10-train", "--mode train --num_epochs 1 --data_dir {w}/fm_label10", BAD, "label"),
+    ("labels-10", "--data_dir {w}/fm_label10", BAD, "label 10"),
+    ("labels-10-eval", "--vis cam --hidden_strategy zero --data_dir {w}/fm_label10", BAD,
+     "label 10"),
+    ("labels-miscounted", "--data_dir {w}/fm_count", BAD, "do not belong together"),
+    ("labels-10-train", "--mode train --dataset fashion_mnist --data_dir {w}/fm_label10", BAD,
+     "label 10"),
     ("cifar-missing", "--mode train --dataset cifar10 --data_dir {w}/empty", BAD, "CIFAR-10"),
     # ---- layers and methods
     ("layer-unknown", "--vis gradcam --target_layer layer9", BAD, "layer9"),
+    ("layer-fc", "--vis gradcam --target_layer fc --vis_num 2", BAD, "layer4"),
+    ("layer-fc-image", "--image {w}/good.png --vis gradcam --target_layer fc", BAD, "layer4"),
     ("cam-not-layer4", "--vis cam --target_layer layer3", BAD, "layer4"),
     ("method-unknown", "--vis lime", BAD, "lime"),
     ("det-layer-unknown", "--det_img {w}/good.png --det_layer layer9", BAD, "layer9"),
@@ -238,17 +257,18 @@ def _snapshot(*folders: Path) -> dict[str, str]:
 def _visible_lines(stderr: str) -> list[str]:
     """What a terminal shows: for each line the text after its last carriage return (a closed
     progress bar erases itself with ``\\r``), blank lines dropped."""
-    return [line.split("\r")[-1] for line in stderr.splitlines() if line.split("\r")[-1].strip()]
+    last = [line.split("\r")[-1] for line in stderr.split("\n")]
+    return [line for line in last if line.strip()]
 
 
-@pytest.mark.parametrize("argv, code, fragment", [c[1:] for c in CASES],
-                         ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_loses_nothing(world, tmp_path, capfd, argv, code, fragment):
-    shutil.copy(world / "ck.pth", tmp_path / "ck.pth")
-    own = argv if isinstance(argv, list) else argv.format(w=world, o=tmp_path).split()
-    defaults = ["--data_dir", f"{world}/fm", "--out_dir", f"{tmp_path}/out",
-                "--log_dir", f"{tmp_path}/logs", "--save_path", f"{tmp_path}/ck.pth"]
-    before = _snapshot(world, tmp_path)
+def _assert_refused(world: Path, folder: Path, capfd, argv: str | list[str], code: int,
+                    fragment: str) -> None:
+    """Run one row in ``folder`` and check everything the module docstring promises."""
+    shutil.copy(world / "ck.pth", folder / "ck.pth")
+    own = argv if isinstance(argv, list) else argv.format(w=world, o=folder).split()
+    defaults = ["--data_dir", f"{world}/fm", "--out_dir", f"{folder}/out",
+                "--log_dir", f"{folder}/logs", "--save_path", f"{folder}/ck.pth"]
+    before = _snapshot(world, folder)
     result = main.main(defaults + own)   # an exception escaping here fails the row
     out, err = capfd.readouterr()
     lines = _visible_lines(err)
@@ -258,8 +278,34 @@ def test_bad_input_is_one_line_and_loses_nothing(world, tmp_path, capfd, argv, c
     assert lines[0].startswith("error: "), lines[0]
     assert fragment in lines[0], (fragment, lines[0])
     assert "pwned" not in out
-    assert _snapshot(world, tmp_path) == before
-    assert not (tmp_path / "out").exists() and not (tmp_path / "logs").exists()
+    assert _snapshot(world, folder) == before
+    assert not (folder / "out").exists() and not (folder / "logs").exists()
+
+
+@pytest.mark.parametrize("argv, code, fragment", [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_loses_nothing(world, tmp_path, capfd, argv, code, fragment):
+    _assert_refused(world, tmp_path, capfd, argv, code, fragment)
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_checkpoint(world, tmp_path, capfd,
+                                                                   monkeypatch):
+    """The loss turns NaN at the second step (as ``--lr`` far too high makes it, only slower):
+    exit 3, one line, and the checkpoint that was there is byte-identical."""
+    real = torch.nn.CrossEntropyLoss
+
+    class NaNFromSecondStep(real):
+        calls = 0
+
+        def forward(self, logits, labels):
+            NaNFromSecondStep.calls += 1
+            loss = super().forward(logits, labels)
+            return loss * float("nan") if NaNFromSecondStep.calls >= 2 else loss
+
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", NaNFromSecondStep)
+    _assert_refused(world, tmp_path, capfd, "--mode train --dataset fashion_mnist --num_epochs 1 "
+                    "--batch_size 32 --precision fp32", STOPPED, "not finite")
+    assert NaNFromSecondStep.calls == 2
 
 
 def test_the_table_has_at_least_fifty_rows_with_unique_ids():

@@ -170,3 +170,50 @@ def test_open_image_turns_a_photo_upright_by_its_exif_orientation(tmp_path):
     assert open_image(tmp_path / "phone.jpg").size == (20, 60)
     with pytest.raises(UserError, match=r"cannot read image tar:x\.jpg"):
         open_image(io.BytesIO(b"not an image"), name="tar:x.jpg")
+
+
+def test_a_16_bit_grey_png_is_read_by_its_bit_depth(tmp_path):
+    """Mid-grey in 16 bits (32768 of 65535) is mid-grey, not white (PIL clips at 255)."""
+    Image.fromarray(np.full((20, 30), 32768, dtype=np.uint16)).save(tmp_path / "g16.png")
+    assert open_image(tmp_path / "g16.png").mode == "L"
+    pixels = load_image(tmp_path / "g16.png", DATASETS["cifar10"])
+    assert pixels.mean().item() == pytest.approx(128 / 255, abs=1e-6)
+    assert np.asarray(open_image(tmp_path / "g16.png").convert("RGB")).mean() == 128
+
+
+def test_a_float_tiff_in_0_1_is_read_by_its_value_range(tmp_path):
+    """A float TIFF in [0, 1] keeps its brightness (PIL's conversion turns it black)."""
+    ramp = np.linspace(0, 1, 20 * 30, dtype=np.float32).reshape(20, 30)
+    Image.fromarray(ramp).save(tmp_path / "f.tif")
+    grey = np.asarray(open_image(tmp_path / "f.tif"))
+    np.testing.assert_array_equal(grey, np.rint(ramp * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("values, fragment", [
+    (np.full((4, 4), 3.5, dtype=np.float32), r"values in \[3.5, 3.5\]"),
+    (np.array([[0.5, np.inf]], dtype=np.float32), "NaN or infinite"),
+    (np.full((4, 4), 70000, dtype=np.int32), "unknown bit depth"),
+])
+def test_images_whose_range_cannot_be_known_are_refused(tmp_path, values, fragment):
+    Image.fromarray(values).save(tmp_path / "x.tif")
+    with pytest.raises(UserError, match=fragment):
+        open_image(tmp_path / "x.tif")
+
+
+def test_labels_are_checked_when_the_split_is_loaded(tmp_path):
+    folder = write_fashion_mnist(tmp_path / "fm", n_test=12)
+    labels = (np.arange(12) % 10).astype(np.uint8)
+    labels[5] = 200
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(idx_bytes(labels))
+    with pytest.raises(UserError, match="image 5 has label 200, but the classes are 0..9"):
+        load_split("fashion_mnist", tmp_path / "fm", train=False)
+
+
+def test_a_corrupt_gzip_stream_is_one_line(tmp_path):
+    folder = write_fashion_mnist(tmp_path / "fm", n_test=12)
+    path = folder / "t10k-images-idx3-ubyte.gz"
+    raw = path.read_bytes()
+    path.write_bytes(raw[:20] + bytes(255 - b for b in raw[20:]))
+    with pytest.raises(UserError, match="cannot read .*t10k-images"):
+        read_idx(path)

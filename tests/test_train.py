@@ -9,9 +9,10 @@ import torch
 import main
 from cli import assert_one_line_error, run_main
 from data import DATASETS
-from model import load_model, read_checkpoint
+from errors import TrainingStopped
+from model import build_resnet18, load_model, read_checkpoint, save_checkpoint
 from tinydata import random_checkpoint, write_fashion_mnist
-from train import accuracy_report, run_training
+from train import accuracy_report, run_training, warmup_fraction
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,54 @@ def test_training_with_empty_data_dir_without_network(tmp_path):
                       "--save_path", tmp_path / "ck.pth", "--log_dir", tmp_path / "logs")
     assert_one_line_error(result, "CIFAR-10", "download")
     assert not (tmp_path / "ck.pth").exists()
+
+
+@pytest.mark.parametrize("total", range(1, 41))
+def test_the_one_cycle_schedule_runs_for_any_number_of_steps(total):
+    """4 steps in all (500 images, batch 128, 1 epoch) divided by a zero-length warm-up."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=0.1, total_steps=total, pct_start=warmup_fraction(total))
+    for _ in range(total):
+        optimizer.step()
+        scheduler.step()
+    assert total < 8 or warmup_fraction(total) == 0.25
+
+
+def test_a_model_with_non_finite_weights_is_never_saved(tmp_path):
+    good = random_checkpoint(tmp_path / "ck.pth")
+    before = good.read_bytes()
+    model = build_resnet18(10)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("inf")
+    with pytest.raises(TrainingStopped, match="fc.weight"):
+        save_checkpoint(good, model, {})
+    assert good.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]
+
+
+def test_a_loss_that_turns_nan_after_a_saved_epoch_keeps_that_epoch(tmp_path, fashion_dir,
+                                                                    monkeypatch):
+    """Epoch 1 is saved; epoch 2's loss turns NaN: the run stops with exit 3 and the
+    checkpoint on disk is epoch 1's, finite."""
+    real = torch.nn.CrossEntropyLoss
+
+    class NaNInEpochTwo(real):
+        calls = 0
+
+        def forward(self, logits, labels):
+            NaNInEpochTwo.calls += 1
+            loss = super().forward(logits, labels)
+            return loss * float("nan") if NaNInEpochTwo.calls > 2 else loss
+
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", NaNInEpochTwo)
+    code = main.main(["--mode", "train", "--dataset", "fashion_mnist", "--data_dir",
+                      str(fashion_dir), "--num_epochs", "2", "--batch_size", "32",
+                      "--precision", "fp32", "--save_path", str(tmp_path / "ck.pth"),
+                      "--log_dir", str(tmp_path / "logs")])
+    assert code == 3
+    payload = read_checkpoint(tmp_path / "ck.pth")
+    assert payload["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in payload["model_state_dict"].values()
+               if v.is_floating_point())
