@@ -31,34 +31,35 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import os
-import tarfile
-import xml.etree.ElementTree as ET
 from argparse import Namespace
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 from urllib.error import URLError
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
+from torchvision.models import resnet18
 from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights
-from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-from torchvision.ops import box_iou, clip_boxes_to_image
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops import MultiScaleRoIAlign, clip_boxes_to_image
 from tqdm import tqdm
 
+import visualize
 from cam import capture_activation, normalize_heatmaps, resolve_layer
 from data import open_image
 from errors import UserError, reason
 from gradcam import GradCAM
 from model import read_checkpoint
 from runtime import eval_mode
-from visualize import overlay, save_rgb, slug
+from visualize import slug
+from voc import IOU_THRESH, POINTING_TOLERANCE, VOC_CLASSES, VOCReader, VOCScore, format_table
 
 COCO_WEIGHTS = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
 WEIGHTS_FILE = COCO_WEIGHTS.url.rsplit("/", 1)[-1]  # fasterrcnn_resnet50_fpn_coco-258fb6c6.pth
@@ -66,17 +67,11 @@ COCO_CLASSES: tuple[str, ...] = tuple(COCO_WEIGHTS.meta["categories"])
 LAYERS = ("layer2", "layer3", "layer4")
 DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE = 800, 1333  # torchvision's detector input size
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-               "sheep", "sofa", "train", "tvmonitor")
 COCO_TO_VOC_NAMES = {"airplane": "aeroplane", "motorcycle": "motorbike", "couch": "sofa",
                      "potted plant": "pottedplant", "dining table": "diningtable",
                      "tv": "tvmonitor"}
-VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar"
 
 AP_SCORE_THRESH = 0.05  # detections kept for AP: torchvision's (and the usual) evaluation floor
-IOU_THRESH = 0.5
-POINTING_TOLERANCE = 15.0  # pixels, as in the pointing game of Zhang et al. (2016)
 
 
 def coco_to_voc() -> dict[int, int]:
@@ -112,20 +107,56 @@ def build_detector(state_dict: dict[str, torch.Tensor] | None = None, *,
     return model.eval()
 
 
-def _load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+SCENE_ARCH = "fasterrcnn_resnet18_fpn"
+COCO_ARCH = "fasterrcnn_resnet50_fpn_coco"
+
+
+def build_scene_detector(meta: dict) -> FasterRCNN:
+    """The small Faster R-CNN that a detector checkpoint describes, random weights, eval mode.
+
+    A ResNet-18 (trainable BatchNorm, since it is trained from scratch, unlike torchvision's
+    frozen BatchNorm for pretrained backbones) whose ``layer2``..``layer4`` feed an FPN of
+    ``fpn_channels``; anchors sized for the garments; the input is used at its own size
+    (``min_size = max_size = input_size``), so nothing is resized.
+    """
+    body = resnet18(weights=None)
+    backbone = BackboneWithFPN(body, return_layers={"layer2": "0", "layer3": "1", "layer4": "2"},
+                               in_channels_list=[128, 256, 512],
+                               out_channels=int(meta["fpn_channels"]))
+    sizes = tuple(tuple(int(s) for s in level) for level in meta["anchor_sizes"])
+    ratios = (tuple(float(r) for r in meta["aspect_ratios"]),) * len(sizes)
+    anchors = AnchorGenerator(sizes, ratios)
+    roi_pool = MultiScaleRoIAlign(["0", "1", "2"], output_size=7, sampling_ratio=2)
+    head = int(meta["head_channels"])
+    size = int(meta["input_size"])
+    model = FasterRCNN(
+        backbone, num_classes=None, min_size=size, max_size=size,
+        image_mean=list(meta["mean"]), image_std=list(meta["std"]),
+        rpn_anchor_generator=anchors, box_roi_pool=roi_pool,
+        box_head=TwoMLPHead(backbone.out_channels * 7 * 7, head),
+        box_predictor=FastRCNNPredictor(head, len(meta["classes"])),
+        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
+        rpn_batch_size_per_image=128, box_batch_size_per_image=128,
+        box_score_thresh=float(meta.get("score_floor", AP_SCORE_THRESH)),
+        box_detections_per_img=50)
+    return model.eval()
+
+
+def _load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
+                layout: str = "Faster R-CNN ResNet-50 FPN with 91 COCO classes") -> None:
     """Load weights, turning a mismatch into one line that says what does not fit."""
     try:
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as exc:  # shape mismatches are raised even when strict=False
         lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
         detail = lines[0][:160] if lines else reason(exc, 160)
-        raise UserError(f"{source} do not fit Faster R-CNN ResNet-50 FPN with 91 COCO classes "
-                        f"({detail})") from None
+        raise UserError(f"{source} do not fit {layout} ({detail})") from None
     missing, unexpected = result.missing_keys, result.unexpected_keys
     if missing or unexpected:
         example = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise UserError(f"{source} do not fit Faster R-CNN ResNet-50 FPN ({len(missing)} missing "
-                        f"and {len(unexpected)} unexpected weights, e.g. {example})")
+        raise UserError(f"{source} do not fit {layout.split(' with ')[0]} ({len(missing)} "
+                        f"missing and {len(unexpected)} unexpected weights, e.g. {example})")
 
 
 def coco_state_dict() -> tuple[dict[str, torch.Tensor], str]:
@@ -144,17 +175,80 @@ def coco_state_dict() -> tuple[dict[str, torch.Tensor], str]:
     return read_checkpoint(path)["model_state_dict"], f"weights {path}"
 
 
+@dataclass
+class Detector:
+    """A loaded detector and what the rest of the tool needs to know about it.
+
+    ``names`` maps a detector label to its class name for the panels; ``classes`` are the
+    class names of VOC-style annotations it is scored against, and ``label_map`` maps a
+    detector label to an index in them (COCO labels to VOC's 20 classes; the scene detector's
+    labels to its own class names).
+    """
+
+    model: FasterRCNN
+    names: dict[int, str]
+    classes: tuple[str, ...]
+    label_map: dict[int, int]
+    score_thresh: float
+    input_fit: tuple[int, int]
+    pointing_tolerance: float
+    description: str
+
+
+SCENE_META_KEYS = ("classes", "input_size", "mean", "std", "fpn_channels", "head_channels",
+                   "anchor_sizes", "aspect_ratios")
+
+
+def scene_detector(ckpt: dict, source: str) -> tuple[FasterRCNN, dict]:
+    """The scene detector a checkpoint describes, with its weights; ``(model, meta)``."""
+    missing = [k for k in SCENE_META_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"{source} are a '{SCENE_ARCH}' checkpoint without "
+                        f"{', '.join(missing)}; it cannot be rebuilt")
+    try:
+        model = build_scene_detector(ckpt)
+        classes = [str(c) for c in ckpt["classes"]]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise UserError(f"{source} describe no buildable detector ({reason(exc)})") from None
+    _load_state(model, ckpt["model_state_dict"], source, SCENE_ARCH)
+    return model, {k: v for k, v in ckpt.items() if k not in ("model_state_dict",
+                                                              "optimizer_state_dict")} | {
+        "classes": classes}
+
+
 def load_detector(weights: str | None, device: torch.device, min_size: int = DEFAULT_MIN_SIZE,
-                  score_thresh: float = AP_SCORE_THRESH) -> FasterRCNN:
-    """The detector with ``weights`` (a state-dict file) or the COCO weights, on ``device``."""
+                  score_floor: float = AP_SCORE_THRESH) -> Detector:
+    """The detector in ``weights`` (this tool's scene-detector checkpoint, or a state dict for
+    torchvision's COCO layout) or torchvision's COCO weights, on ``device``.
+
+    ``min_size`` applies to the COCO layout only; the scene detector records its input size.
+    """
     if weights is None:
         state, source = coco_state_dict()
+        ckpt = {"model_state_dict": state}
     else:
         if not Path(weights).is_file():
             raise UserError(f"detector weights not found: {weights}")
-        state, source = read_checkpoint(weights)["model_state_dict"], f"weights {weights}"
-    return build_detector(state, min_size=min_size, score_thresh=score_thresh,
-                          source=source).to(device)
+        ckpt, source = read_checkpoint(weights), f"weights {weights}"
+    if ckpt.get("arch") == SCENE_ARCH:
+        model, meta = scene_detector(ckpt, source)
+        model.roi_heads.score_thresh = score_floor
+        classes = tuple(meta["classes"][1:])
+        size = int(meta["input_size"])
+        return Detector(model.to(device), dict(enumerate(meta["classes"])) | {0: "background"},
+                        classes, {label: label - 1 for label in range(1, len(classes) + 1)},
+                        float(meta.get("score_thresh", 0.5)), (size, size),
+                        float(meta.get("pointing_tolerance", POINTING_TOLERANCE)),
+                        f"{SCENE_ARCH} ({weights}), {len(classes)} classes, {size} px input")
+    return coco_detector(build_detector(ckpt["model_state_dict"], min_size=min_size,
+                                        score_thresh=score_floor, source=source).to(device))
+
+
+def coco_detector(model: FasterRCNN) -> Detector:
+    """A detector in torchvision's COCO layout, scored against VOC's 20 classes."""
+    return Detector(model, dict(enumerate(COCO_CLASSES)), VOC_CLASSES, coco_to_voc(), 0.5,
+                    (model.transform.min_size[0], model.transform.max_size), POINTING_TOLERANCE,
+                    "COCO Faster R-CNN ResNet-50 FPN mapped to the VOC classes")
 
 
 def parse_layers(spec: str) -> list[str]:
@@ -175,17 +269,34 @@ def parse_layers(spec: str) -> list[str]:
 class DetectionResult:
     """One image's detections and the heatmaps of those that were explained.
 
-    ``boxes`` ``[M, 4]`` (original pixel coordinates), ``labels`` ``[M]`` (COCO) and ``scores``
-    ``[M]`` hold every detection the detector returned, highest score first; ``explained``
-    ``[N]`` indexes the explained ones, and ``heatmaps[layer]`` is ``[N, H, W]`` in ``[0, 1]``
-    at the original image size. All on the CPU.
+    ``boxes`` ``[M, 4]`` (original pixel coordinates), ``labels`` ``[M]`` (the detector's) and
+    ``scores`` ``[M]`` hold every detection the detector returned, highest score first;
+    ``explained`` ``[N]`` indexes the explained ones. ``maps[layer]`` ``[N, h, w]`` holds their
+    raw Grad-CAM maps at the detector's resolution, so memory does not grow with the image;
+    :meth:`heatmap` brings one to the image, in ``[0, 1]``, when it is drawn or scored. With
+    ``geometry`` None the maps are final heatmaps at the image size already. All on the CPU.
     """
 
     boxes: torch.Tensor
     labels: torch.Tensor
     scores: torch.Tensor
     explained: torch.Tensor
-    heatmaps: dict[str, torch.Tensor]
+    maps: dict[str, torch.Tensor]
+    geometry: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the image the boxes and heatmaps refer to."""
+        if self.geometry is not None:
+            return self.geometry[2]
+        return tuple(next(iter(self.maps.values())).shape[-2:])
+
+    def heatmap(self, layer: str, rank: int) -> torch.Tensor:
+        """The ``rank``-th explained detection's heatmap ``[H, W]`` in ``[0, 1]``."""
+        maps = self.maps[layer]
+        if self.geometry is None:
+            return maps[rank]
+        return fit_to_image(maps[rank:rank + 1], *self.geometry)[0]
 
 
 @dataclass
@@ -327,20 +438,38 @@ def explain_detections(model: FasterRCNN, image: torch.Tensor, layers: Sequence[
     The model is left as it was found: train/eval flags, ``requires_grad`` and no hooks.
     """
     state = detector_pass(model, image, layers, score_thresh, max_explained, allowed)
-    heatmaps = {layer: fit_to_image(raw, state.resized, state.padded, state.original).cpu()
-                for layer, raw in zip(layers, gradcam_maps(state))}
+    maps = {layer: raw.detach().float().cpu() for layer, raw in zip(layers, gradcam_maps(state))}
     return DetectionResult(state.boxes.detach().cpu(), state.labels.cpu(), state.scores.cpu(),
-                           state.explained.cpu(), heatmaps)
+                           state.explained.cpu(), maps,
+                           (state.resized, state.padded, state.original))
 
 
 # --------------------------------------------------------------------------------------------
 # Images
 
 
-def read_image(source: str | os.PathLike | io.BytesIO, name: str | None = None) -> np.ndarray:
+def read_image(source: str | os.PathLike | io.BytesIO, name: str | None = None,
+               fit: tuple[int, int] | None = None) -> np.ndarray:
     """An image file (or bytes) as an RGB uint8 array ``[H, W, 3]``; any PIL mode is converted
-    (grayscale, RGBA, palette), and EXIF orientation is applied as a viewer would."""
-    return np.array(open_image(source, name).convert("RGB"))
+    (grayscale, RGBA, palette), and EXIF orientation is applied as a viewer would.
+
+    With ``fit = (min_size, max_size)`` an image larger than the detector's input is shrunk to
+    that input size (shorter side ``min_size``, longer side at most ``max_size``, as the
+    detector would) while it is still 8-bit, so no float copy of a huge photo is ever made;
+    boxes and heatmaps then refer to the shrunk image.
+    """
+    return image_array(open_image(source, name), fit)
+
+
+def image_array(image: Image.Image, fit: tuple[int, int] | None = None) -> np.ndarray:
+    """A PIL image as RGB uint8 ``[H, W, 3]``, shrunk to ``fit`` as :func:`read_image` says."""
+    if fit is not None:
+        w, h = image.size
+        scale = min(fit[0] / min(w, h), fit[1] / max(w, h))
+        if scale < 1:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.array(image.convert("RGB"))
 
 
 def to_tensor(image_rgb: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -349,458 +478,125 @@ def to_tensor(image_rgb: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Panels
-
-_PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-            (0, 160, 160), (240, 50, 230), (128, 128, 0), (170, 110, 40), (0, 0, 128))
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-def _text_scale(image: np.ndarray) -> float:
-    return max(0.4, min(image.shape[:2]) / 700)
-
-
-def draw_box(image: np.ndarray, box: Sequence[float], text: str, color: tuple[int, int, int]
-             ) -> None:
-    """Draw ``box`` with a filled label ``text`` on ``image`` (RGB uint8), in place."""
-    h, w = image.shape[:2]
-    thickness = max(2, round(min(h, w) / 250))
-    x1, y1, x2, y2 = (round(float(v)) for v in box)
-    cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
-    scale = _text_scale(image)
-    (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
-    top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1 + thickness
-    cv2.rectangle(image, (x1, top), (x1 + tw + 4, top + th + base + 2), color, -1)
-    cv2.putText(image, text, (x1 + 2, top + th + 1), _FONT, scale, (255, 255, 255), 1,
-                cv2.LINE_AA)
-
-
-def _titled(image: np.ndarray, title: str) -> np.ndarray:
-    scale = _text_scale(image)
-    (_, th), base = cv2.getTextSize("Ag", _FONT, scale, 1)  # one height for every title
-    strip = np.full((th + base + 10, image.shape[1], 3), 255, dtype=np.uint8)
-    cv2.putText(strip, title, (4, th + 5), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.concatenate([strip, image], axis=0)
-
-
-def _side_by_side(panels: Sequence[np.ndarray], gap: int = 8) -> np.ndarray:
-    spacer = np.full((panels[0].shape[0], gap, 3), 255, dtype=np.uint8)
-    parts = [p for panel in panels for p in (panel, spacer)][:-1]
-    return np.concatenate(parts, axis=1)
-
-
-def _caption(names: dict[int, str], label: int, score: float) -> str:
-    return f"{names.get(label, str(label))} {score:.2f}"
-
-
-def detection_panel(image_rgb: np.ndarray, result: DetectionResult, layer: str,
-                    names: dict[int, str]) -> np.ndarray:
-    """``original | Grad-CAM overlay | boxes with class and score`` for the explained detections.
-
-    The overlay shows the pixel-wise maximum of the detections' own heatmaps.
-    """
-    heat = result.heatmaps[layer].amax(0).numpy()
-    boxes = image_rgb.copy()
-    for index in result.explained.tolist():
-        label = int(result.labels[index])
-        draw_box(boxes, result.boxes[index].tolist(),
-                 _caption(names, label, float(result.scores[index])),
-                 _PALETTE[label % len(_PALETTE)])
-    n = len(result.explained)
-    return _side_by_side([_titled(image_rgb, "original"),
-                          _titled(overlay(image_rgb, heat), f"Grad-CAM {layer}, max of {n}"),
-                          _titled(boxes, f"{n} detection{'s' * (n != 1)}")])
-
-
-def box_panel(image_rgb: np.ndarray, result: DetectionResult, rank: int, layer: str,
-              names: dict[int, str]) -> np.ndarray:
-    """One explained detection: its own heatmap with its box."""
-    index = int(result.explained[rank])
-    label = int(result.labels[index])
-    caption = _caption(names, label, float(result.scores[index]))
-    panel = overlay(image_rgb, result.heatmaps[layer][rank].numpy())
-    draw_box(panel, result.boxes[index].tolist(), caption, _PALETTE[label % len(_PALETTE)])
-    return _titled(panel, f"#{rank + 1} {caption}, Grad-CAM {layer}")
-
-
-def save_panels(image_rgb: np.ndarray, result: DetectionResult, stem: str, folder: Path,
-                names: dict[int, str], per_box: bool) -> list[Path]:
-    """``<stem>_gradcam_<layer>.png`` per layer and, with ``per_box``,
-    ``<stem>_<layer>_boxes/<rank>_<class>.png`` per detection; returns the main panels."""
-    written = []
-    for layer in result.heatmaps:
-        path = folder / f"{stem}_gradcam_{layer}.png"
-        save_rgb(detection_panel(image_rgb, result, layer, names), path)
-        written.append(path)
-        if per_box:
-            for rank, index in enumerate(result.explained.tolist()):
-                name = slug(names.get(int(result.labels[index]), "x"))
-                save_rgb(box_panel(image_rgb, result, rank, layer, names),
-                         folder / f"{stem}_{layer}_boxes" / f"{rank + 1:02d}_{name}.png")
-    return written
-
-
-# --------------------------------------------------------------------------------------------
-# PASCAL VOC 2007
-
-
-@dataclass
-class VOCAnnotation:
-    """Ground truth of one image: ``boxes`` ``[G, 4]`` (continuous pixel coordinates),
-    ``labels`` ``[G]`` (VOC class indices), ``difficult`` ``[G]`` bool."""
-
-    boxes: torch.Tensor
-    labels: torch.Tensor
-    difficult: torch.Tensor
-
-
-def parse_voc_annotation(xml: bytes, name: str) -> VOCAnnotation:
-    """A VOC XML annotation; objects of classes outside VOC's 20 are left out."""
-    boxes, labels, difficult = [], [], []
-    try:
-        for obj in ET.fromstring(xml).iter("object"):
-            cls = (obj.findtext("name") or "").strip()
-            if cls not in VOC_CLASSES:
-                continue
-            box = obj.find("bndbox")
-            xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in
-                                      ("xmin", "ymin", "xmax", "ymax"))
-            boxes.append((xmin - 1, ymin - 1, xmax, ymax))
-            labels.append(VOC_CLASSES.index(cls))
-            difficult.append(int((obj.findtext("difficult") or "0").strip() or 0) == 1)
-    except (ET.ParseError, AttributeError, TypeError, ValueError) as exc:
-        raise UserError(f"annotation {name} is not valid VOC XML ({exc})") from None
-    return VOCAnnotation(torch.tensor(boxes, dtype=torch.float32).view(-1, 4),
-                         torch.tensor(labels, dtype=torch.long),
-                         torch.tensor(difficult, dtype=torch.bool))
-
-
-class VOCReader:
-    """VOC 2007 images and annotations, read straight from ``VOCtest_06-Nov-2007.tar`` (random
-    access by member name, nothing extracted) or from an extracted ``VOCdevkit`` folder."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._tar: tarfile.TarFile | None = None
-        if self.path.is_dir():
-            self._root = self._folder_root()
-        elif self.path.is_file():
-            self._root = self._open_tar()
-        else:
-            raise UserError(f"VOC 2007 test not found at {self.path}: download {VOC_URL} and "
-                            f"pass it (no need to extract it) with --voc_path")
-
-    def _folder_root(self) -> str:
-        for root in (self.path, self.path / "VOC2007", self.path / "VOCdevkit" / "VOC2007"):
-            if (root / "Annotations").is_dir():
-                return str(root) + "/"
-        raise UserError(f"{self.path} holds no VOC2007/Annotations folder (pass the VOCdevkit "
-                        f"folder or the VOC tar with --voc_path)")
-
-    def _open_tar(self) -> str:
-        try:
-            self._tar = tarfile.open(self.path, "r:*")  # noqa: SIM115 (closed by close())
-            self._members = {m.name: m for m in self._tar.getmembers() if m.isfile()}
-        except tarfile.ReadError:
-            raise UserError(f"cannot read the VOC tar {self.path}: not a tar file, or a "
-                            f"damaged one") from None
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise UserError(f"cannot read the VOC tar {self.path}: {reason(exc)}") from None
-        for name in self._members:
-            if "/Annotations/" in name and name.endswith(".xml"):
-                return name[:name.index("Annotations/")]
-        raise UserError(f"{self.path} holds no VOC annotations (*/Annotations/*.xml)")
-
-    def _read(self, relative: str) -> bytes:
-        name = self._root + relative
-        if self._tar is None:
-            try:
-                return Path(name).read_bytes()
-            except OSError:
-                raise UserError(f"{name} is missing from the VOC folder") from None
-        if name not in self._members:
-            raise UserError(f"{self.path} has no member {name}")
-        return self._tar.extractfile(self._members[name]).read()
-
-    def _exists(self, relative: str) -> bool:
-        name = self._root + relative
-        return Path(name).is_file() if self._tar is None else name in self._members
-
-    def ids(self) -> list[str]:
-        """Image ids in ``ImageSets/Main/test.txt`` order, else every annotation's, sorted."""
-        if self._exists("ImageSets/Main/test.txt"):
-            text = self._read("ImageSets/Main/test.txt").decode()
-            return [line.strip() for line in text.splitlines() if line.strip()]
-        if self._tar is None:
-            return sorted(p.stem for p in Path(self._root, "Annotations").glob("*.xml"))
-        prefix = self._root + "Annotations/"
-        return sorted(Path(n).stem for n in self._members
-                      if n.startswith(prefix) and n.endswith(".xml"))
-
-    def image(self, image_id: str) -> np.ndarray:
-        """The image as RGB uint8 ``[H, W, 3]``."""
-        relative = f"JPEGImages/{image_id}.jpg"
-        return read_image(io.BytesIO(self._read(relative)), name=f"{self.path}:{relative}")
-
-    def annotation(self, image_id: str) -> VOCAnnotation:
-        relative = f"Annotations/{image_id}.xml"
-        return parse_voc_annotation(self._read(relative), f"{self.path}:{relative}")
-
-    def close(self) -> None:
-        if self._tar is not None:
-            self._tar.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Numbers
-
-
-def best_match(box: torch.Tensor, gt_boxes: torch.Tensor) -> tuple[int, float]:
-    """Index and IoU of the ground-truth box that overlaps ``box`` most; ``(-1, 0.0)`` if none."""
-    if len(gt_boxes) == 0:
-        return -1, 0.0
-    ious = box_iou(box.view(1, 4).float(), gt_boxes.float())[0]
-    j = int(ious.argmax())
-    return j, float(ious[j])
-
-
-def voc07_ap(is_tp: Sequence[bool], npos: int) -> float:
-    """VOC2007 11-point interpolated AP from TP/FP flags in descending score order.
-
-    Precision is interpolated at recall 0, 0.1, ..., 1 (the best precision at that recall or
-    more). Recall thresholds are compared in integers (``10 * tp >= i * npos``), so a recall of
-    exactly 0.3 reaches the 0.3 point, which ``np.arange(0, 1.1, 0.1)`` would miss.
-    """
-    tp = np.cumsum(np.asarray(is_tp, dtype=np.int64))
-    precision = tp / np.arange(1, len(tp) + 1)
-    total = 0.0
-    for i in range(11):
-        reached = 10 * tp >= i * npos
-        total += float(precision[reached].max()) if reached.any() else 0.0
-    return total / 11
-
-
-def average_precision(detections: Sequence[tuple[str, float, torch.Tensor]],
-                      ground_truth: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                      iou_thresh: float = IOU_THRESH) -> float | None:
-    """AP of one class, the VOC way: detections ``(image, score, box)`` sorted by score over
-    the class; one matches the ground-truth box (``ground_truth[image] = (boxes, difficult)``)
-    it overlaps most, a true positive if IoU >= ``iou_thresh`` and the box is not yet taken, a
-    false positive otherwise; a match with a difficult box counts as neither. None without
-    non-difficult ground truth (AP is undefined)."""
-    npos = sum(int((~difficult).sum()) for _, difficult in ground_truth.values())
-    if npos == 0:
-        return None
-    taken = {image: torch.zeros(len(boxes), dtype=torch.bool)
-             for image, (boxes, _) in ground_truth.items()}
-    is_tp = []
-    for image, _, box in sorted(detections, key=lambda d: -d[1]):
-        boxes, difficult = ground_truth.get(image, (torch.zeros(0, 4), torch.zeros(0, dtype=bool)))
-        j, iou = best_match(box, boxes)
-        if j >= 0 and iou >= iou_thresh and difficult[j]:
-            continue
-        hit = j >= 0 and iou >= iou_thresh and not taken[image][j]
-        if hit:
-            taken[image][j] = True
-        is_tp.append(hit)
-    return voc07_ap(is_tp, npos)
-
-
-def pointing_hit(heatmap: torch.Tensor, box: Sequence[float],
-                 tolerance: float = POINTING_TOLERANCE) -> bool:
-    """Pointing game: the heatmap's maximum (the first, at the pixel's centre) lies in ``box``
-    or within ``tolerance`` pixels of it. An all-zero heatmap points nowhere: a miss."""
-    if float(heatmap.max()) <= 0:
-        return False
-    row, col = divmod(int(heatmap.argmax()), heatmap.shape[1])
-    x, y = col + 0.5, row + 0.5
-    x1, y1, x2, y2 = (float(v) for v in box)
-    dx, dy = max(x1 - x, 0.0, x - x2), max(y1 - y, 0.0, y - y2)
-    return math.hypot(dx, dy) <= tolerance
-
-
-def energy_in_box(heatmap: torch.Tensor, box: Sequence[float]) -> float:
-    """Share of the heatmap's mass on pixels whose centres lie in ``box`` (0 for a zero map)."""
-    total = float(heatmap.sum())
-    if total <= 0:
-        return 0.0
-    x1, y1, x2, y2 = (float(v) for v in box)
-    h, w = heatmap.shape
-    rows = slice(max(0, math.ceil(y1 - 0.5)), min(h, math.floor(y2 - 0.5) + 1))
-    cols = slice(max(0, math.ceil(x1 - 0.5)), min(w, math.floor(x2 - 0.5) + 1))
-    return float(heatmap[rows, cols].sum()) / total
-
-
-class VOCScore:
-    """Gathers detections and explanation scores over images, then AP and per-layer means."""
-
-    def __init__(self, layers: Sequence[str]):
-        self.detections: list[list[tuple[str, float, torch.Tensor]]] = [[] for _ in VOC_CLASSES]
-        self.ground_truth: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = [
-            {} for _ in VOC_CLASSES]
-        self.explained = 0
-        self.matched = 0
-        self.hits = {layer: 0 for layer in layers}
-        self.energy = {layer: 0.0 for layer in layers}
-
-    def add(self, image_id: str, truth: VOCAnnotation, result: DetectionResult,
-            to_voc: dict[int, int]) -> None:
-        """One image: its ground truth, all its (VOC-mapped) detections, its explanations."""
-        for c in range(len(VOC_CLASSES)):
-            mine = truth.labels == c
-            if mine.any():
-                self.ground_truth[c][image_id] = (truth.boxes[mine], truth.difficult[mine])
-        for box, label, score in zip(result.boxes, result.labels.tolist(), result.scores.tolist()):
-            if label in to_voc:
-                self.detections[to_voc[label]].append((image_id, score, box))
-        for rank, index in enumerate(result.explained.tolist()):
-            self.explained += 1
-            c = to_voc[int(result.labels[index])]
-            gt_boxes = truth.boxes[truth.labels == c]
-            j, iou = best_match(result.boxes[index], gt_boxes)
-            if j < 0 or iou < IOU_THRESH:
-                continue
-            self.matched += 1
-            for layer, maps in result.heatmaps.items():
-                self.hits[layer] += pointing_hit(maps[rank], gt_boxes[j].tolist())
-                self.energy[layer] += energy_in_box(maps[rank], gt_boxes[j].tolist())
-
-    def summary(self) -> dict:
-        """AP per class (None without ground truth), their mean, and per-layer means."""
-        ap = {name: average_precision(self.detections[c], self.ground_truth[c])
-              for c, name in enumerate(VOC_CLASSES)}
-        defined = [v for v in ap.values() if v is not None]
-        n = self.matched
-        layers = {layer: {"pointing_game": self.hits[layer] / n if n else None,
-                          "energy_in_box": self.energy[layer] / n if n else None}
-                  for layer in self.hits}
-        return {"ap": ap, "map": sum(defined) / len(defined) if defined else None,
-                "map_classes": len(defined), "explained_detections": self.explained,
-                "matched_detections": n, "layers": layers}
-
-
-def _fmt(value: float | None) -> str:
-    return "   n/a" if value is None else f"{value:6.3f}"
-
-
-def format_table(summary: dict) -> str:
-    """The numbers as a text table."""
-    lines = [f"{'class':<12} {'AP@0.5':>6}"]
-    lines += [f"{name:<12} {_fmt(v)}" for name, v in summary["ap"].items()]
-    lines.append(f"{'mAP':<12} {_fmt(summary['map'])}  (VOC2007 11-point, over "
-                 f"{summary['map_classes']} classes with ground truth)")
-    lines.append("")
-    lines.append(f"Explained detections: {summary['explained_detections']}, matched to a "
-                 f"ground-truth box of their class (IoU >= {IOU_THRESH}): "
-                 f"{summary['matched_detections']}")
-    lines.append(f"{'layer':<8} {'pointing game':>14} {'energy in box':>14}   (higher is better)")
-    for layer, values in summary["layers"].items():
-        lines.append(f"{layer:<8} {_fmt(values['pointing_game']):>14} "
-                     f"{_fmt(values['energy_in_box']):>14}")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
 # Command line
 
 
-def explain_image(model: FasterRCNN, image: np.ndarray, path: str, layers: Sequence[str],
+def _score_thresh(args: Namespace, detector: Detector | None = None) -> float:
+    """``--det_score_thresh``, else the detector's own (the checkpoint's, 0.5 for COCO)."""
+    if args.det_score_thresh is not None:
+        return args.det_score_thresh
+    return detector.score_thresh if detector is not None else 0.5
+
+
+def explain_image(detector: Detector, image: np.ndarray, path: str, layers: Sequence[str],
                   args: Namespace, device: torch.device) -> int:
-    """``--det_img PATH``: panels for one image (RGB ``image``, read from ``path``) with COCO
-    class names.
+    """``--det_img PATH``: panels for one image (RGB ``image``, read from ``path``) with the
+    detector's class names.
 
     An image without detections is not an error (the detector's answer is "nothing here"):
     one line says so and the exit status is 0.
     """
-    result = explain_detections(model, to_tensor(image, device), layers, args.det_score_thresh,
+    thresh = _score_thresh(args, detector)
+    result = explain_detections(detector.model, to_tensor(image, device), layers, thresh,
                                 args.det_max)
-    names = dict(enumerate(COCO_CLASSES))
+    names = detector.names
     if len(result.explained) == 0:
         best = (f"; best score {float(result.scores[0]):.2f} "
                 f"({names[int(result.labels[0])]})" if len(result.scores) else "")
-        print(f"{path}: no detection with score >= {args.det_score_thresh:.2f}{best}; "
-              f"nothing to explain")
+        print(f"{path}: no detection with score >= {thresh:.2f}{best}; nothing to explain")
         return 0
-    found = ", ".join(_caption(names, int(result.labels[i]), float(result.scores[i]))
+    found = ", ".join(visualize.caption(names, int(result.labels[i]), float(result.scores[i]))
                       for i in result.explained.tolist())
     n = len(result.explained)
     print(f"{path}: {n} detection{'s' * (n != 1)} explained: {found}")
     folder = Path(args.out_dir) / "detection"
-    for written in save_panels(image, result, slug(Path(path).stem), folder, names,
-                               args.det_per_box):
+    for written in visualize.save_panels(image, result, slug(Path(path).stem), folder, names,
+                                         args.det_per_box):
         print(f"wrote {written}")
     return 0
 
 
-def run_voc(model: FasterRCNN, reader: VOCReader, layers: Sequence[str], args: Namespace,
+GRID_IMAGES = 16  # images in the grid of detections that a VOC-style run writes
+
+
+def run_voc(detector: Detector, reader: VOCReader, layers: Sequence[str], args: Namespace,
             device: torch.device) -> int:
-    """VOC 2007 test: panels for the first ``--det_num`` images, then AP and explanation scores,
+    """A VOC-style test set: panels for the first ``--det_num`` images, a grid of the first
+    ones with ground truth and detections, then AP and explanation scores with baselines,
     printed and saved as ``voc_metrics.json``."""
-    to_voc = coco_to_voc()
-    names = {label: VOC_CLASSES[c] for label, c in to_voc.items()}
+    thresh = _score_thresh(args, detector)
+    label_map = detector.label_map
+    names = {label: reader.classes[c] for label, c in label_map.items()}
     folder = Path(args.out_dir) / "detection"
     ids = reader.ids()[:args.det_num]
-    score = VOCScore(layers)
+    score = VOCScore(layers, reader.classes, detector.pointing_tolerance)
     skipped = []
-    for image_id in tqdm(ids, desc="VOC 2007 test", unit="image"):
+    grid = []
+    desc = "VOC 2007 test" if reader.classes == VOC_CLASSES else f"test set {reader.path.name}"
+    for image_id in tqdm(ids, desc=desc, unit="image"):
         image, truth = reader.image(image_id), reader.annotation(image_id)
-        result = explain_detections(model, to_tensor(image, device), layers,
-                                    args.det_score_thresh, args.det_max, allowed=to_voc)
-        score.add(image_id, truth, result, to_voc)
+        result = explain_detections(detector.model, to_tensor(image, device), layers, thresh,
+                                    args.det_max, allowed=label_map)
+        score.add(image_id, truth, result, label_map)
+        if len(grid) < GRID_IMAGES:
+            grid.append(visualize.ground_truth_panel(
+                image, result, truth.boxes.tolist(),
+                [reader.classes[c] for c in truth.labels.tolist()], names))
         if len(result.explained) == 0:
-            tqdm.write(f"{image_id}: no VOC-class detection with score >= "
-                       f"{args.det_score_thresh:.2f}; skipped")
+            kind = "VOC-class detection" if reader.classes == VOC_CLASSES else "detection"
+            tqdm.write(f"{image_id}: no {kind} with score >= {thresh:.2f}; skipped")
             skipped.append(image_id)
             continue
-        save_panels(image, result, slug(image_id), folder, names, args.det_per_box)
+        visualize.save_panels(image, result, slug(image_id), folder, names, args.det_per_box)
     summary = score.summary()
-    print(f"VOC 2007 test, {len(ids)} images ({len(skipped)} without detections), "
-          f"COCO Faster R-CNN mapped to the VOC classes")
+    print(f"{reader.path}, {len(ids)} images ({len(skipped)} without detections), "
+          f"{detector.description}")
     print(format_table(summary))
     report = {"voc_path": str(reader.path), "images": len(ids),
               "images_without_detections": skipped,
-              "score_thresh": args.det_score_thresh, "max_explained_per_image": args.det_max,
-              "detector_min_size": args.det_min_size, "weights": args.det_weights or WEIGHTS_FILE,
+              "score_thresh": thresh, "max_explained_per_image": args.det_max,
+              "detector_min_size": detector.input_fit[0],
+              "weights": args.det_weights or WEIGHTS_FILE, "detector": detector.description,
               "ap_iou": IOU_THRESH, "ap_method": "VOC2007 11-point, difficult objects ignored, "
-                                                 f"detections with score > {_score_floor(args)}",
-              "pointing_tolerance_px": POINTING_TOLERANCE,
-              "higher_is_better": {"ap": True, "pointing_game": True, "energy_in_box": True},
+                                                 f"detections with score > {_score_floor(thresh)}",
+              "pointing_tolerance_px": detector.pointing_tolerance,
+              "higher_is_better": {"ap": True, "pointing_game": True, "energy_in_box": True,
+                                   "peak_in_own_box": True, "energy_in_own_box": True},
+              "baseline_maps": {"centre": "a Gaussian centred on the image, sigma a quarter of "
+                                          "each side",
+                                "uniform": "a constant map (a tied maximum scores the share of "
+                                           "pixels that hit)",
+                                "other_detection": "the map of the next explained detection in "
+                                                   "the same image, scored on this one's box"},
               **summary}
     folder.mkdir(parents=True, exist_ok=True)
+    if grid:
+        visualize.save_panel_grid(grid, folder / "detections_grid.png")
+        print(f"wrote {folder / 'detections_grid.png'}")
     path = folder / "voc_metrics.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"wrote {path}")
     return 0
 
 
-def _score_floor(args: Namespace) -> float:
+def _score_floor(thresh: float) -> float:
     """The detector's own score threshold: the AP floor, or lower when the user explains less
     confident detections."""
-    return min(AP_SCORE_THRESH, args.det_score_thresh)
-
-
-def _check_flags(args: Namespace) -> None:
-    if not 0.0 <= args.det_score_thresh <= 1.0:
-        raise UserError("--det_score_thresh must be between 0 and 1")
-    if args.det_min_size < 32:
-        raise UserError("--det_min_size must be at least 32")
+    return min(AP_SCORE_THRESH, thresh)
 
 
 def run(args: Namespace, device: torch.device) -> int:
-    """``--det_vis``: explain one image (``--det_img``) or VOC 2007 test (``--voc_path``)."""
+    """``--det_vis``: explain one image (``--det_img``) or a VOC-style test set (``--voc_path``:
+    VOC 2007 test, or the Fashion-MNIST scenes)."""
     layers = parse_layers(args.det_layer)
-    _check_flags(args)
-    score_floor = _score_floor(args)
+    score_floor = _score_floor(_score_thresh(args))
     if args.det_img:
-        image = read_image(args.det_img)  # a bad image fails before the weights are loaded
-        model = load_detector(args.det_weights, device, args.det_min_size, score_floor)
-        return explain_image(model, image, args.det_img, layers, args, device)
+        photo = open_image(args.det_img)  # a bad image fails before the weights are loaded
+        detector = load_detector(args.det_weights, device, args.det_min_size, score_floor)
+        image = image_array(photo, fit=detector.input_fit)
+        del photo
+        return explain_image(detector, image, args.det_img, layers, args, device)
     with VOCReader(args.voc_path) as reader:
-        model = load_detector(args.det_weights, device, args.det_min_size, score_floor)
-        return run_voc(model, reader, layers, args, device)
+        detector = load_detector(args.det_weights, device, args.det_min_size, score_floor)
+        reader.classes = detector.classes
+        return run_voc(detector, reader, layers, args, device)

@@ -16,6 +16,7 @@ import detection
 import distributed
 import evaluate
 import explain
+import train_detector
 from data import info_from_meta, load_split
 from errors import EXIT_INTERRUPTED, FlagError, UserError
 from model import load_model
@@ -56,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_half", action="store_true",
                    help="store the checkpoint's weights in fp16 without optimizer state")
     g.add_argument("--log_dir", default="./logs", help="metrics.csv and training_curves.png")
+    g.add_argument("--resume", action="store_true",
+                   help="detector training: continue from the last finished epoch's state "
+                        "(<save_path stem>.resume.pth)")
+    g.add_argument("--det_scenes", type=int, default=4000,
+                   help="detector training: new Fashion-MNIST scenes per epoch")
 
     g = p.add_argument_group("heatmaps")
     g.add_argument("--vis", default="none",
@@ -86,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one image (implies --det_vis); without it, PASCAL VOC 2007 test")
     g.add_argument("--det_weights", default=None, help="a state-dict file for the detector")
     g.add_argument("--det_layer", default="layer4", help="layer2, layer3 or layer4 (comma list)")
-    g.add_argument("--det_score_thresh", type=float, default=0.5)
+    g.add_argument("--det_score_thresh", type=float, default=None,
+                   help="explain detections scoring at least this (default: the checkpoint's "
+                        "own threshold; 0.5 for COCO)")
     g.add_argument("--det_max", type=int, default=20, help="detections explained per image")
     g.add_argument("--det_per_box", action="store_true", help="one panel per detection too")
     g.add_argument("--det_num", type=int, default=200, help="VOC images to process")
@@ -94,14 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detector input: shorter side in pixels (torchvision's 800; smaller is "
                         "faster on a CPU and less accurate)")
     g.add_argument("--voc_path", default="./data/VOCtest_06-Nov-2007.tar",
-                   help="the VOC 2007 test tar, or an extracted VOCdevkit folder")
+                   help="the VOC 2007 test tar, or a folder in the VOC layout (an extracted "
+                        "VOCdevkit, or the Fashion-MNIST scenes in data/fashion_scenes)")
+    g.add_argument("--make_scenes", default=None, metavar="DIR",
+                   help="write --det_num Fashion-MNIST test scenes (test split only) in the VOC "
+                        "layout to DIR, then stop")
     return p
 
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run what the flags ask for; user errors surface as ``UserError``."""
+    if args.mode == "train" and args.det_vis:
+        train_detector.run_training(args)
+        return 0
     if args.mode == "train":
         run_training(args)
+        return 0
+    if args.make_scenes:
+        train_detector.write_test_scenes(args.data_dir, args.make_scenes, args.det_num)
         return 0
     device = resolve_device(args.device)
     unsharded = args.det_vis or args.det_img or args.image

@@ -73,7 +73,8 @@ NUMBERS: dict[str, Range] = {
     "det_score_thresh": Range(0, 1),
     "det_max": Range(1, 1000),
     "det_num": Range(1),                         # capped at the VOC test set's size
-    "det_min_size": Range(32),
+    "det_min_size": Range(32, 1600),             # beyond that only memory grows (torchvision: 800)
+    "det_scenes": Range(1, 10**7),
 }
 
 
@@ -92,6 +93,8 @@ COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
      "all)"),
     (lambda a: bool(a.image) and a.target == "gt",
      "--target gt needs the true class, which a user image does not have"),
+    (lambda a: a.resume and not (a.mode == "train" and a.det_vis),
+     "--resume continues detector training: use it with --mode train --det_vis"),
     (lambda a: bool(a.image) and a.hidden_strategy != "none",
      "--hidden_strategy evaluates test images, --image explains your own: use one or the other"),
 ]
@@ -159,6 +162,9 @@ def check_paths(args: Namespace) -> None:
     if args.mode == "train":
         check_output_dir(args.log_dir, "--log_dir")
         check_output_file(args.save_path, "--save_path")
+        return
+    if args.make_scenes:
+        check_output_dir(args.make_scenes, "--make_scenes")
         return
     check_output_dir(args.out_dir, "--out_dir")
     for path in args.image:

@@ -43,6 +43,21 @@ def plot_training_curves(history: Sequence[dict], path: str | Path) -> None:
     _save(fig, Path(path))
 
 
+def plot_detector_curves(history: Sequence[dict], path: str | Path) -> None:
+    """The detector's training losses and its test mAP@0.5 per epoch, side by side."""
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    for key in ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"):
+        ax_loss.plot(epochs, [row[key] for row in history], marker="o", label=key)
+    ax_map.plot(epochs, [row["test_map"] for row in history], marker="o", label="test mAP@0.5")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Training losses")
+    ax_map.set(xlabel="epoch", ylabel="mAP@0.5 (VOC07 11-point)", title="Test mAP", ylim=(0, 1))
+    for ax in (ax_loss, ax_map):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, Path(path))
+
+
 def plot_confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], path: str | Path,
                           title: str = "") -> None:
     """Row-normalized confusion matrix (true class per row) with counts in the cells."""
@@ -171,3 +186,159 @@ def plot_deletion_insertion(fractions: np.ndarray,
         fig.suptitle(title)
     fig.tight_layout()
     _save(fig, Path(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Detection panels (``result`` is a ``detection.DetectionResult``)
+
+_PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (0, 160, 160), (240, 50, 230), (128, 128, 0), (170, 110, 40), (0, 0, 128))
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+DETECTION_MIN_SIDE = 256  # smaller images (the 128 px scenes) are enlarged so labels stay legible
+
+
+def _text_scale(image: np.ndarray) -> float:
+    return max(0.4, min(image.shape[:2]) / 700)
+
+
+def draw_box(image: np.ndarray, box: Sequence[float], text: str, color: tuple[int, int, int],
+             thickness: int | None = None) -> None:
+    """Draw ``box`` with a filled label ``text`` (none when empty) on ``image`` (RGB uint8),
+    in place."""
+    h, w = image.shape[:2]
+    thickness = thickness or max(2, round(min(h, w) / 250))
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
+    cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
+    if not text:
+        return
+    scale = _text_scale(image)
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
+    top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1 + thickness
+    cv2.rectangle(image, (x1, top), (x1 + tw + 4, top + th + base + 2), color, -1)
+    cv2.putText(image, text, (x1 + 2, top + th + 1), _FONT, scale, (255, 255, 255), 1,
+                cv2.LINE_AA)
+
+
+def _titled(image: np.ndarray, title: str) -> np.ndarray:
+    scale = _text_scale(image)
+    (_, th), base = cv2.getTextSize("Ag", _FONT, scale, 1)  # one height for every title
+    strip = np.full((th + base + 10, image.shape[1], 3), 255, dtype=np.uint8)
+    cv2.putText(strip, title, (4, th + 5), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([strip, image], axis=0)
+
+
+def _side_by_side(panels: Sequence[np.ndarray], gap: int = 8) -> np.ndarray:
+    spacer = np.full((panels[0].shape[0], gap, 3), 255, dtype=np.uint8)
+    parts = [p for panel in panels for p in (panel, spacer)][:-1]
+    return np.concatenate(parts, axis=1)
+
+
+def _stacked(rows: Sequence[np.ndarray], gap: int = 8) -> np.ndarray:
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255)
+              for r in rows]
+    spacer = np.full((gap, width, 3), 255, dtype=np.uint8)
+    return np.concatenate([p for r in padded for p in (r, spacer)][:-1], axis=0)
+
+
+def caption(names: Mapping[int, str], label: int, score: float) -> str:
+    return f"{names.get(label, str(label))} {score:.2f}"
+
+
+def _scale_for(image_rgb: np.ndarray) -> int:
+    return max(1, int(np.ceil(DETECTION_MIN_SIDE / min(image_rgb.shape[:2]))))
+
+
+def _box(result: object, index: int, scale: int) -> list[float]:
+    return [float(v) * scale for v in result.boxes[index]]
+
+
+def detection_panel(image_rgb: np.ndarray, result: object, layer: str,
+                    names: Mapping[int, str]) -> np.ndarray:
+    """``original | Grad-CAM overlay | boxes with class and score`` for the explained detections.
+
+    The overlay shows the pixel-wise maximum of the detections' own heatmaps, brought to the
+    image one at a time.
+    """
+    heat = np.zeros(image_rgb.shape[:2], np.float32)
+    for rank in range(len(result.explained)):
+        np.maximum(heat, result.heatmap(layer, rank).numpy(), out=heat)
+    scale = _scale_for(image_rgb)
+    image_rgb = enlarge(image_rgb, DETECTION_MIN_SIDE)
+    boxes = image_rgb.copy()
+    for index in result.explained.tolist():
+        label = int(result.labels[index])
+        draw_box(boxes, _box(result, index, scale),
+                 caption(names, label, float(result.scores[index])),
+                 _PALETTE[label % len(_PALETTE)])
+    n = len(result.explained)
+    return _side_by_side([_titled(image_rgb, "original"),
+                          _titled(overlay(image_rgb, heat), f"Grad-CAM {layer}, max of {n}"),
+                          _titled(boxes, f"{n} detection{'s' * (n != 1)}")])
+
+
+def box_panel(image_rgb: np.ndarray, result: object, rank: int, layer: str,
+              names: Mapping[int, str], title: str | None = None) -> np.ndarray:
+    """One explained detection: its own heatmap with its box."""
+    index = int(result.explained[rank])
+    label = int(result.labels[index])
+    text = caption(names, label, float(result.scores[index]))
+    scale = _scale_for(image_rgb)
+    panel = overlay(enlarge(image_rgb, DETECTION_MIN_SIDE), result.heatmap(layer, rank).numpy())
+    draw_box(panel, _box(result, index, scale), text, _PALETTE[label % len(_PALETTE)])
+    return _titled(panel, title or f"#{rank + 1} {text}, Grad-CAM {layer}")
+
+
+def boxes_by_layer_panel(image_rgb: np.ndarray, result: object, names: Mapping[int, str]
+                         ) -> np.ndarray:
+    """One row per explained detection, one column per layer: each detection's own map."""
+    rows = [_side_by_side([box_panel(image_rgb, result, rank, layer, names,
+                                     title=f"#{rank + 1} {layer}") for layer in result.maps])
+            for rank in range(len(result.explained))]
+    return _stacked(rows)
+
+
+def ground_truth_panel(image_rgb: np.ndarray, result: object, truth_boxes: Sequence,
+                       truth_names: Sequence[str], names: Mapping[int, str]) -> np.ndarray:
+    """The image with its ground-truth boxes (thin, white) and every explained detection."""
+    scale = _scale_for(image_rgb)
+    panel = enlarge(image_rgb, DETECTION_MIN_SIDE).copy()
+    for box in truth_boxes:
+        draw_box(panel, [float(v) * scale for v in box], "", (255, 255, 255), thickness=1)
+    for index in result.explained.tolist():
+        label = int(result.labels[index])
+        draw_box(panel, _box(result, index, scale),
+                 caption(names, label, float(result.scores[index])),
+                 _PALETTE[label % len(_PALETTE)])
+    return _titled(panel, f"truth: {', '.join(truth_names) or 'none'}"[:48])
+
+
+def save_panel_grid(panels: Sequence[np.ndarray], path: str | Path, columns: int = 4) -> None:
+    """Panels in a grid of ``columns`` (each padded white to the largest), as one picture."""
+    h = max(p.shape[0] for p in panels)
+    w = max(p.shape[1] for p in panels)
+    panels = [np.pad(p, ((0, h - p.shape[0]), (0, w - p.shape[1]), (0, 0)), constant_values=255)
+              for p in panels]
+    rows = [_side_by_side(list(panels[i:i + columns])) for i in range(0, len(panels), columns)]
+    save_rgb(_stacked(rows), path)
+
+
+def save_panels(image_rgb: np.ndarray, result: object, stem: str, folder: Path,
+                names: Mapping[int, str], per_box: bool) -> list[Path]:
+    """``<stem>_gradcam_<layer>.png`` per layer and, with ``per_box``,
+    ``<stem>_<layer>_boxes/<rank>_<class>.png`` per detection and ``<stem>_boxes_by_layer.png``
+    (every detection's own map at every layer); returns the main panels."""
+    written = []
+    for layer in result.maps:
+        path = folder / f"{stem}_gradcam_{layer}.png"
+        save_rgb(detection_panel(image_rgb, result, layer, names), path)
+        written.append(path)
+        if per_box:
+            for rank, index in enumerate(result.explained.tolist()):
+                name = slug(names.get(int(result.labels[index]), "x"))
+                save_rgb(box_panel(image_rgb, result, rank, layer, names),
+                         folder / f"{stem}_{layer}_boxes" / f"{rank + 1:02d}_{name}.png")
+    if per_box and len(result.explained):
+        save_rgb(boxes_by_layer_panel(image_rgb, result, names),
+                 folder / f"{stem}_boxes_by_layer.png")
+    return written

@@ -24,6 +24,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 
 import detection as det
 import main
+import voc
 from cam import normalize_heatmaps
 from cli import assert_one_line_error, run_main
 from errors import UserError
@@ -148,11 +149,13 @@ def test_one_forward_pass_explains_every_detection(detector: torch.nn.Module) ->
     assert len(calls) == 1
     assert result.explained.tolist() == [0, 1, 2]
     assert bool((result.scores[:-1] >= result.scores[1:]).all())
-    for maps in result.heatmaps.values():
+    for layer in ("layer3", "layer4"):
+        maps = torch.stack([result.heatmap(layer, rank) for rank in range(3)])
         assert maps.shape == (3, 70, 130)
         assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0
         assert torch.allclose(maps.amax(dim=(1, 2)), torch.ones(3))
-    assert not torch.equal(result.heatmaps["layer4"][0], result.heatmaps["layer4"][1])
+        assert result.maps[layer].shape[-2:] != (70, 130)  # kept at the detector's resolution
+    assert not torch.equal(result.heatmap("layer4", 0), result.heatmap("layer4", 1))
 
 
 def test_shared_pass_gives_each_detection_its_own_gradient(detector: torch.nn.Module) -> None:
@@ -165,7 +168,7 @@ def test_shared_pass_gives_each_detection_its_own_gradient(detector: torch.nn.Mo
     activation = state.activations[0].detach()[0]
     raw = torch.relu((grad[0].mean(dim=(1, 2))[:, None, None] * activation).sum(0))
     alone = det.fit_to_image(raw[None], state.resized, state.padded, state.original)[0]
-    assert torch.allclose(shared.heatmaps["layer4"][2], alone, atol=1e-5)
+    assert torch.allclose(shared.heatmap("layer4", 2), alone, atol=1e-5)
     # Each explained score is the class logit of a proposal whose probability is the detection's
     # score, as torchvision's own forward computes them.
     seen = []
@@ -222,7 +225,7 @@ def test_no_detection_to_explain(detector: torch.nn.Module) -> None:
     result = det.explain_detections(detector, random_image(64, 90), ("layer4",), 0.0, 5,
                                     allowed=set())
     assert len(result.scores) > 0 and len(result.explained) == 0
-    assert result.heatmaps["layer4"].shape == (0, 64, 90)
+    assert result.maps["layer4"].shape[0] == 0 and result.image_size == (64, 90)
 
 
 def test_single_image_without_detections_exits_0_with_one_line(
@@ -230,7 +233,7 @@ def test_single_image_without_detections_exits_0_with_one_line(
     args = main.build_parser().parse_args(["--det_vis", "--out_dir", str(tmp_path)])
     image = det.read_image(SAMPLES / "chelsea.jpg")
     with background_only(detector):
-        assert det.explain_image(detector, image, "chelsea.jpg", ["layer4"], args,
+        assert det.explain_image(det.coco_detector(detector), image, "chelsea.jpg", ["layer4"], args,
                                  torch.device("cpu")) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out == ["chelsea.jpg: no detection with score >= 0.50; nothing to explain"]
@@ -256,7 +259,9 @@ def test_cli_writes_panels_for_one_image(weights_file: Path, tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "detection"
     panel = np.asarray(Image.open(folder / "chelsea_gradcam_layer4.png"))
-    assert panel.shape[1] == 3 * 451 + 2 * 8 and panel.shape[0] > 300
+    # 451x300 is shrunk to the detector's input (64 px shorter side: 96x64) before it becomes a
+    # float tensor, then drawn enlarged 4x (panels are at least 256 px).
+    assert panel.shape[1] == 3 * 4 * 96 + 2 * 8 and panel.shape[0] > 4 * 64
     boxes = sorted(p.name for p in (folder / "chelsea_layer4_boxes").iterdir())
     assert len(boxes) == 2 and boxes[0].startswith("01_") and boxes[1].startswith("02_")
     assert "2 detections explained" in result.stdout
@@ -273,7 +278,7 @@ def test_voc_tar_end_to_end(weights_file: Path, tmp_path: Path,
     folder = tmp_path / "out" / "detection"
     report = json.loads((folder / "voc_metrics.json").read_text())
     assert report["images"] == 2
-    assert list(report["ap"]) == list(det.VOC_CLASSES)
+    assert list(report["ap"]) == list(voc.VOC_CLASSES)
     assert report["ap"]["car"] is None and report["ap"]["dog"] is None  # no (countable) truth
     assert report["map_classes"] == 1 and 0.0 <= report["ap"]["person"] <= 1.0
     for image_id in ("000001", "000002"):
@@ -288,8 +293,8 @@ def test_voc_images_without_detections_are_reported_and_skipped(
     tar = write_voc_tar(tmp_path / "voc.tar", ["000001", "000002"])
     args = main.build_parser().parse_args(["--det_vis", "--out_dir", str(tmp_path),
                                            "--det_score_thresh", "0"])
-    with det.VOCReader(tar) as reader, background_only(detector):
-        assert det.run_voc(detector, reader, ["layer4"], args, torch.device("cpu")) == 0
+    with voc.VOCReader(tar) as reader, background_only(detector):
+        assert det.run_voc(det.coco_detector(detector), reader, ["layer4"], args, torch.device("cpu")) == 0
     report = json.loads((tmp_path / "detection" / "voc_metrics.json").read_text())
     out = capsys.readouterr().out
     assert report["images_without_detections"] == ["000001", "000002"]
@@ -326,7 +331,7 @@ def test_grayscale_rgba_and_palette_images_become_rgb(
     assert det.read_image(tmp_path / "palette.png").shape == (40, 60, 3)
     args = main.build_parser().parse_args(["--det_vis", "--out_dir", str(tmp_path),
                                            "--det_score_thresh", "0", "--det_max", "1"])
-    assert det.explain_image(detector, image, "gray.png", ["layer4"], args,
+    assert det.explain_image(det.coco_detector(detector), image, "gray.png", ["layer4"], args,
                              torch.device("cpu")) == 0
     assert (tmp_path / "detection" / "gray_gradcam_layer4.png").is_file()
     assert "1 detection explained:" in capsys.readouterr().out
@@ -335,7 +340,7 @@ def test_grayscale_rgba_and_palette_images_become_rgb(
 def test_missing_or_corrupt_voc_gives_one_line(tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     assert_one_line_error(cli(capsys, "--voc_path", tmp_path / "VOCtest_06-Nov-2007.tar"),
-                          "VOC 2007 test not found", "VOCtest_06-Nov-2007.tar", det.VOC_URL)
+                          "VOC 2007 test not found", "VOCtest_06-Nov-2007.tar", voc.VOC_URL)
     garbage = tmp_path / "garbage.tar"
     garbage.write_bytes(b"no tar here" * 100)
     assert_one_line_error(cli(capsys, "--voc_path", garbage), "garbage.tar")
@@ -392,7 +397,7 @@ def test_voc_tar_and_folder_read_the_same(tmp_path: Path) -> None:
     tar = write_voc_tar(tmp_path / "voc.tar", ["000002", "000001"])
     with tarfile.open(tar) as archive:
         archive.extractall(tmp_path / "extracted", filter="data")
-    with det.VOCReader(tar) as packed, det.VOCReader(tmp_path / "extracted" / "VOCdevkit") as flat:
+    with voc.VOCReader(tar) as packed, voc.VOCReader(tmp_path / "extracted" / "VOCdevkit") as flat:
         assert packed.ids() == flat.ids() == ["000002", "000001"]
         for image_id in packed.ids():
             assert np.array_equal(packed.image(image_id), flat.image(image_id))
@@ -401,25 +406,25 @@ def test_voc_tar_and_folder_read_the_same(tmp_path: Path) -> None:
         truth = packed.annotation("000001")
         assert packed.image("000002").shape == (72, 56, 3)
     assert truth.boxes.tolist() == [[10, 5, 30, 40], [40, 20, 70, 50]]
-    assert truth.labels.tolist() == [det.VOC_CLASSES.index("person"), det.VOC_CLASSES.index("dog")]
+    assert truth.labels.tolist() == [voc.VOC_CLASSES.index("person"), voc.VOC_CLASSES.index("dog")]
     assert truth.difficult.tolist() == [False, True]
     (tmp_path / "extracted/VOCdevkit/VOC2007/ImageSets/Main/test.txt").unlink()
-    with det.VOCReader(tmp_path / "extracted") as flat:
+    with voc.VOCReader(tmp_path / "extracted") as flat:
         assert flat.ids() == ["000001", "000002"]
 
 
 def test_bad_annotation_gives_one_line() -> None:
     with pytest.raises(UserError, match="not valid VOC XML"):
-        det.parse_voc_annotation(b"<annotation><object><name>cat", "broken.xml")
-    kept = det.parse_voc_annotation(voc_xml([("unicorn", (1, 1, 5, 5), 0),
+        voc.parse_voc_annotation(b"<annotation><object><name>cat", "broken.xml")
+    kept = voc.parse_voc_annotation(voc_xml([("unicorn", (1, 1, 5, 5), 0),
                                              ("cat", (1, 1, 5, 5), 0)], 10, 10), "x.xml")
-    assert kept.labels.tolist() == [det.VOC_CLASSES.index("cat")]
+    assert kept.labels.tolist() == [voc.VOC_CLASSES.index("cat")]
 
 
 def test_coco_to_voc_maps_the_20_classes() -> None:
     mapping = det.coco_to_voc()
-    names = {det.COCO_CLASSES[label]: det.VOC_CLASSES[c] for label, c in mapping.items()}
-    assert sorted(names.values()) == sorted(det.VOC_CLASSES)
+    names = {det.COCO_CLASSES[label]: voc.VOC_CLASSES[c] for label, c in mapping.items()}
+    assert sorted(names.values()) == sorted(voc.VOC_CLASSES)
     assert names["airplane"] == "aeroplane" and names["tv"] == "tvmonitor"
     assert names["couch"] == "sofa" and names["dining table"] == "diningtable"
     assert names["motorcycle"] == "motorbike" and names["potted plant"] == "pottedplant"
@@ -440,29 +445,29 @@ def test_voc07_ap_by_hand() -> None:
                   ("a", 0.6, torch.tensor([0., 0, 10, 9])),      # TP (IoU 0.9)
                   ("b", 0.5, torch.tensor([21., 20, 40, 40]))]   # FP: duplicate
     # precision 1, 1/2, 2/3, 1/2 at recall 1/2, 1/2, 1, 1: six points at 1, five at 2/3.
-    assert det.average_precision(detections, truth) == pytest.approx((6 + 5 * 2 / 3) / 11)
-    assert det.average_precision(detections, {"a": truth["a"]}) is not None
-    assert det.average_precision([], {"x": (torch.zeros(1, 4), torch.tensor([True]))}) is None
+    assert voc.average_precision(detections, truth) == pytest.approx((6 + 5 * 2 / 3) / 11)
+    assert voc.average_precision(detections, {"a": truth["a"]}) is not None
+    assert voc.average_precision([], {"x": (torch.zeros(1, 4), torch.tensor([True]))}) is None
     # Recall exactly 0.3 reaches the 0.3 point.
-    assert det.voc07_ap([True, True, True], 10) == pytest.approx(4 / 11)
+    assert voc.voc07_ap([True, True, True], 10) == pytest.approx(4 / 11)
 
 
 def test_pointing_game_by_hand() -> None:
     heat = torch.zeros(100, 100)
     heat[50, 80] = 1.0                         # maximum at pixel centre (80.5, 50.5)
-    assert det.pointing_hit(heat, (10, 10, 70, 60))       # 10.5 px right of the box
-    assert not det.pointing_hit(heat, (10, 10, 60, 60))   # 20.5 px
-    assert det.pointing_hit(heat, (0, 0, 70, 40))         # corner, 14.8 px away
-    assert not det.pointing_hit(heat, (0, 0, 68, 38))     # corner, 17.7 px (not 12.5)
-    assert not det.pointing_hit(torch.zeros(10, 10), (0, 0, 10, 10))
+    assert voc.pointing_hit(heat, (10, 10, 70, 60))       # 10.5 px right of the box
+    assert not voc.pointing_hit(heat, (10, 10, 60, 60))   # 20.5 px
+    assert voc.pointing_hit(heat, (0, 0, 70, 40))         # corner, 14.8 px away
+    assert not voc.pointing_hit(heat, (0, 0, 68, 38))     # corner, 17.7 px (not 12.5)
+    assert not voc.pointing_hit(torch.zeros(10, 10), (0, 0, 10, 10))
 
 
 def test_energy_in_box_by_hand() -> None:
     heat = torch.full((10, 10), 0.5)
     heat[:5] = 1.0                             # total 50 + 25 = 75
-    assert det.energy_in_box(heat, (0, 0, 10, 5)) == pytest.approx(50 / 75)
-    assert det.energy_in_box(heat, (2.4, 0, 7.6, 5)) == pytest.approx(30 / 75)  # columns 2..7
-    assert det.energy_in_box(torch.zeros(4, 4), (0, 0, 4, 4)) == 0.0
+    assert voc.energy_in_box(heat, (0, 0, 10, 5)) == pytest.approx(50 / 75)
+    assert voc.energy_in_box(heat, (2.4, 0, 7.6, 5)) == pytest.approx(30 / 75)  # columns 2..7
+    assert voc.energy_in_box(torch.zeros(4, 4), (0, 0, 4, 4)) == 0.0
 
 
 def test_voc_numbers_from_hand_made_detections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -496,8 +501,11 @@ def test_voc_numbers_from_hand_made_detections(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(det, "explain_detections", fake)
     tar = write_voc_tar(tmp_path / "voc.tar", ["000001", "000002"])
     args = main.build_parser().parse_args(["--det_vis", "--out_dir", str(tmp_path)])
-    with det.VOCReader(tar) as reader:
-        assert det.run_voc(None, reader, ["layer4"], args, torch.device("cpu")) == 0
+    with voc.VOCReader(tar) as reader:
+        hand_made = det.Detector(None, dict(enumerate(det.COCO_CLASSES)), voc.VOC_CLASSES,
+                                 det.coco_to_voc(), 0.5, (800, 1333), voc.POINTING_TOLERANCE,
+                                 "hand-made detections")
+        assert det.run_voc(hand_made, reader, ["layer4"], args, torch.device("cpu")) == 0
     report = json.loads((tmp_path / "detection" / "voc_metrics.json").read_text())
     # person: TP at 0.9, FP at 0.7, npos 2 -> precision 1 up to recall 1/2: 6 of 11 points.
     assert report["ap"]["person"] == pytest.approx(6 / 11)

@@ -1,0 +1,90 @@
+"""Training the scene detector: a tiny run end to end, a stopped run resumed, checkpoints."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import detection as det
+import main
+import scenes
+import train_detector
+from cli import assert_one_line_error, run_main
+from model import read_checkpoint
+from tinydata import write_fashion_mnist
+
+TINY = ("--mode", "train", "--det_vis", "--det_scenes", 4, "--batch_size", 2, "--det_num", 2,
+        "--lr", 0.01, "--weight_decay", 1e-4, "--precision", "fp32", "--save_half")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fashion_mnist(tmp_path_factory.mktemp("fm"), n_test=20, n_train=20)
+
+
+def train(data_dir: Path, folder: Path, epochs: int, *extra: object) -> object:
+    return run_main(*TINY, "--num_epochs", epochs, "--data_dir", data_dir,
+                    "--save_path", folder / "det.pth", "--log_dir", folder / "logs", *extra)
+
+
+def test_tiny_run_stopped_and_resumed_equals_one_run(data_dir: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    straight = train(data_dir, tmp_path / "a", 2)
+    assert straight.returncode == 0, straight.stderr
+    # The same run, stopped by Ctrl-C as its second epoch begins ...
+    one_epoch = train_detector.train_one_epoch
+
+    def interrupted(*args: object, **kwargs: object) -> object:
+        if kwargs["desc"].startswith("epoch 2"):
+            raise KeyboardInterrupt
+        return one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_detector, "train_one_epoch", interrupted)
+    argv = [str(a) for a in (*TINY, "--num_epochs", 2, "--data_dir", data_dir, "--save_path",
+                             tmp_path / "b" / "det.pth", "--log_dir", tmp_path / "b" / "logs")]
+    assert main.main(argv) == 130
+    assert read_checkpoint(tmp_path / "b" / "det.pth")["epoch"] == 1
+    # ... and resumed: it ends where the uninterrupted run ended, bit for bit.
+    resumed = train(data_dir, tmp_path / "b", 2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "epochs 2..2" in resumed.stdout
+    a = read_checkpoint(tmp_path / "a" / "det.pth")
+    b = read_checkpoint(tmp_path / "b" / "det.pth")
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model_state_dict"].items():
+        assert torch.equal(value, b["model_state_dict"][key]), key
+    with open(tmp_path / "b" / "logs" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(train_detector.FIELDS) <= set(rows[0])
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    assert (tmp_path / "b" / "logs" / "training_curves.png").is_file()
+
+
+def test_checkpoint_describes_itself_and_loads_back(data_dir: Path, tmp_path: Path) -> None:
+    result = train(data_dir, tmp_path, 1)
+    assert result.returncode == 0, result.stderr
+    ckpt = read_checkpoint(tmp_path / "det.pth")
+    assert ckpt["arch"] == det.SCENE_ARCH and "optimizer_state_dict" not in ckpt
+    assert ckpt["classes"] == ["__background__", *scenes.CLASSES]
+    assert ckpt["input_size"] == scenes.CANVAS and ckpt["score_thresh"] == 0.5
+    assert all(v.dtype == torch.float16 for v in ckpt["model_state_dict"].values()
+               if v.is_floating_point())
+    detector = det.load_detector(str(tmp_path / "det.pth"), torch.device("cpu"))
+    assert detector.names[1] == "T-shirt/top" and detector.classes == scenes.CLASSES
+    assert detector.score_thresh == 0.5 and detector.input_fit == (128, 128)
+    # the loaded weights are the saved ones (fp16 -> fp32), BatchNorm is trainable
+    state = detector.model.state_dict()
+    for key, value in ckpt["model_state_dict"].items():
+        assert torch.equal(state[key], value.to(state[key].dtype)), key
+    assert isinstance(detector.model.backbone.body.layer2[0].bn1, torch.nn.BatchNorm2d)
+    assert det.resolve_layer(detector.model, "backbone.body.layer4") is not None
+
+
+def test_resume_without_state_gives_one_line(data_dir: Path, tmp_path: Path) -> None:
+    result = train(data_dir, tmp_path, 1, "--resume")
+    assert_one_line_error(result, "--resume", "det.resume.pth")
+    assert not (tmp_path / "det.pth").exists()
