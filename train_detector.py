@@ -24,7 +24,7 @@ from tqdm import tqdm
 import scenes
 import visualize
 from detection import SCENE_ARCH, build_scene_detector
-from errors import UserError
+from errors import TrainingStopped, UserError
 from model import read_checkpoint, save_checkpoint
 from runtime import autocast, precision_dtype, resolve_device, seed_everything
 from voc import average_precision
@@ -81,7 +81,7 @@ def train_one_epoch(model: torch.nn.Module, stream: list[scenes.Scene] | object,
         loss = sum(parts.values())
         if not torch.isfinite(loss):
             bar.close()
-            raise UserError(f"training stopped: the loss became {float(loss)} at step {step} "
+            raise TrainingStopped(f"training stopped: the loss became {float(loss)} at step {step} "
                             f"(try a smaller --lr); the last finished epoch's checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -147,6 +147,14 @@ CASES: list[tuple[str, str, int, str]] = [
     ("cam-not-layer4", "--vis cam --target_layer layer3", BAD, "layer4"),
     ("method-unknown", "--vis lime", BAD, "lime"),
     ("det-layer-unknown", "--det_img {w}/good.png --det_layer layer9", BAD, "layer9"),
+    # ---- the scene detector: memory bounded, training and scene flags, its checkpoints
+    ("det-min-size-100000", "--det_vis --det_min_size 100000", BAD, "--det_min_size"),
+    ("det-scenes-0", "--mode train --det_vis --det_scenes 0", BAD, "--det_scenes"),
+    ("resume-classifier", "--mode train --resume", BAD, "--resume"),
+    ("resume-without-state", "--mode train --det_vis --resume", BAD, "ck.resume.pth"),
+    ("make-scenes-into-file", "--make_scenes {w}/afile", BAD, "--make_scenes"),
+    ("det-weights-scene-without-meta",
+     "--det_img {w}/good.png --det_weights {w}/det_nometa.pth", BAD, "cannot be rebuilt"),
 ]
 
 
@@ -219,6 +227,8 @@ def world(tmp_path_factory) -> Path:
         state["layer4.1.conv2.weight"][0, 0, 0, 0] = value
         variant(name, model_state_dict=state)
 
+    torch.save({"arch": "fasterrcnn_resnet18_fpn", "model_state_dict": {"x": torch.zeros(1)}},
+               w / "det_nometa.pth")
     Image.new("RGB", (40, 30), (200, 30, 30)).save(w / "good.png")
     (w / "text.png").write_text("not an image\n")
     (w / "truncated.png").write_bytes((w / "good.png").read_bytes()[:60])
