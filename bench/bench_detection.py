@@ -8,6 +8,11 @@ come from one run on one machine, so their ratios are comparable; each is the fa
 
     python bench/bench_detection.py                      # 800-pixel input, 8 detections, layer4
     python bench/bench_detection.py --min_size 512 --detections 4 --layer layer2
+    python bench/bench_detection.py --weights checkpoints/fasterrcnn_fashion_scenes.pth \
+        --image data/fashion_scenes/JPEGImages/000001.png --detections 4   # the trained one
+
+With ``--weights`` the detector is that checkpoint (the trained scene detector, or a COCO-layout
+state dict) instead of random COCO-layout weights.
 """
 from __future__ import annotations
 
@@ -60,13 +65,19 @@ def main() -> None:
     p.add_argument("--image", default=str(ROOT / "data" / "samples" / "grace_hopper.jpg"))
     p.add_argument("--repeats", type=int, default=2, help="tries per measurement (fastest)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--weights", default=None, help="a detector checkpoint (default: random)")
     args = p.parse_args()
     device = resolve_device(args.device)
     n, layers = args.detections, [args.layer]
 
     torch.manual_seed(0)
-    model = det.build_detector(min_size=args.min_size, score_thresh=0.0).to(device)
-    image = det.to_tensor(det.read_image(args.image), device)
+    if args.weights:
+        detector = det.load_detector(args.weights, device, args.min_size, score_floor=0.0)
+        model, fit = detector.model, detector.input_fit
+    else:
+        model = det.build_detector(min_size=args.min_size, score_thresh=0.0).to(device)
+        fit = (args.min_size, model.transform.max_size)
+    image = det.to_tensor(det.read_image(args.image, fit=fit), device)
 
     def forward() -> det.DetectorPass:
         return det.detector_pass(model, image, layers, 0.0, n, None)

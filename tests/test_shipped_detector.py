@@ -1,0 +1,44 @@
+"""The shipped scene detector on the shipped test scenes, offline: a VOC-style run over three
+scenes finds the garments and writes its numbers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli import ROOT, run_main
+
+CHECKPOINT = ROOT / "checkpoints" / "fasterrcnn_fashion_scenes.pth"
+SCENES = ROOT / "data" / "fashion_scenes"
+
+pytestmark = pytest.mark.skipif(not CHECKPOINT.is_file() or not SCENES.is_dir(),
+                                reason="the shipped detector or its test scenes are missing")
+
+
+def test_voc_style_run_over_three_shipped_scenes(tmp_path: Path) -> None:
+    result = run_main("--det_vis", "--det_weights", CHECKPOINT, "--voc_path", SCENES,
+                      "--det_num", 3, "--det_layer", "layer2,layer4", "--out_dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "detection"
+    report = json.loads((folder / "voc_metrics.json").read_text())
+    assert report["images"] == 3 and report["images_without_detections"] == []
+    assert list(report["ap"])[:2] == ["T-shirt/top", "Trouser"]   # the checkpoint's classes
+    assert report["explained_detections"] >= 3 and report["matched_detections"] >= 3
+    assert report["map"] > 0.5
+    for layer in ("layer2", "layer4"):
+        assert report["layers"][layer]["pointing_game"] is not None
+        assert (folder / f"000000_gradcam_{layer}.png").is_file()
+    assert set(report["baselines"]) == {"centre", "uniform", "other_detection"}
+    assert (folder / "detections_grid.png").is_file()
+
+
+def test_one_scene_image_explained_with_the_checkpoint_class_names(tmp_path: Path) -> None:
+    result = run_main("--det_img", SCENES / "JPEGImages" / "000001.png", "--det_weights",
+                      CHECKPOINT, "--out_dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "detections explained" in result.stdout
+    names = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+             "Sneaker", "Bag", "Ankle boot")
+    assert any(name in result.stdout for name in names)
+    assert (tmp_path / "detection" / "000001_gradcam_layer4.png").is_file()
