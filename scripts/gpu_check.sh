@@ -135,6 +135,8 @@ for bench in bench/*.py; do
         bench_heatmaps:0) args=(--images 8 --batch_size 8 --repeat 1) ;;
         bench_detection:1) args=() ;;
         bench_detection:0) args=(--min_size 256 --detections 2 --repeats 1) ;;
+        bench_train_detector:1) args=(--scenes 512 --batch_size 32) ;;
+        bench_train_detector:0) args=(--scenes 8 --batch_size 4) ;;
         bench_sharded_evaluate:1) args=(--images 64 --nproc "$gpus") ;;
         bench_sharded_evaluate:0) args=(--images 4 --steps 10) ;;
         *) args=() ;;

@@ -121,5 +121,7 @@ def test_detector_on_cuda_equals_cpu():
     torch.testing.assert_close(gpu.boxes[theirs], ref.boxes[mine], rtol=0, atol=FP32_BOX_ATOL)
     torch.testing.assert_close(gpu.scores[theirs], ref.scores[mine], rtol=0,
                                atol=FP32_SCORE_ATOL)
-    for layer, maps in ref.heatmaps.items():
-        torch.testing.assert_close(gpu.heatmaps[layer], maps, rtol=0, atol=FP32_DET_MAP_ATOL)
+    for layer in layers:
+        for rank in range(len(mine)):
+            torch.testing.assert_close(gpu.heatmap(layer, rank), ref.heatmap(layer, rank),
+                                       rtol=0, atol=FP32_DET_MAP_ATOL)
