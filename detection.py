@@ -56,7 +56,7 @@ from cam import capture_activation, normalize_heatmaps, resolve_layer
 from data import open_image
 from errors import UserError, reason
 from gradcam import GradCAM
-from model import read_checkpoint
+from model import check_finite, check_metadata, read_checkpoint
 from runtime import eval_mode
 from visualize import slug
 from voc import IOU_THRESH, POINTING_TOLERANCE, VOC_CLASSES, VOCReader, VOCScore, format_table
@@ -205,6 +205,9 @@ def scene_detector(ckpt: dict, source: str) -> tuple[FasterRCNN, dict]:
     if missing:
         raise UserError(f"{source} are a '{SCENE_ARCH}' checkpoint without "
                         f"{', '.join(missing)}; it cannot be rebuilt")
+    scores = ckpt["model_state_dict"].get("roi_heads.box_predictor.cls_score.weight")
+    check_metadata(ckpt, source, len(scores) if scores is not None else len(ckpt["classes"]))
+    check_finite(ckpt["model_state_dict"], source)
     try:
         model = build_scene_detector(ckpt)
         classes = [str(c) for c in ckpt["classes"]]
