@@ -116,9 +116,12 @@ def session(device_name: str = "auto") -> Iterator[World]:
     that died or timed out. One process: nothing is initialised and nothing is changed.
     """
     here = _from_environment()
-    if not here.distributed or not dist.is_available():
+    if not here.distributed:
         yield World()
         return
+    if not dist.is_available():
+        raise UserError(f"{here.label()}this PyTorch build has no torch.distributed, so it "
+                        f"cannot run as one of {here.size} processes")
     cuda = _wants_cuda(device_name)
     if cuda:
         torch.cuda.set_device(here.local_rank % torch.cuda.device_count())
