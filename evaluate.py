@@ -19,7 +19,6 @@ Differences from the original code, on purpose:
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -34,6 +33,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 from tqdm import tqdm
 
+import outputs
 import visualize
 from data import DatasetInfo, ImageSplit, normalize
 from errors import UserError
@@ -389,18 +389,19 @@ def save_method_outputs(result: MethodResult, selection: Selection, strategy: st
         {title(result.name): (result.deletion.mean, result.insertion.mean)}, figure,
         title=f"{title(result.name)}, hidden: {strategy}, {result.deletion.n} images", band=True)
     npz = out_dir / f"curves_{stem}.npz"
-    np.savez_compressed(npz, fractions=curves.fractions.numpy(),
-                        deletion=curves.deletion.numpy(), insertion=curves.insertion.numpy(),
-                        deletion_auc=curves.deletion_auc.numpy(),
-                        insertion_auc=curves.insertion_auc.numpy(),
-                        indices=selection.indices.numpy(), targets=selection.labels.numpy())
+    with outputs.atomic(npz) as tmp:
+        np.savez_compressed(tmp, fractions=curves.fractions.numpy(),
+                            deletion=curves.deletion.numpy(), insertion=curves.insertion.numpy(),
+                            deletion_auc=curves.deletion_auc.numpy(),
+                            insertion_auc=curves.insertion_auc.numpy(),
+                            indices=selection.indices.numpy(), targets=selection.labels.numpy())
     summary = {"method": result.name, "title": title(result.name), "baseline": result.baseline,
                "strategy": strategy, "n": result.deletion.n, **context,
                "deletion_auc": result.deletion.as_dict(),
                "insertion_auc": result.insertion.as_dict(), "better": BETTER,
                "curves": npz.name, "figure": figure.name}
     path = out_dir / f"summary_{stem}.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    outputs.write_text(path, json.dumps(summary, indent=2) + "\n")
     return [figure, npz, path]
 
 
@@ -451,12 +452,9 @@ def save_comparison(results: list[MethodResult], strategy: str, out_dir: Path,
         {title(r.name): (r.deletion.mean, r.insertion.mean) for r in results}, figure,
         title=caption, band=False, dashed=[title(r.name) for r in results if r.baseline])
     md = out_dir / f"comparison_{strategy}.md"
-    md.write_text(markdown_table(results, caption))
+    outputs.write_text(md, markdown_table(results, caption))
     table = out_dir / f"comparison_{strategy}.csv"
-    with open(table, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TABLE_FIELDS)
-        writer.writeheader()
-        writer.writerows(table_rows(results))
+    outputs.write_csv(table, TABLE_FIELDS, table_rows(results))
     return [figure, md, table]
 
 
@@ -489,8 +487,7 @@ def run(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespa
     pixels = split.images[selection.indices].float().div(255).to(device)
     images = normalize(pixels, info)
     targets = selection.labels.to(device)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(args.out_dir)   # created by the first file written into it
     n = len(targets)
     caption = (f"{info.name}, hidden: {strategy}, {n} correctly classified test images, "
                f"{args.steps} steps, {_precision_name(dtype)}")

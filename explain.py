@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 import distributed
 import visualize
@@ -97,40 +98,63 @@ def _probabilities(model: nn.Module, images: torch.Tensor, batch_size: int) -> t
     return probs
 
 
+GRID_MAX = 50  # images in a method's grid figure; a larger grid is unreadable and slow to draw
+
+
 def run_dataset(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespace) -> int:
-    """``--vis METHOD --vis_num N``: panels and a grid for the first N test images."""
+    """``--vis METHOD --vis_num N``: a panel per test image and method, and a grid of the first
+    ``GRID_MAX``.
+
+    Images are explained in chunks of ``--batch_size`` and each panel is written as soon as it
+    is made, so memory stays that of one chunk whatever N is. Under torchrun each rank writes
+    the panels of its own block of images (their names are global indices); rank 0 gathers the
+    grid's images and the counts, and reports.
+    """
     methods = parse_methods(args.vis)
     explainers = {m: make_explainer(m, model, args.target_layer, args.cam_batch_size)
                   for m in methods}
     info = split.info
-    part = split.subset(args.vis_num)
-    pixels = part.images.float().div(255)
-    labels = part.labels
+    n = min(args.vis_num, len(split))
     here = distributed.world()
-    mine = distributed.shard(len(part), here)  # under torchrun: this rank's block of images
-    gathered = distributed.gather(_explain_block(model, explainers, pixels[mine], labels[mine],
-                                                 info, device, args), here)
-    if gathered is None:  # another rank than 0: rank 0 writes the panels and grids
+    mine = distributed.shard(n, here)  # under torchrun: this rank's block of images
+    correct = 0
+    grid: dict[str, list[tuple[torch.Tensor, torch.Tensor, str]]] = {m: [] for m in explainers}
+    bar = tqdm(total=mine.stop - mine.start, desc="heatmaps", unit="img", leave=False,
+               disable=not here.is_main or n <= args.batch_size)
+    for start in range(mine.start, mine.stop, args.batch_size):
+        stop = min(start + args.batch_size, mine.stop)
+        pixels = split.images[start:stop].float().div(255)
+        labels = split.labels[start:stop].cpu()
+        probs, maps = _explain_block(model, explainers, pixels, labels, info, device, args)
+        preds = probs.argmax(1)
+        correct += (preds == labels).sum().item()
+        for method, heatmaps in maps.items():
+            for j, i in enumerate(range(start, stop)):
+                pred, true = info.classes[preds[j]], info.classes[labels[j]]
+                name = f"{method}_{i}_pred_{visualize.slug(pred)}_gt_{visualize.slug(true)}.png"
+                visualize.save_rgb(visualize.heatmap_panel(pixels[j], heatmaps[j]),
+                                   Path(args.out_dir) / method / name)
+                if i < GRID_MAX:
+                    grid[method].append((pixels[j], heatmaps[j],
+                                         f"pred {pred} ({probs[j, preds[j]]:.2f})\ntrue {true}"))
+        bar.update(stop - start)
+    bar.close()
+    gathered = distributed.gather((correct, grid), here)
+    if gathered is None:  # another rank than 0: rank 0 draws the grids and reports
         return 0
-    probs = torch.cat([p for p, _ in gathered])
-    all_maps = {m: torch.cat([maps[m] for _, maps in gathered]) for m in explainers}
-    preds = probs.argmax(1)
+    correct = sum(count for count, _ in gathered)
+    which = "predicted" if args.target == "pred" else "true"
+    shown = "" if n <= GRID_MAX else f"; the grid shows the first {GRID_MAX}"
     for method in explainers:
-        heatmaps = all_maps[method]
-        folder = Path(args.out_dir) / method
-        titles = []
-        for i in range(len(pixels)):
-            pred, true = info.classes[preds[i]], info.classes[labels[i]]
-            name = f"{method}_{i}_pred_{visualize.slug(pred)}_gt_{visualize.slug(true)}.png"
-            visualize.save_rgb(visualize.heatmap_panel(pixels[i], heatmaps[i]), folder / name)
-            titles.append(f"pred {pred} ({probs[i, preds[i]]:.2f})\ntrue {true}")
-        grid = folder / f"{method}_grid.png"
-        which = "predicted" if args.target == "pred" else "true"
-        visualize.save_heatmap_grid(pixels, heatmaps, titles, grid, suptitle=f"{TITLES[method]} "
-                                    f"({args.target_layer}, {which} class)")
-        correct = (preds == labels).sum().item()
-        print(f"{TITLES[method]}: {len(pixels)} panels and {grid} "
-              f"({correct}/{len(pixels)} predicted correctly)")
+        items = [item for _, part in gathered for item in part[method]]
+        path = Path(args.out_dir) / method / f"{method}_grid.png"
+        visualize.save_heatmap_grid(torch.stack([p for p, _, _ in items]),
+                                    torch.stack([h for _, h, _ in items]),
+                                    [t for _, _, t in items], path,
+                                    suptitle=f"{TITLES[method]} ({args.target_layer}, "
+                                             f"{which} class)")
+        print(f"{TITLES[method]}: {n} panels and {path} ({correct}/{n} predicted "
+              f"correctly{shown})")
     return 0
 
 
@@ -164,10 +188,10 @@ def run_images(model: nn.Module, info: DatasetInfo, device: torch.device, args: 
         print(f"{path}: {ranking}")
     for method, explainer in explainers.items():
         heatmaps = explain_batched(explainer, images, preds, args.batch_size).cpu()
-        for path, pixel, heatmap, pred in zip(args.image, pixels, heatmaps, preds):
+        stems = visualize.unique_slugs([Path(path).stem for path in args.image])
+        for stem, pixel, heatmap, pred in zip(stems, pixels, heatmaps, preds):
             out = (Path(args.out_dir) / method /
-                   f"{method}_{visualize.slug(Path(path).stem)}_pred_"
-                   f"{visualize.slug(info.classes[pred])}.png")
+                   f"{method}_{stem}_pred_{visualize.slug(info.classes[pred])}.png")
             visualize.save_rgb(visualize.heatmap_panel(pixel, heatmap), out)
             print(f"{TITLES[method]}: {out}")
     return 0

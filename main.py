@@ -16,9 +16,10 @@ import detection
 import distributed
 import evaluate
 import explain
+import outputs
 import train_detector
 from data import info_from_meta, load_split
-from errors import EXIT_INTERRUPTED, FlagError, UserError
+from errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, FlagError, UserError, reason
 from model import load_model
 from runtime import resolve_device
 from train import run_test, run_training
@@ -145,17 +146,25 @@ def dispatch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse, check every flag and path, run; a user error is one ``error:`` line on stderr
     and its exit code (see ``errors.py``), never a traceback."""
+    outputs.written.clear()
     try:
         args = build_parser().parse_args(argv)
         check_args(args)
         with distributed.session(args.device):
-            return dispatch(args)
+            code = dispatch(args)
+            outputs.finish_run(args.log_dir if args.mode == "train" else args.out_dir,
+                               announce=distributed.world().is_main)
+            return code
     except FlagError as exc:
         print(f"error: {exc} (see python main.py --help)", file=sys.stderr)
         return exc.exit_code
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:   # reading or writing failed where no module named the file
+        print(f"error: {exc.filename or 'a file'}: {exc.strerror or reason(exc)}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

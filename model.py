@@ -6,9 +6,9 @@ stride 1, no max-pool), so a 32x32 input keeps a 4x4 map at ``layer4``. Its name
 """
 from __future__ import annotations
 
+import io
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+import outputs
 from errors import TrainingStopped, UserError, reason
 
 ARCH = "resnet18_cifar"
@@ -29,12 +30,6 @@ def build_resnet18(num_classes: int = 10) -> nn.Module:
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.maxpool = nn.Identity()
     return model
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any],
@@ -55,17 +50,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     payload = {"arch": ARCH, "model_state_dict": state, **meta}
     if optimizer is not None:
         payload["optimizer_state_dict"] = optimizer.state_dict()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Serialized in memory, then written by Python: a full disk is then an OSError with its
+    # reason instead of PyTorch's "[enforce fail at inline_container.cc]".
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with outputs.atomic(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -6,7 +6,6 @@ a one-cycle learning rate, label smoothing, and on hardware that has it bf16/fp1
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
 from argparse import Namespace
@@ -19,6 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 import distributed
+import outputs
 import visualize
 from data import DatasetInfo, ImageSplit, batches, dataset_info, load_split
 from errors import TrainingStopped
@@ -205,11 +205,7 @@ def run_training(args: Namespace) -> float:
                "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
                "seconds": time.perf_counter() - start}
         history.append(row)
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(metrics_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(history)
+        outputs.write_csv(metrics_path, fields, history)
         visualize.plot_training_curves(history, log_dir / "training_curves.png")
         marker = ""
         if test_acc > best:

@@ -23,7 +23,7 @@ from runtime import resolve_device
 class Parser(argparse.ArgumentParser):
     """``argparse`` whose errors are one ``FlagError`` line instead of a usage block + exit."""
 
-    def error(self, message: str):  # noqa: D102 - argparse's hook
+    def error(self, message: str):
         raise FlagError(message)
 
 
@@ -38,14 +38,9 @@ class Range:
     high_open: bool = False
 
     def accepts(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        if self.high is not None and (value >= self.high if self.high_open
-                                      else value > self.high):
-            return False
-        return True
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return math.isfinite(value) and above and below
 
     def describe(self) -> str:
         parts = []
@@ -89,8 +84,7 @@ def check_numbers(args: Namespace) -> None:
 # Flags that cannot go together: (condition on the flags, why). Checked in order.
 COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
     (lambda a: a.mode == "test" and a.hidden_strategy != "none" and a.vis == "none",
-     "--hidden_strategy evaluates heatmaps: name them with --vis (a method, a comma list or "
-     "all)"),
+     "--hidden_strategy evaluates heatmaps: name them with --vis (a method, a comma list, all)"),
     (lambda a: bool(a.image) and a.target == "gt",
      "--target gt needs the true class, which a user image does not have"),
     (lambda a: a.resume and not (a.mode == "train" and a.det_vis),

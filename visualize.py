@@ -16,16 +16,39 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+import outputs
+from errors import UserError
+
 
 def slug(text: str) -> str:
-    """A class name made safe for a file name (``T-shirt/top`` -> ``T-shirt_top``)."""
-    return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("_") or "x"
+    """A name made safe for a file name (``T-shirt/top`` -> ``T-shirt_top``); letters of any
+    script stay (``日本`` stays ``日本``, not ``x``)."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("_.") or "x"
+
+
+def unique_slugs(names: Sequence[str]) -> list[str]:
+    """``slug`` of each name, with ``_2``, ``_3``, ... added where two would be the same file
+    (``a/cat.png`` and ``b/cat.png``), so that no output overwrites another."""
+    seen: dict[str, int] = {}
+    result = []
+    for name in names:
+        base = slug(name)
+        seen[base] = seen.get(base, 0) + 1
+        candidate = base if seen[base] == 1 else f"{base}_{seen[base]}"
+        while candidate in seen and candidate != base:
+            seen[base] += 1
+            candidate = f"{base}_{seen[base]}"
+        seen.setdefault(candidate, 1)
+        result.append(candidate)
+    return result
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=fig.dpi, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with outputs.atomic(path) as tmp:
+            fig.savefig(tmp, dpi=fig.dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def plot_training_curves(history: Sequence[dict], path: str | Path) -> None:
@@ -109,9 +132,13 @@ def enlarge(image_rgb: np.ndarray, min_side: int = 224) -> np.ndarray:
 def save_rgb(image_rgb: np.ndarray, path: str | Path) -> None:
     """Write an RGB uint8 array as PNG/JPEG with OpenCV."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
+    # Encoded in memory and written by Python: a failed write is an OSError with its reason
+    # (libpng would print its own line to stderr).
+    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise UserError(f"cannot write {path}: OpenCV cannot encode a '{path.suffix}' image")
+    with outputs.atomic(path) as tmp:
+        tmp.write_bytes(encoded.tobytes())
 
 
 def enlarged_overlay(pixels: torch.Tensor, heatmap: torch.Tensor, min_side: int = 224

@@ -8,12 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
+import explain
+import main
 from cli import assert_one_line_error, run_main
 from errors import UserError
 from explain import EXPLAINERS, explain_batched, make_explainer, parse_methods
 from test_cam import random_resnet
 from tinydata import random_checkpoint, write_fashion_mnist
-from visualize import heatmap_panel, overlay, slug
+from visualize import heatmap_panel, overlay, slug, unique_slugs
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +109,42 @@ def test_overlay_and_panel_pixels():
 
 def test_slug_makes_class_names_file_safe():
     assert slug("T-shirt/top") == "T-shirt_top" and slug("Ankle boot") == "Ankle_boot"
+
+
+def test_many_panels_are_written_chunk_by_chunk_and_the_grid_is_capped(setup, tmp_path,
+                                                                        monkeypatch, capsys):
+    """--vis_num N: heatmaps of one --batch_size chunk at a time, each panel written before
+    the next chunk is explained, and a grid of the first GRID_MAX images only."""
+    ckpt, data_dir = setup
+    chunks, panels_before = [], []
+    block = explain._explain_block
+
+    def counting_block(model, explainers, pixels, *args):
+        chunks.append(len(pixels))
+        panels_before.append(len(list((tmp_path / "gradcam").glob("gradcam_*_pred_*.png"))))
+        return block(model, explainers, pixels, *args)
+
+    monkeypatch.setattr(explain, "_explain_block", counting_block)
+    monkeypatch.setattr(explain, "GRID_MAX", 3)
+    assert main.main(["--save_path", str(ckpt), "--data_dir", str(data_dir), "--vis", "gradcam",
+                      "--vis_num", "7", "--batch_size", "3", "--out_dir", str(tmp_path)]) == 0
+    assert chunks == [3, 3, 1] and panels_before == [0, 3, 6]
+    assert len(list((tmp_path / "gradcam").glob("gradcam_*_pred_*.png"))) == 7
+    assert "7 panels" in capsys.readouterr().out.replace("\n", " ").split("the grid shows")[0]
+    grid = np.asarray(Image.open(tmp_path / "gradcam" / "gradcam_grid.png"))
+    assert grid.shape[0] < 300 and grid.shape[1] < 700   # one row of 3 images, not 2 rows of 5
+
+
+def test_images_whose_names_reduce_to_the_same_slug_get_their_own_files(setup, tmp_path):
+    ckpt, _ = setup
+    paths = [tmp_path / "日本.png", tmp_path / "中文.png", tmp_path / "a" / "cat.png",
+             tmp_path / "b" / "cat.png"]
+    for i, path in enumerate(paths):
+        path.parent.mkdir(exist_ok=True)
+        Image.new("RGB", (30, 30), (60 * i, 20, 200)).save(path)
+    args = [a for p in paths for a in ("--image", str(p))]
+    assert main.main(["--save_path", str(ckpt), "--vis", "gradcam", "--out_dir",
+                      str(tmp_path / "out"), *args]) == 0
+    names = sorted(p.name.split("_pred_")[0] for p in (tmp_path / "out" / "gradcam").iterdir())
+    assert names == sorted(["gradcam_日本", "gradcam_中文", "gradcam_cat", "gradcam_cat_2"])
+    assert len(set(unique_slugs(["x", "x", "x_2", "??", "x"]))) == 5

@@ -71,10 +71,10 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=r"cannot write .*ck\.pth: disk full"):
         save_checkpoint(path, build_resnet18(10), {"dataset": "cifar10"})
     assert path.read_bytes() == before
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]
 
 
 @pytest.mark.parametrize("make, fragment", [
