@@ -1,6 +1,8 @@
 """model.py: the network's shape and the checkpoint contract."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -67,11 +69,14 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     path = random_checkpoint(tmp_path / "ck.pth")
     before = path.read_bytes()
 
-    def broken_save(*args, **kwargs):
-        raise OSError("disk full")
+    real_write = Path.write_bytes
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(UserError, match=r"cannot write .*ck\.pth: disk full"):
+    def disk_full_halfway(self, data):
+        real_write(self, bytes(data)[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full_halfway)
+    with pytest.raises(UserError, match=r"cannot write .*ck\.pth: No space left on device"):
         save_checkpoint(path, build_resnet18(10), {"dataset": "cifar10"})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]
