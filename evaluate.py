@@ -33,6 +33,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 from tqdm import tqdm
 
+import distributed
 import outputs
 import visualize
 from data import DatasetInfo, ImageSplit, normalize
@@ -466,10 +467,20 @@ def _pick_images(model: nn.Module, split: ImageSplit, device: torch.device,
         raise UserError(f"the model classifies none of the {len(split)} test images correctly, "
                         f"so there is nothing to evaluate (is {args.save_path} trained on "
                         f"{split.info.name}?)")
-    if n < args.num_eval:
+    if n < args.num_eval and distributed.world().is_main:
         print(f"warning: only {n} of the {len(split)} test images are classified correctly; "
               f"evaluating those {n} instead of --num_eval {args.num_eval}", file=sys.stderr)
     return selection
+
+
+def _block_heatmaps(explainer: Explainer, baseline: bool, images: torch.Tensor,
+                    targets: torch.Tensor, block: slice, batch_size: int) -> torch.Tensor:
+    """Heatmaps of the images in ``block`` (all of them for one process). A baseline's maps
+    are drawn for every image and then cut, so that the random baseline gives each image the
+    noise it gets in a one-process run, whichever rank evaluates it."""
+    if baseline:
+        return explain_batched(explainer, images, targets, batch_size)[block]
+    return explain_batched(explainer, images[block], targets[block], batch_size)
 
 
 def run(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespace) -> int:
@@ -488,10 +499,13 @@ def run(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespa
     images = normalize(pixels, info)
     targets = selection.labels.to(device)
     out_dir = Path(args.out_dir)   # created by the first file written into it
+    here = distributed.world()
     n = len(targets)
+    mine = distributed.shard(n, here)  # under torchrun: this rank's block of the images
     caption = (f"{info.name}, hidden: {strategy}, {n} correctly classified test images, "
                f"{args.steps} steps, {_precision_name(dtype)}")
-    print(f"Deletion / insertion: {caption}")
+    if here.is_main:
+        print(f"Deletion / insertion: {caption}")
     context = {"steps": args.steps, "num_eval_requested": args.num_eval,
                "model": str(args.save_path), "arch": ARCH, "dataset": info.name,
                "target_layer": args.target_layer, "precision": _precision_name(dtype),
@@ -499,14 +513,24 @@ def run(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespa
     results: list[MethodResult] = []
     written: list[Path] = []
     for name, explainer in explainers.items():
-        heatmaps = explain_batched(explainer, images, targets, args.batch_size)
-        curves = deletion_insertion(model, pixels, heatmaps, targets, info, strategy, args.steps,
-                                    args.eval_batch_size, dtype, desc=f"{name} ({strategy})")
+        heatmaps = _block_heatmaps(explainer, name in BASELINES, images, targets, mine,
+                                   args.batch_size)
+        block = None if len(heatmaps) == 0 else deletion_insertion(  # more ranks than images
+            model, pixels[mine], heatmaps, targets[mine], info, strategy, args.steps,
+            args.eval_batch_size, dtype, desc=f"{name} ({strategy})" if here.is_main else None)
+        blocks = distributed.gather(block, here)
+        if blocks is None:  # another rank than 0: rank 0 aggregates and writes
+            continue
+        blocks = [b for b in blocks if b is not None]
+        curves = Curves(torch.cat([b.deletion for b in blocks]),
+                        torch.cat([b.insertion for b in blocks]))
         result = MethodResult(name, curves, spread(curves.deletion_auc),
                               spread(curves.insertion_auc))
         results.append(result)
         print("\n".join(report_lines(result)), flush=True)
         written += save_method_outputs(result, selection, strategy, out_dir, context)
+    if not here.is_main:
+        return 0
     print(BETTER_LINE)
     written += save_comparison(results, strategy, out_dir, caption)
     print(markdown_table(results, caption), end="")

@@ -82,7 +82,10 @@ def parse_methods(spec: str) -> list[str]:
 
 def explain_batched(explainer: Explainer, images: torch.Tensor, targets: torch.Tensor,
                     batch_size: int) -> torch.Tensor:
-    """Heatmaps ``[N, H, W]`` for ``images`` in chunks of ``batch_size``, on the images' device."""
+    """Heatmaps ``[N, H, W]`` for ``images`` in chunks of ``batch_size``, on the images' device
+    (``[0, H, W]`` for no images: a rank's empty share under torchrun)."""
+    if len(images) == 0:
+        return images.new_zeros(0, *images.shape[-2:])
     chunks = [explainer(images[i:i + batch_size], targets[i:i + batch_size])
               for i in range(0, len(images), batch_size)]
     return torch.cat(chunks)

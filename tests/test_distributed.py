@@ -5,6 +5,8 @@ The processes are started as ``torchrun`` starts them (environment variables), b
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -207,3 +209,59 @@ def test_sharded_heatmaps_write_what_one_process_writes(tmp_path):
     assert sharded.keys() == single.keys() and len(single) == 2 * (5 + 1)
     for name, picture in single.items():
         assert np.abs(sharded[name] - picture).max() <= 1, name
+
+
+def _numbers(folder):
+    """Every per-image array of the NPZ files and every number of the summary JSON files."""
+    found = {}
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path) as npz:
+            found.update({f"{path.name}:{k}": npz[k] for k in npz.files})
+    for path in sorted(folder.glob("summary_*.json")):
+        flat = flatten(json.loads(path.read_text()))
+        found.update({f"{path.name}:{k}": v for k, v in flat.items()})
+    return found
+
+
+def flatten(value, prefix=""):
+    """The numbers of a JSON document by path (``a.b.0``)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flatten(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in flatten(item, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def test_sharded_evaluation_writes_what_one_process_writes(tmp_path):
+    """5 images on 2 ranks, two methods and both baselines, fp32: the same files,
+    per-image AUCs and curves to 1e-6, every summary number to 1e-6, written by rank 0 alone."""
+    common = ["--mode", "test", "--save_path", SHIPPED, "--data_dir", ROOT / "data",
+              "--vis", "gradcam,cam", "--hidden_strategy", "mean", "--num_eval", "5",
+              "--steps", "10", "--precision", "fp32", "--device", "cpu"]
+    ranks = run_ranks([common + ["--out_dir", tmp_path / "ranks"]] * 2)
+    one = run_ranks([common + ["--out_dir", tmp_path / "one"]])[0]
+    assert [r.returncode for r in ranks] == [0, 0] and one.returncode == 0, ranks[0].stderr
+    assert ranks[1].stdout == ""
+    files = {p.name for p in (tmp_path / "one").iterdir()}
+    assert {p.name for p in (tmp_path / "ranks").iterdir()} == files
+    assert "curves_gradcam_mean.npz" in files
+    for table in ("comparison_mean.md",):
+        assert (tmp_path / "ranks" / table).read_text() == (tmp_path / "one" / table).read_text()
+    sharded, single = _numbers(tmp_path / "ranks"), _numbers(tmp_path / "one")
+    assert sharded.keys() == single.keys()
+    for key, value in single.items():
+        if value is None or isinstance(value, (str, bool)):
+            assert sharded[key] == value, key
+        else:
+            np.testing.assert_allclose(sharded[key], value, rtol=0, atol=1e-6, err_msg=key)
+
+
+def test_more_ranks_than_images(tmp_path):
+    """One image on 2 ranks: rank 1 has nothing to evaluate and still takes part."""
+    args = ["--mode", "test", "--save_path", SHIPPED, "--data_dir", ROOT / "data", "--vis",
+            "gradcam", "--hidden_strategy", "zero", "--num_eval", "1", "--steps", "5",
+            "--precision", "fp32", "--device", "cpu", "--out_dir", tmp_path]
+    ranks = run_ranks([args] * 2)
+    assert [r.returncode for r in ranks] == [0, 0], ranks[1].stderr
+    with np.load(tmp_path / "curves_gradcam_zero.npz") as npz:
+        assert npz["deletion"].shape == (1, 6)
