@@ -132,8 +132,8 @@ def session(device_name: str = "auto") -> Iterator[World]:
                         f"(start with torchrun, see README 'Several GPUs or machines')") from None
     try:
         yield here
-    except UserError as exc:
-        raise UserError(f"{here.label()}{exc}") from None
+    except UserError as exc:  # the same type, so that its exit code stays
+        raise type(exc)(f"{here.label()}{exc}") from None
     except Exception as exc:
         if not peer_failure(exc):
             raise

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run what the flags ask for; user errors surface as ``UserError``."""
+    if (args.det_vis or args.det_img or args.image or args.make_scenes) \
+            and not distributed.world().is_main:
+        return 0  # under torchrun rank 0 alone does the jobs that are not split across ranks
     if args.mode == "train" and args.det_vis:
         train_detector.run_training(args)
         return 0
@@ -123,9 +126,6 @@ def dispatch(args: argparse.Namespace) -> int:
         train_detector.write_test_scenes(args.data_dir, args.make_scenes, args.det_num)
         return 0
     device = resolve_device(args.device)
-    unsharded = args.det_vis or args.det_img or args.image
-    if unsharded and not distributed.world().is_main:
-        return 0  # under torchrun rank 0 alone does the jobs that are not split across ranks
     if args.det_vis or args.det_img:
         return detection.run(args, device)
 
