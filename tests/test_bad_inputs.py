@@ -2,8 +2,9 @@
 
 For every row it asserts: the exit code (2 for bad input, 3 for a training run stopped on a
 non-finite loss), exactly one visible line on stderr starting ``error:`` that names the problem,
-no exception escaping ``main``, nothing created in the output folders, and every file that
-existed before (checkpoints above all) byte-identical after.
+no exception escaping ``main``, nothing created in the output folders, the row's own
+checkpoint (the one training would replace) byte-identical after, and the shared input files
+neither rewritten nor replaced (same size, inode and modification time).
 
 Each row is ``(id, argv, exit code, fragment of the error line)``. ``argv`` may use ``{w}``
 (a folder of prepared bad and good inputs, shared by all rows) and ``{o}`` (the row's own
@@ -258,10 +259,18 @@ def world(tmp_path_factory) -> Path:
     return w
 
 
-def _snapshot(*folders: Path) -> dict[str, str]:
-    """Every file under ``folders`` (recursively) with a hash of its bytes."""
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (recursively) with a hash of its bytes."""
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _stat_snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file under ``folder`` with its size, inode and modification time: any write or
+    replacement changes one of them, without hashing the shared inputs (700 MB of
+    checkpoints) twice per row."""
+    return {str(p): (st.st_size, st.st_ino, st.st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file() and (st := p.stat())}
 
 
 def _visible_lines(stderr: str) -> list[str]:
@@ -278,7 +287,7 @@ def _assert_refused(world: Path, folder: Path, capfd, argv: str | list[str], cod
     own = argv if isinstance(argv, list) else argv.format(w=world, o=folder).split()
     defaults = ["--data_dir", f"{world}/fm", "--out_dir", f"{folder}/out",
                 "--log_dir", f"{folder}/logs", "--save_path", f"{folder}/ck.pth"]
-    before = _snapshot(world, folder)
+    before = _stat_snapshot(world), _snapshot(folder)
     result = main.main(defaults + own)   # an exception escaping here fails the row
     out, err = capfd.readouterr()
     lines = _visible_lines(err)
@@ -288,7 +297,7 @@ def _assert_refused(world: Path, folder: Path, capfd, argv: str | list[str], cod
     assert lines[0].startswith("error: "), lines[0]
     assert fragment in lines[0], (fragment, lines[0])
     assert "pwned" not in out
-    assert _snapshot(world, folder) == before
+    assert (_stat_snapshot(world), _snapshot(folder)) == before
     assert not (folder / "out").exists() and not (folder / "logs").exists()
 
 
