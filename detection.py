@@ -51,6 +51,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import MultiScaleRoIAlign, clip_boxes_to_image
 from tqdm import tqdm
 
+import outputs
 import visualize
 from cam import capture_activation, normalize_heatmaps, resolve_layer
 from data import open_image
@@ -572,12 +573,11 @@ def run_voc(detector: Detector, reader: VOCReader, layers: Sequence[str], args: 
                                 "other_detection": "the map of the next explained detection in "
                                                    "the same image, scored on this one's box"},
               **summary}
-    folder.mkdir(parents=True, exist_ok=True)
     if grid:
         visualize.save_panel_grid(grid, folder / "detections_grid.png")
         print(f"wrote {folder / 'detections_grid.png'}")
     path = folder / "voc_metrics.json"
-    path.write_text(json.dumps(report, indent=2))
+    outputs.write_text(path, json.dumps(report, indent=2))
     print(f"wrote {path}")
     return 0
 

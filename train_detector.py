@@ -11,7 +11,6 @@ early on).
 """
 from __future__ import annotations
 
-import csv
 import math
 import time
 from argparse import Namespace
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import outputs
 import scenes
 import visualize
 from detection import SCENE_ARCH, build_scene_detector
@@ -105,15 +105,15 @@ def detect_scenes(model: torch.nn.Module, test: list[scenes.Scene], device: torc
     """The model's detections (eval mode, CPU tensors) on every scene of ``test``."""
     was_training = model.training
     model.eval()
-    outputs = []
+    detections = []
     for start in range(0, len(test), batch_size):
         images, _ = scenes.scene_batch(test[start:start + batch_size], device)
         with autocast(device, dtype):
             found = model(images)
-        outputs += [{k: v.float().cpu() if v.is_floating_point() else v.cpu()
+        detections += [{k: v.float().cpu() if v.is_floating_point() else v.cpu()
                      for k, v in d.items()} for d in found]
     model.train(was_training)
-    return outputs
+    return detections
 
 
 def scene_map(detections: list[dict[str, torch.Tensor]], test: list[scenes.Scene]) -> float:
@@ -186,8 +186,7 @@ def run_training(args: Namespace) -> float:
     test = test_scenes(args.data_dir, min(TEST_SCENES, args.det_num))
     steps_per_epoch = -(-args.det_scenes // args.batch_size)
     total_steps = args.num_epochs * steps_per_epoch
-    log_dir = Path(args.log_dir)
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = Path(args.log_dir)   # created with the first epoch's metrics, not before
     metrics_path = log_dir / "metrics.csv"
     print(f"Training Faster R-CNN ResNet-18 FPN on Fashion-MNIST scenes: {args.det_scenes} "
           f"scenes per epoch, epochs {start_epoch}..{args.num_epochs}, batch {args.batch_size}, "
@@ -211,10 +210,7 @@ def run_training(args: Namespace) -> float:
         _save(save_path, model, meta, None, args.save_half, training)
         _save(state_path, model, meta, optimizer, False,
               {**training, "step": step, "history": history, "torch_rng": torch.get_rng_state()})
-        with open(metrics_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(history)
+        outputs.write_csv(metrics_path, FIELDS, history)
         visualize.plot_detector_curves(history, log_dir / "training_curves.png")
         print(f"epoch {epoch:3d}/{args.num_epochs}  loss {losses['loss']:.4f}  test mAP@0.5 "
               f"{test_map:.4f}  ({row['seconds']:.0f}s)  -> saved {save_path}", flush=True)
