@@ -56,7 +56,7 @@ import visualize
 from cam import capture_activation, normalize_heatmaps, resolve_layer
 from data import open_image
 from errors import UserError, reason
-from gradcam import GradCAM
+from gradcam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from model import check_finite, check_metadata, read_checkpoint
 from runtime import eval_mode
 from visualize import slug
@@ -287,6 +287,8 @@ class DetectionResult:
     explained: torch.Tensor
     maps: dict[str, torch.Tensor]
     geometry: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
+    method: str = "gradcam"
+    method_title: str = "Grad-CAM"
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -397,20 +399,29 @@ def detector_pass(model: FasterRCNN, image: torch.Tensor, layers: Sequence[str],
                         explained, tuple(sizes[0]), tuple(batch.tensors.shape[-2:]), original)
 
 
-def gradcam_maps(state: DetectorPass) -> list[torch.Tensor]:
-    """Raw Grad-CAM maps per layer, ``[N, h, w]``: one backward pass per detection.
+# The gradient-based methods, by --det_method name: each combines a layer's activation and the
+# detection score's gradient in its own way (gradcam.py), from the same backward pass.
+DET_METHODS: dict[str, tuple[type[GradCAM], str]] = {
+    "gradcam": (GradCAM, "Grad-CAM"), "gradcampp": (GradCAMPlusPlus, "Grad-CAM++"),
+    "xgradcam": (XGradCAM, "XGrad-CAM"), "hirescam": (HiResCAM, "HiResCAM"),
+    "layercam": (LayerCAM, "LayerCAM")}
+
+
+def gradcam_maps(state: DetectorPass, method: str = "gradcam") -> list[torch.Tensor]:
+    """Raw maps per layer, ``[N, h, w]``, of ``method`` (Grad-CAM by default): one backward
+    pass per detection.
 
     A loop of ``autograd.grad(..., retain_graph=True)`` rather than ``is_grads_batched``: the
     benchmark finds them equally fast on a CPU, and the loop never holds N gradients at once.
     The graph is freed by the last one.
     """
+    combiner = object.__new__(DET_METHODS[method][0])  # combine() needs no model or layer
     n = len(state.targets)
     maps: list[list[torch.Tensor]] = [[] for _ in state.activations]
     for i in range(n):
         grads = torch.autograd.grad(state.targets[i], state.activations, retain_graph=i < n - 1)
         for per_layer, activation, grad in zip(maps, state.activations, grads):
-            weights = GradCAM.channel_weights(activation, grad)
-            per_layer.append(torch.einsum("bk,bkhw->hw", weights, activation.detach()))
+            per_layer.append(combiner.combine(activation.detach(), grad)[0])
     return [torch.stack(m) if m else a.new_zeros((0, *a.shape[-2:]))
             for m, a in zip(maps, state.activations)]
 
@@ -434,18 +445,22 @@ def fit_to_image(maps: torch.Tensor, resized: tuple[int, int], padded: tuple[int
 
 def explain_detections(model: FasterRCNN, image: torch.Tensor, layers: Sequence[str] = ("layer4",),
                        score_thresh: float = 0.5, max_explained: int = 20,
-                       allowed: Collection[int] | None = None) -> DetectionResult:
+                       allowed: Collection[int] | None = None, method: str = "gradcam"
+                       ) -> DetectionResult:
     """Detect objects in ``image`` (``[3, H, W]`` in [0, 1], on the model's device) and give each
     detection with ``score >= score_thresh`` and a label in ``allowed`` (any when None) its own
-    Grad-CAM heatmap per layer, at most ``max_explained`` of them, from one forward pass.
+    heatmap per layer (``method``, Grad-CAM by default), at most ``max_explained`` of them,
+    from one forward pass.
 
     The model is left as it was found: train/eval flags, ``requires_grad`` and no hooks.
     """
     state = detector_pass(model, image, layers, score_thresh, max_explained, allowed)
-    maps = {layer: raw.detach().float().cpu() for layer, raw in zip(layers, gradcam_maps(state))}
+    maps = {layer: raw.detach().float().cpu()
+            for layer, raw in zip(layers, gradcam_maps(state, method))}
     return DetectionResult(state.boxes.detach().cpu(), state.labels.cpu(), state.scores.cpu(),
                            state.explained.cpu(), maps,
-                           (state.resized, state.padded, state.original))
+                           (state.resized, state.padded, state.original), method,
+                           DET_METHODS[method][1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -502,7 +517,7 @@ def explain_image(detector: Detector, image: np.ndarray, path: str, layers: Sequ
     """
     thresh = _score_thresh(args, detector)
     result = explain_detections(detector.model, to_tensor(image, device), layers, thresh,
-                                args.det_max)
+                                args.det_max, method=args.det_method)
     names = detector.names
     if len(result.explained) == 0:
         best = (f"; best score {float(result.scores[0]):.2f} "
@@ -540,7 +555,7 @@ def run_voc(detector: Detector, reader: VOCReader, layers: Sequence[str], args: 
     for image_id in tqdm(ids, desc=desc, unit="image"):
         image, truth = reader.image(image_id), reader.annotation(image_id)
         result = explain_detections(detector.model, to_tensor(image, device), layers, thresh,
-                                    args.det_max, allowed=label_map)
+                                    args.det_max, allowed=label_map, method=args.det_method)
         score.add(image_id, truth, result, label_map)
         if len(grid) < GRID_IMAGES:
             grid.append(visualize.ground_truth_panel(
@@ -555,9 +570,10 @@ def run_voc(detector: Detector, reader: VOCReader, layers: Sequence[str], args: 
     summary = score.summary()
     print(f"{reader.path}, {len(ids)} images ({len(skipped)} without detections), "
           f"{detector.description}")
-    print(format_table(summary))
+    print(format_table(summary, DET_METHODS[args.det_method][1]))
     report = {"voc_path": str(reader.path), "images": len(ids),
               "images_without_detections": skipped,
+              "method": args.det_method,
               "score_thresh": thresh, "max_explained_per_image": args.det_max,
               "detector_min_size": detector.input_fit[0],
               "weights": args.det_weights or WEIGHTS_FILE, "detector": detector.description,

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one image (implies --det_vis); without it, PASCAL VOC 2007 test")
     g.add_argument("--det_weights", default=None, help="a state-dict file for the detector")
     g.add_argument("--det_layer", default="layer4", help="layer2, layer3 or layer4 (comma list)")
+    g.add_argument("--det_method", default="gradcam",
+                   choices=("gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"),
+                   help="how a detection's gradient and a layer's activation make its map")
     g.add_argument("--det_score_thresh", type=float, default=None,
                    help="explain detections scoring at least this (default: the checkpoint's "
                         "own threshold; 0.5 for COCO)")

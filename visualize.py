@@ -300,7 +300,8 @@ def detection_panel(image_rgb: np.ndarray, result: object, layer: str,
                  _PALETTE[label % len(_PALETTE)])
     n = len(result.explained)
     return _side_by_side([_titled(image_rgb, "original"),
-                          _titled(overlay(image_rgb, heat), f"Grad-CAM {layer}, max of {n}"),
+                          _titled(overlay(image_rgb, heat),
+                                  f"{result.method_title} {layer}, max of {n}"),
                           _titled(boxes, f"{n} detection{'s' * (n != 1)}")])
 
 
@@ -313,7 +314,7 @@ def box_panel(image_rgb: np.ndarray, result: object, rank: int, layer: str,
     scale = _scale_for(image_rgb)
     panel = overlay(enlarge(image_rgb, DETECTION_MIN_SIDE), result.heatmap(layer, rank).numpy())
     draw_box(panel, _box(result, index, scale), text, _PALETTE[label % len(_PALETTE)])
-    return _titled(panel, title or f"#{rank + 1} {text}, Grad-CAM {layer}")
+    return _titled(panel, title or f"#{rank + 1} {text}, {result.method_title} {layer}")
 
 
 def boxes_by_layer_panel(image_rgb: np.ndarray, result: object, names: Mapping[int, str]
@@ -352,12 +353,12 @@ def save_panel_grid(panels: Sequence[np.ndarray], path: str | Path, columns: int
 
 def save_panels(image_rgb: np.ndarray, result: object, stem: str, folder: Path,
                 names: Mapping[int, str], per_box: bool) -> list[Path]:
-    """``<stem>_gradcam_<layer>.png`` per layer and, with ``per_box``,
+    """``<stem>_<method>_<layer>.png`` per layer and, with ``per_box``,
     ``<stem>_<layer>_boxes/<rank>_<class>.png`` per detection and ``<stem>_boxes_by_layer.png``
     (every detection's own map at every layer); returns the main panels."""
     written = []
     for layer in result.maps:
-        path = folder / f"{stem}_gradcam_{layer}.png"
+        path = folder / f"{stem}_{result.method}_{layer}.png"
         save_rgb(detection_panel(image_rgb, result, layer, names), path)
         written.append(path)
         if per_box:

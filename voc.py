@@ -434,8 +434,8 @@ def _row(name: str, tally: dict) -> str:
             f"{_pct(d['same_class']['energy_in_own_box'])}")
 
 
-def format_table(summary: dict) -> str:
-    """The numbers as a text table."""
+def format_table(summary: dict, method: str = "Grad-CAM") -> str:
+    """The numbers as a text table; ``method`` names the maps' method."""
     lines = [f"{'class':<12} {'AP@0.5':>6}"]
     lines += [f"{name:<12} {_fmt(v)}" for name, v in summary["ap"].items()]
     lines.append(f"{'mAP':<12} {_fmt(summary['map'])}  (VOC2007 11-point, over "
@@ -454,7 +454,7 @@ def format_table(summary: dict) -> str:
     lines.append(f"{'map':<22} {'pointing [95% CI]':<17}  {'energy':>6}   "
                  f"{'vs any other':<11}   {'vs same class':<13}")
     for layer, values in summary["layers"].items():
-        lines.append(_row(f"Grad-CAM {layer}", values))
+        lines.append(_row(f"{method} {layer}", values))
     baselines = summary.get("baselines", {})
     for name in ("centre", "uniform"):
         if name in baselines:

@@ -34,7 +34,19 @@ for strategy in zero gray mean blur; do
         --out_dir "$out/deletion_insertion" | tee "$out/deletion_insertion/log_$strategy.txt"
 done
 
+# The shipped detector on the shipped test scenes: evaluation only (training: README,
+# "The trained detector that ships here").
+det=checkpoints/fasterrcnn_fashion_scenes.pth
+mkdir -p "$out/detection"
+run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num 300 \
+    --det_layer layer2,layer3,layer4 --out_dir "$out/detection" \
+    | tee "$out/detection/scene_metrics.txt"
+run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num 4 \
+    --det_layer layer2,layer3,layer4 --det_per_box --out_dir "$out/detection_per_box"
+
 mkdir -p docs
+cp "$out/detection/detection/detections_grid.png" docs/detections_grid.png
+cp "$out/detection_per_box/detection/000001_boxes_by_layer.png" docs/detection_boxes_by_layer.png
 for method in cam gradcam gradcampp; do
     cp "$out/heatmaps/$method/${method}_grid.png" "docs/${method}_grid.png"
 done

@@ -221,6 +221,33 @@ def test_model_is_left_as_found_also_after_an_error(detector: torch.nn.Module) -
     assert all(p.grad is None for p in detector.parameters())
 
 
+@pytest.mark.parametrize("method", ["layercam", "hirescam", "gradcampp"])
+def test_other_methods_follow_their_formula_per_detection(detector: torch.nn.Module,
+                                                         method: str) -> None:
+    image = random_image(80, 100, seed=2)
+    state = det.detector_pass(detector, image, ("layer3",), 0.0, 3, None)
+    activation = state.activations[0].detach()[0]
+    literal = []
+    for i in range(3):
+        (grad,) = torch.autograd.grad(state.targets[i], state.activations, retain_graph=True)
+        g = grad[0]
+        if method == "layercam":     # Jiang et al. (2021): sum_k relu(dY/dA_k) * A_k
+            literal.append((g.clamp(min=0) * activation).sum(0))
+        elif method == "hirescam":   # Draelos & Carin (2020): sum_k dY/dA_k * A_k
+            literal.append((g * activation).sum(0))
+        else:                        # Grad-CAM++ alphas with the exponential closed form
+            g2, g3 = g.pow(2), g.pow(3)
+            denom = 2 * g2 + activation.sum(dim=(1, 2), keepdim=True) * g3
+            alpha = torch.where(g != 0, g2 / torch.where(denom != 0, denom, 1), 0)
+            weights = (alpha * g.clamp(min=0)).sum(dim=(1, 2))
+            literal.append((weights[:, None, None] * activation).sum(0))
+    fresh = det.detector_pass(detector, image, ("layer3",), 0.0, 3, None)
+    (maps,) = det.gradcam_maps(fresh, method)
+    torch.testing.assert_close(maps, torch.stack(literal), rtol=1e-4, atol=1e-6)
+    result = det.explain_detections(detector, image, ("layer3",), 0.0, 3, method=method)
+    assert result.method == method and result.method_title != "Grad-CAM"
+
+
 def test_no_detection_to_explain(detector: torch.nn.Module) -> None:
     result = det.explain_detections(detector, random_image(64, 90), ("layer4",), 0.0, 5,
                                     allowed=set())
@@ -485,7 +512,8 @@ def test_voc_numbers_from_hand_made_detections(tmp_path: Path, monkeypatch: pyte
         return heat
 
     def fake(model: object, image: torch.Tensor, layers: list[str], score_thresh: float,
-             max_explained: int, allowed: object = None) -> det.DetectionResult:
+             max_explained: int, allowed: object = None, method: str = "gradcam"
+             ) -> det.DetectionResult:
         h, w = image.shape[-2:]
         if (h, w) == (60, 80):                    # 000001: a person and the difficult dog
             boxes = torch.tensor([[10., 5, 30, 40], [40, 20, 70, 50]])
