@@ -364,6 +364,17 @@ def test_grayscale_rgba_and_palette_images_become_rgb(
     assert "1 detection explained:" in capsys.readouterr().out
 
 
+def test_large_images_shrink_to_the_detector_input_while_8_bit(tmp_path: Path) -> None:
+    big = np.zeros((1500, 2000, 3), np.uint8)
+    big[:, 1000:] = 255
+    Image.fromarray(big).save(tmp_path / "big.png")
+    image = det.read_image(tmp_path / "big.png", fit=(300, 500))  # shorter side 300, as torchvision
+    assert image.shape == (300, 400, 3) and image.dtype == np.uint8
+    assert image[:, :190].max() == 0 and image[:, 210:].min() == 255
+    small = det.read_image(SAMPLES / "chelsea.jpg", fit=(800, 1333))  # never enlarged
+    assert small.shape == (300, 451, 3)
+
+
 def test_missing_or_corrupt_voc_gives_one_line(tmp_path: Path,
                                                capsys: pytest.CaptureFixture) -> None:
     assert_one_line_error(cli(capsys, "--voc_path", tmp_path / "VOCtest_06-Nov-2007.tar"),
