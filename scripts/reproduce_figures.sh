@@ -4,7 +4,7 @@
 #
 #   scripts/reproduce_figures.sh [OUT_DIR]
 #
-# About 20 minutes on 2 CPU cores; most of it is deletion/insertion (4 strategies x 5 methods
+# About 35 minutes on 2 CPU cores; most of it is deletion/insertion (4 strategies x 5 methods
 # x 100 images x 202 forward passes). Set PYTHON to use another interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,12 +41,21 @@ mkdir -p "$out/detection"
 run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num 300 \
     --det_layer layer2,layer3,layer4 --out_dir "$out/detection" \
     | tee "$out/detection/scene_metrics.txt"
-run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num 4 \
-    --det_layer layer2,layer3,layer4 --det_per_box --out_dir "$out/detection_per_box"
+run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num 300 \
+    --det_layer layer2,layer3,layer4 --det_method layercam --out_dir "$out/detection_layercam" \
+    | tee "$out/detection/scene_metrics_layercam.txt"
+for method in gradcam layercam; do
+    run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num 4 \
+        --det_layer layer2,layer3,layer4 --det_method "$method" --det_per_box \
+        --out_dir "$out/detection_per_box_$method"
+done
 
 mkdir -p docs
 cp "$out/detection/detection/detections_grid.png" docs/detections_grid.png
-cp "$out/detection_per_box/detection/000001_boxes_by_layer.png" docs/detection_boxes_by_layer.png
+for method in gradcam layercam; do
+    cp "$out/detection_per_box_$method/detection/000001_boxes_by_layer.png" \
+        "docs/detection_boxes_by_layer_$method.png"
+done
 for method in cam gradcam gradcampp; do
     cp "$out/heatmaps/$method/${method}_grid.png" "docs/${method}_grid.png"
 done
