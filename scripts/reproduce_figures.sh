@@ -4,7 +4,7 @@
 #
 #   scripts/reproduce_figures.sh [OUT_DIR]
 #
-# About 35 minutes on 2 CPU cores; most of it is deletion/insertion (4 strategies x 5 methods
+# About 25 minutes on 2 CPU cores; most of it is deletion/insertion (4 strategies x 5 methods
 # x 100 images x 202 forward passes). Set PYTHON to use another interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
