@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
 from tqdm import tqdm
@@ -36,21 +37,45 @@ from tqdm import tqdm
 import distributed
 import outputs
 import visualize
+from cam import resolve_layer
 from data import DatasetInfo, ImageSplit, normalize
 from errors import UserError
-from explain import TITLES, Explainer, explain_batched, make_explainer, parse_methods
+from explain import (TITLES, Explainer, explain_batched, make_explainer, parse_layers,
+                     parse_methods)
 from model import ARCH
 from runtime import autocast, eval_mode, inference_copy, precision_dtype
 from train import predict
 
-FILL_STRATEGIES = ("zero", "gray", "mean", "blur")
+FILL_STRATEGIES = ("zero", "gray", "mean", "blur", "blur_rise")
 BETTER = {"deletion": "lower", "insertion": "higher"}
 BETTER_LINE = "Deletion AUC: lower is better. Insertion AUC: higher is better."
 
-# RISE's insertion substrate: gkern(klen=11, nsig=5), an 11-tap Gaussian spanning +-5 sigma,
-# so sigma = 11 / 10 = 1.1 pixels. Borders are reflected (RISE zero-padded the normalized tensor).
+# The default blur: an 11-tap Gaussian with sigma 1.1 px, reflected borders. It suits 32x32
+# images: it removes detail of a few pixels and keeps a garment's outline.
 BLUR_KERNEL = 11
 BLUR_SIGMA = BLUR_KERNEL / 10
+# RISE's own substrate (``gkern(klen=11, nsig=5)`` in its evaluation.py): scipy's
+# ``gaussian_filter(sigma=5)`` of an 11x11 impulse, which, truncated to 11 taps with reflected
+# borders, is a nearly flat 11x11 kernel (centre 0.0088, corner 0.0077) made for 224 px images.
+RISE_KLEN = 11
+RISE_NSIG = 5.0
+
+
+def rise_kernel(klen: int = RISE_KLEN, nsig: float = RISE_NSIG) -> torch.Tensor:
+    """RISE's blur kernel ``[klen, klen]`` (float64): what scipy's ``gaussian_filter(impulse,
+    nsig)`` returns (truncate 4, mode 'reflect'), computed here without scipy. The filter is
+    separable, so the 2-D kernel is the outer product of the 1-D response to a centred impulse.
+    """
+    radius = int(4.0 * nsig + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-0.5 * (offsets / nsig) ** 2)
+    weights /= weights.sum()
+    # 'reflect' mirrors about the edge (d c b a | a b c d | d c b a): period 2 * klen
+    positions = torch.arange(klen)[:, None] + offsets.long()[None, :]
+    folded = positions % (2 * klen)
+    folded = torch.where(folded >= klen, 2 * klen - 1 - folded, folded)
+    response = ((folded == klen // 2) * weights).sum(1)
+    return torch.outer(response, response)
 
 
 # --------------------------------------------------------------------------------------------
@@ -84,7 +109,8 @@ def fill_pixels(pixels: torch.Tensor, strategy: str) -> torch.Tensor:
     """What hidden pixels become, in pixel space: broadcastable to ``pixels`` ``[N, 3, H, W]``.
 
     ``zero`` black, ``gray`` 0.5, ``mean`` each image's own per-channel mean colour (fixed for
-    the whole curve), ``blur`` a Gaussian-blurred copy of the image (RISE's insertion start).
+    the whole curve), ``blur`` a Gaussian-blurred copy of the image (sigma 1.1 px),
+    ``blur_rise`` the copy blurred with RISE's own kernel (:func:`rise_kernel`).
     """
     if strategy == "zero":
         return torch.zeros_like(pixels[:, :, :1, :1])
@@ -96,6 +122,15 @@ def fill_pixels(pixels: torch.Tensor, strategy: str) -> torch.Tensor:
         size = min(BLUR_KERNEL, 2 * min(pixels.shape[-2:]) - 1)  # reflection needs pad < side
         size -= 1 - size % 2
         return TF.gaussian_blur(pixels, [size, size], [BLUR_SIGMA, BLUR_SIGMA])
+    if strategy == "blur_rise":
+        kernel = rise_kernel().to(pixels)
+        pad = min(RISE_KLEN // 2, min(pixels.shape[-2:]) - 1)   # reflection needs pad < side
+        if pad < RISE_KLEN // 2:
+            kernel = kernel[RISE_KLEN // 2 - pad:RISE_KLEN // 2 + pad + 1,
+                            RISE_KLEN // 2 - pad:RISE_KLEN // 2 + pad + 1]
+        channels = pixels.shape[1]
+        padded = F.pad(pixels, [pad] * 4, mode="reflect")
+        return F.conv2d(padded, kernel.expand(channels, 1, *kernel.shape), groups=channels)
     raise UserError(f"unknown hidden strategy '{strategy}' (known: {', '.join(FILL_STRATEGIES)})")
 
 
@@ -225,6 +260,34 @@ def reference_curves(model: nn.Module, pixels: torch.Tensor, heatmap: torch.Tens
     return curves[0], curves[1]
 
 
+def confidence_change(model: nn.Module, pixels: torch.Tensor, heatmaps: torch.Tensor,
+                      targets: torch.Tensor, info: DatasetInfo, batch_size: int = 256,
+                      dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average Drop and Increase in Confidence (Chattopadhay et al., 2018), per image.
+
+    ``y`` is the target's softmax probability for the image, ``o`` for the image multiplied by
+    its heatmap. As torchcam and pytorch-grad-cam define them: drop ``relu(y - o) / y``,
+    increase ``o > y``. The multiplication happens in pixel space (black where the map is 0),
+    like every hiding strategy here; both libraries multiply the normalized tensor instead.
+    Returns ``drop`` (float64) and ``increase`` (bool), both ``[N]`` on the CPU.
+    """
+    _check_inputs(pixels, heatmaps, targets)
+    device = pixels.device
+    targets = targets.to(device).long()
+    net = inference_copy(model)
+    probs = []
+    with torch.inference_mode(), eval_mode(net), autocast(device, dtype):
+        for part in (pixels, pixels * heatmaps.to(device)[:, None]):
+            for start in range(0, len(part), batch_size):
+                batch = normalize(part[start:start + batch_size], info)
+                batch = batch.contiguous(memory_format=torch.channels_last)
+                p = net(batch).float().softmax(dim=1)
+                probs.append(p.gather(1, targets[start:start + batch_size, None])[:, 0])
+    y, o = torch.cat(probs).double().cpu().view(2, -1)
+    drop = (y - o).clamp(min=0) / y.clamp(min=torch.finfo(torch.float64).tiny)
+    return drop, o > y
+
+
 # --------------------------------------------------------------------------------------------
 # Spread of the AUCs
 
@@ -273,6 +336,21 @@ def spread(values: torch.Tensor) -> Spread:
     std = v.std(unbiased=True).item()
     half = t_quantile_975(n - 1) * std / math.sqrt(n)
     return Spread(mean, std, mean - half, mean + half, n)
+
+
+def proportion_spread(hits: torch.Tensor, scale: float = 1.0) -> Spread:
+    """The spread of a yes/no outcome per image, with Wilson's 95% score interval (which, unlike
+    the t interval, stays inside [0, 1] and is sensible at 0% or 100%); all times ``scale``."""
+    v = hits.double().flatten()
+    n = len(v)
+    if n == 0:
+        raise ValueError("no values")
+    p = v.mean().item()
+    z = 1.959963984540054
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    std = v.std(unbiased=True).item() if n > 1 else 0.0
+    return Spread(p * scale, std * scale, (centre - half) * scale, (centre + half) * scale, n)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,17 +430,70 @@ def select_correct(model: nn.Module, split: ImageSplit, device: torch.device, n:
 
 
 @dataclass
+class ImageScores:
+    """Every per-image number of one method on the evaluated images (all on the CPU): the two
+    curves, and the Grad-CAM++ paper's drop and increase in confidence. Aggregation comes
+    after, so that the images can be scored in parts (or on several processes) and joined."""
+
+    curves: Curves
+    drop: torch.Tensor
+    increase: torch.Tensor
+
+    @staticmethod
+    def join(parts: list[ImageScores]) -> ImageScores:
+        """The scores of several parts of the images, in order, as one."""
+        return ImageScores(Curves(torch.cat([p.curves.deletion for p in parts]),
+                                  torch.cat([p.curves.insertion for p in parts])),
+                           torch.cat([p.drop for p in parts]),
+                           torch.cat([p.increase for p in parts]))
+
+
+def score_images(model: nn.Module, pixels: torch.Tensor, heatmaps: torch.Tensor,
+                 targets: torch.Tensor, info: DatasetInfo, strategy: str, steps: int,
+                 batch_size: int, dtype: torch.dtype | None, desc: str | None = None
+                 ) -> ImageScores:
+    """Deletion/insertion curves and confidence change of every image for one method."""
+    curves = deletion_insertion(model, pixels, heatmaps, targets, info, strategy, steps,
+                                batch_size, dtype, desc)
+    drop, increase = confidence_change(model, pixels, heatmaps, targets, info, batch_size, dtype)
+    return ImageScores(curves, drop, increase)
+
+
+@dataclass
 class MethodResult:
-    """Curves and AUC spreads of one method on the selected images."""
+    """One method at one layer (``layer`` None for a baseline): its per-image scores and their
+    spreads."""
 
     name: str
-    curves: Curves
+    layer: str | None
+    scores: ImageScores
     deletion: Spread
     insertion: Spread
+    difference: Spread
+    drop: Spread
+    increase: Spread
+
+    @property
+    def curves(self) -> Curves:
+        return self.scores.curves
 
     @property
     def baseline(self) -> bool:
         return self.name in BASELINES
+
+    @property
+    def label(self) -> str:
+        """Display name: the method's title and its layer, or the baseline's title."""
+        return title(self.name) if self.layer is None else f"{title(self.name)} ({self.layer})"
+
+
+def aggregate(name: str, layer: str | None, scores: ImageScores) -> MethodResult:
+    """Mean, standard deviation and 95% interval of every metric over the images (Student's t;
+    Wilson's for the Increase in Confidence, a proportion). The insertion-minus-deletion
+    difference is taken per image (a paired interval)."""
+    d, i = scores.curves.deletion_auc, scores.curves.insertion_auc
+    return MethodResult(name, layer, scores, spread(d), spread(i), spread(i - d),
+                        spread(scores.drop * 100), proportion_spread(scores.increase, 100))
 
 
 def _precision_name(dtype: torch.dtype | None) -> str:
@@ -370,93 +501,143 @@ def _precision_name(dtype: torch.dtype | None) -> str:
 
 
 def report_lines(result: MethodResult) -> list[str]:
-    """The original's two ``Average ... AUC`` lines, each followed by its spread."""
-    lines = [f"{title(result.name)}:"]
+    """The original's two ``Average ... AUC`` lines, each followed by its spread, then the
+    Average Drop and Increase in Confidence."""
+    lines = [f"{result.label}:"]
     for curve, s in (("Deletion", result.deletion), ("Insertion", result.insertion)):
         lines.append(f"Average {curve} AUC: {s.mean:.4f}")
         lines.append(f"  std {s.std:.4f}, 95% CI [{s.ci_low:.4f}, {s.ci_high:.4f}], n {s.n}")
+    for metric, s in (("Average Drop", result.drop), ("Increase in Confidence", result.increase)):
+        lines.append(f"{metric}: {s.mean:.2f}% (95% CI [{s.ci_low:.2f}, {s.ci_high:.2f}])")
     return lines
 
 
+def _stem(result: MethodResult, strategy: str, several_layers: bool) -> str:
+    if result.layer is not None and several_layers:
+        return f"{result.name}_{visualize.slug(result.layer)}_{strategy}"
+    return f"{result.name}_{strategy}"
+
+
 def save_method_outputs(result: MethodResult, selection: Selection, strategy: str,
-                        out_dir: Path, context: dict) -> list[Path]:
-    """Figure, per-image curves (NPZ) and summary (JSON) of one method."""
-    stem = f"{result.name}_{strategy}"
+                        out_dir: Path, context: dict, several_layers: bool = False) -> list[Path]:
+    """Figure, per-image curves and metrics (NPZ) and summary (JSON) of one method."""
+    stem = _stem(result, strategy, several_layers)
     curves = result.curves
     figure = out_dir / f"results_{stem}.png"
     visualize.plot_deletion_insertion(
-        curves.fractions.numpy(), {title(result.name): (curves.deletion.numpy(),
-                                                        curves.insertion.numpy())},
-        {title(result.name): (result.deletion.mean, result.insertion.mean)}, figure,
-        title=f"{title(result.name)}, hidden: {strategy}, {result.deletion.n} images", band=True)
+        curves.fractions.numpy(), {result.label: (curves.deletion.numpy(),
+                                                  curves.insertion.numpy())},
+        {result.label: (result.deletion.mean, result.insertion.mean)}, figure,
+        title=f"{result.label}, hidden: {strategy}, {result.deletion.n} images", band=True)
     npz = out_dir / f"curves_{stem}.npz"
     with outputs.atomic(npz) as tmp:
         np.savez_compressed(tmp, fractions=curves.fractions.numpy(),
                             deletion=curves.deletion.numpy(), insertion=curves.insertion.numpy(),
                             deletion_auc=curves.deletion_auc.numpy(),
                             insertion_auc=curves.insertion_auc.numpy(),
+                            drop=result.scores.drop.numpy(),
+                            increase=result.scores.increase.numpy(),
                             indices=selection.indices.numpy(), targets=selection.labels.numpy())
-    summary = {"method": result.name, "title": title(result.name), "baseline": result.baseline,
-               "strategy": strategy, "n": result.deletion.n, **context,
-               "deletion_auc": result.deletion.as_dict(),
-               "insertion_auc": result.insertion.as_dict(), "better": BETTER,
+    summary = {"method": result.name, "title": title(result.name), "layer": result.layer,
+               "baseline": result.baseline, "strategy": strategy, "n": result.deletion.n,
+               **context, **_metrics_dict(result), "better": BETTER,
                "curves": npz.name, "figure": figure.name}
     path = out_dir / f"summary_{stem}.json"
     outputs.write_text(path, json.dumps(summary, indent=2) + "\n")
     return [figure, npz, path]
 
 
-TABLE_FIELDS = ("method", "title", "baseline", "n", "deletion_auc_mean", "deletion_auc_std",
-                "deletion_ci95_low", "deletion_ci95_high", "insertion_auc_mean",
-                "insertion_auc_std", "insertion_ci95_low", "insertion_ci95_high")
+def _metrics_dict(r: MethodResult) -> dict:
+    return {"deletion_auc": r.deletion.as_dict(), "insertion_auc": r.insertion.as_dict(),
+            "insertion_minus_deletion": r.difference.as_dict(),
+            "average_drop_pct": r.drop.as_dict(), "increase_in_confidence_pct": r.increase.as_dict()}
+
+
+METRICS = (("deletion", "deletion_auc"), ("insertion", "insertion_auc"),
+           ("difference", "insertion_minus_deletion"), ("drop", "average_drop_pct"),
+           ("increase", "increase_in_confidence_pct"))
+TABLE_FIELDS = ("rank", "method", "title", "layer", "baseline", "n",
+                *(f"{key}_{part}" for _, key in METRICS for part in ("mean", "std", "ci95_low",
+                                                                      "ci95_high")))
+
+
+def ranked(results: list[MethodResult]) -> list[MethodResult]:
+    """Best first by insertion AUC minus deletion AUC (higher is better)."""
+    return sorted(results, key=lambda r: -r.difference.mean)
 
 
 def table_rows(results: list[MethodResult]) -> list[dict]:
-    """One row per method for the comparison table (CSV columns ``TABLE_FIELDS``)."""
+    """One row per method and layer, best first (CSV columns ``TABLE_FIELDS``)."""
     rows = []
-    for r in results:
-        rows.append({"method": r.name, "title": title(r.name), "baseline": r.baseline,
-                     "n": r.deletion.n,
-                     "deletion_auc_mean": r.deletion.mean, "deletion_auc_std": r.deletion.std,
-                     "deletion_ci95_low": r.deletion.ci_low,
-                     "deletion_ci95_high": r.deletion.ci_high,
-                     "insertion_auc_mean": r.insertion.mean,
-                     "insertion_auc_std": r.insertion.std,
-                     "insertion_ci95_low": r.insertion.ci_low,
-                     "insertion_ci95_high": r.insertion.ci_high})
+    for rank, r in enumerate(ranked(results), 1):
+        row = {"rank": rank, "method": r.name, "title": title(r.name), "layer": r.layer or "",
+               "baseline": r.baseline, "n": r.deletion.n}
+        for attr, key in METRICS:
+            s = getattr(r, attr)
+            row.update({f"{key}_mean": s.mean, f"{key}_std": s.std, f"{key}_ci95_low": s.ci_low,
+                        f"{key}_ci95_high": s.ci_high})
+        rows.append(row)
     return rows
 
 
 def markdown_table(results: list[MethodResult], caption: str) -> str:
-    """The comparison as a Markdown table, with the better direction in the header."""
+    """The leaderboard as a Markdown table, best first, each number with its 95% interval."""
+    def cell(s: Spread, digits: int) -> str:
+        return f"{s.mean:.{digits}f} [{s.ci_low:.{digits}f}, {s.ci_high:.{digits}f}]"
+
     lines = [caption, "",
-             ("| method | deletion AUC (lower is better) | 95% CI | insertion AUC (higher is "
-              "better) | 95% CI | n |"),
-             "|---|---:|---|---:|---|---:|"]
-    for r in results:
-        d, i = r.deletion, r.insertion
-        lines.append(f"| {title(r.name)} | {d.mean:.4f} ± {d.std:.4f} | "
-                     f"[{d.ci_low:.4f}, {d.ci_high:.4f}] | {i.mean:.4f} ± {i.std:.4f} | "
-                     f"[{i.ci_low:.4f}, {i.ci_high:.4f}] | {d.n} |")
-    lines += ["", "Values are mean ± standard deviation over images. " + BETTER_LINE]
+             "| rank | method | layer | insertion − deletion ↑ | deletion AUC ↓ | insertion AUC ↑ "
+             "| Average Drop % ↓ | Increase in Confidence % ↑ |",
+             "|---:|---|---|---|---|---|---|---|"]
+    for rank, r in enumerate(ranked(results), 1):
+        name = f"*{title(r.name)}*" if r.baseline else title(r.name)
+        lines.append(f"| {rank} | {name} | {r.layer or '–'} | {cell(r.difference, 4)} | "
+                     f"{cell(r.deletion, 4)} | {cell(r.insertion, 4)} | {cell(r.drop, 1)} | "
+                     f"{cell(r.increase, 1)} |")
+    lines += ["", f"Mean [95% confidence interval] over the same {results[0].deletion.n} "
+              f"images; baselines in italics. " + BETTER_LINE + " Average Drop: lower is "
+              "better. Increase in Confidence: higher is better. Ranked by insertion minus "
+              "deletion."]
     return "\n".join(lines) + "\n"
 
 
 def save_comparison(results: list[MethodResult], strategy: str, out_dir: Path,
-                    caption: str) -> list[Path]:
-    """All methods and baselines in one figure, and the table as Markdown and CSV."""
+                    caption: str, context: dict, notes: list[str]) -> list[Path]:
+    """The leaderboard: curves of everything in one figure, the ranking figure, and the table
+    as Markdown, CSV and JSON."""
     figure = out_dir / f"comparison_{strategy}.png"
     fractions = results[0].curves.fractions.numpy()
     visualize.plot_deletion_insertion(
         fractions,
-        {title(r.name): (r.curves.deletion.numpy(), r.curves.insertion.numpy()) for r in results},
-        {title(r.name): (r.deletion.mean, r.insertion.mean) for r in results}, figure,
-        title=caption, band=False, dashed=[title(r.name) for r in results if r.baseline])
+        {r.label: (r.curves.deletion.numpy(), r.curves.insertion.numpy()) for r in results},
+        {r.label: (r.deletion.mean, r.insertion.mean) for r in results}, figure,
+        title=caption, band=False, dashed=[r.label for r in results if r.baseline])
+    order = ranked(results)
+    ranking = out_dir / f"ranking_{strategy}.png"
+    visualize.plot_ranking(
+        [r.label for r in order],
+        {name: [(getattr(r, attr).mean, getattr(r, attr).ci_low, getattr(r, attr).ci_high)
+                for r in order] for name, attr in RANKING_PANELS},
+        [r.baseline for r in order], ranking, title=caption)
     md = out_dir / f"comparison_{strategy}.md"
-    outputs.write_text(md, markdown_table(results, caption))
+    outputs.write_text(md, markdown_table(results, caption)
+                       + "".join(f"\n{n}\n" for n in notes))
     table = out_dir / f"comparison_{strategy}.csv"
-    outputs.write_csv(table, TABLE_FIELDS, table_rows(results))
-    return [figure, md, table]
+    rows = table_rows(results)
+    outputs.write_csv(table, TABLE_FIELDS, rows)
+    js = out_dir / f"comparison_{strategy}.json"
+    outputs.write_text(js, json.dumps({"caption": caption, **context, "better": {
+        **BETTER, "insertion_minus_deletion": "higher", "average_drop_pct": "lower",
+        "increase_in_confidence_pct": "higher"}, "ranked_by": "insertion_minus_deletion",
+        "skipped": notes, "rows": rows}, indent=2) + "\n")
+    return [figure, ranking, md, table, js]
+
+
+RANKING_PANELS = (("insertion − deletion (higher is better)", "difference"),
+                  ("deletion AUC (lower is better)", "deletion"),
+                  ("insertion AUC (higher is better)", "insertion"),
+                  ("Average Drop % (lower is better)", "drop"),
+                  ("Increase in Confidence % (higher is better)", "increase"))
 
 
 def _pick_images(model: nn.Module, split: ImageSplit, device: torch.device,
@@ -483,16 +664,50 @@ def _block_heatmaps(explainer: Explainer, baseline: bool, images: torch.Tensor,
     return explain_batched(explainer, images[block], targets[block], batch_size)
 
 
+def explainers_by_layer(model: nn.Module, methods: list[str], layers: list[str],
+                        batch_size: int, dtype: torch.dtype | None = None
+                        ) -> tuple[list[tuple[str, str, Explainer]], list[str]]:
+    """``(method, layer, explainer)`` for every method defined at every layer, and a note for
+    each pair left out (CAM anywhere but the layer before global pooling). An unknown layer is
+    an error, not a note."""
+    for layer in layers:
+        resolve_layer(model, layer)
+    entries, notes = [], []
+    for layer in layers:
+        for method in methods:
+            try:
+                entries.append((method, layer,
+                                make_explainer(method, model, layer, batch_size, dtype)))
+            except UserError as exc:
+                notes.append(f"note: {title(method)} left out at {layer}: {exc}")
+    return entries, notes
+
+
+def parse_strategies(spec: str) -> list[str]:
+    """``zero`` / ``zero,blur`` -> hiding strategies, each checked."""
+    names = list(dict.fromkeys(x.strip() for x in spec.split(",") if x.strip()))
+    for name in names:
+        if name not in FILL_STRATEGIES:
+            raise UserError(f"unknown --hidden_strategy '{name}' (known: "
+                            f"{', '.join(FILL_STRATEGIES)}, or a comma list of them)")
+    if not names:
+        raise UserError("--hidden_strategy names no strategy")
+    return names
+
+
 def run(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespace) -> int:
-    """``--vis METHODS --hidden_strategy S``: deletion and insertion curves of each method and
-    of the two baselines on the same correctly classified test images; figures, curves,
-    summaries, and a comparison table."""
-    strategy = args.hidden_strategy
-    if strategy not in FILL_STRATEGIES:
-        raise UserError(f"--hidden_strategy must be one of {', '.join(FILL_STRATEGIES)}")
-    explainers = {m: make_explainer(m, model, args.target_layer) for m in parse_methods(args.vis)}
-    explainers.update({name: make(args.seed) for name, make in BASELINES.items()})
+    """``--vis METHODS --target_layer LAYERS --hidden_strategy S``: the leaderboard. Every
+    method at every layer and the two baselines, scored on the same correctly classified test
+    images: curves, AUCs, Average Drop and Increase in Confidence, each with a 95% interval.
+    Each heatmap is computed once and scored under every strategy of a comma list."""
+    strategies = parse_strategies(args.hidden_strategy)
+    layers = parse_layers(args.target_layer)
     dtype = precision_dtype(args.precision, device)
+    entries, notes = explainers_by_layer(model, parse_methods(args.vis), layers,
+                                         args.cam_batch_size, dtype)
+    for note in notes if distributed.world().is_main else []:
+        print(note, file=sys.stderr)
+    entries += [(name, None, make(args.seed)) for name, make in BASELINES.items()]
     info = split.info
     selection = _pick_images(model, split, device, args)
     pixels = split.images[selection.indices].float().div(255).to(device)
@@ -502,39 +717,44 @@ def run(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespa
     here = distributed.world()
     n = len(targets)
     mine = distributed.shard(n, here)  # under torchrun: this rank's block of the images
-    caption = (f"{info.name}, hidden: {strategy}, {n} correctly classified test images, "
-               f"{args.steps} steps, {_precision_name(dtype)}")
+    captions = {s: (f"{info.name}, hidden: {s}, {n} correctly classified test images, "
+                    f"{args.steps} steps, {_precision_name(dtype)}") for s in strategies}
     if here.is_main:
-        print(f"Deletion / insertion: {caption}")
+        print(f"Deletion / insertion: {', '.join(captions.values())}")
     context = {"steps": args.steps, "num_eval_requested": args.num_eval,
                "model": str(args.save_path), "arch": ARCH, "dataset": info.name,
-               "target_layer": args.target_layer, "precision": _precision_name(dtype),
+               "target_layers": layers, "precision": _precision_name(dtype),
                "seed": args.seed, "test_images_scanned": selection.scanned}
-    results: list[MethodResult] = []
+    several = len(layers) > 1
+    results: dict[str, list[MethodResult]] = {s: [] for s in strategies}
     written: list[Path] = []
-    for name, explainer in explainers.items():
+    for name, layer, explainer in entries:
+        label = name if layer is None else f"{name} {layer}"
         heatmaps = _block_heatmaps(explainer, name in BASELINES, images, targets, mine,
                                    args.batch_size)
-        block = None if len(heatmaps) == 0 else deletion_insertion(  # more ranks than images
-            model, pixels[mine], heatmaps, targets[mine], info, strategy, args.steps,
-            args.eval_batch_size, dtype, desc=f"{name} ({strategy})" if here.is_main else None)
-        blocks = distributed.gather(block, here)
-        if blocks is None:  # another rank than 0: rank 0 aggregates and writes
-            continue
-        blocks = [b for b in blocks if b is not None]
-        curves = Curves(torch.cat([b.deletion for b in blocks]),
-                        torch.cat([b.insertion for b in blocks]))
-        result = MethodResult(name, curves, spread(curves.deletion_auc),
-                              spread(curves.insertion_auc))
-        results.append(result)
-        print("\n".join(report_lines(result)), flush=True)
-        written += save_method_outputs(result, selection, strategy, out_dir, context)
+        for strategy in strategies:
+            block = None if len(heatmaps) == 0 else score_images(  # more ranks than images
+                model, pixels[mine], heatmaps, targets[mine], info, strategy, args.steps,
+                args.eval_batch_size, dtype,
+                desc=f"{label} ({strategy})" if here.is_main else None)
+            blocks = distributed.gather(block, here)
+            if blocks is None:  # another rank than 0: rank 0 aggregates and writes
+                continue
+            result = aggregate(name, layer, ImageScores.join([b for b in blocks
+                                                              if b is not None]))
+            results[strategy].append(result)
+            print(f"[{strategy}] " + "\n".join(report_lines(result)), flush=True)
+            written += save_method_outputs(result, selection, strategy, out_dir, context,
+                                           several)
     if not here.is_main:
         return 0
     print(BETTER_LINE)
-    written += save_comparison(results, strategy, out_dir, caption)
-    print(markdown_table(results, caption), end="")
-    print(f"Wrote {len(written)} files to {out_dir}: figures results_*_{strategy}.png and "
-          f"comparison_{strategy}.png, curves curves_*_{strategy}.npz, summaries "
-          f"summary_*_{strategy}.json, table comparison_{strategy}.md/.csv")
+    for strategy in strategies:
+        written += save_comparison(results[strategy], strategy, out_dir, captions[strategy],
+                                   context, notes)
+        print(markdown_table(results[strategy], captions[strategy]), end="")
+    kinds = ",".join(strategies)
+    print(f"Wrote {len(written)} files to {out_dir} for {kinds}: figures results_*_S.png, "
+          f"comparison_S.png and ranking_S.png, curves curves_*_S.npz, summaries "
+          f"summary_*_S.json, leaderboard comparison_S.md/.csv/.json")
     return 0

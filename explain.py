@@ -42,10 +42,10 @@ TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "xgrad
 
 
 def make_explainer(name: str, model: nn.Module, target_layer: str = "layer4",
-                   batch_size: int = 256) -> Explainer:
-    """The explainer called ``name`` for ``model`` at ``target_layer``. ``batch_size`` is the
-    chunk of forward passes for the methods that run one per channel (Score-CAM, Ablation-CAM).
-    """
+                   batch_size: int = 256, dtype: torch.dtype | None = None) -> Explainer:
+    """The explainer called ``name`` for ``model`` at ``target_layer``. For the methods that
+    run a forward pass per channel (Score-CAM, Ablation-CAM), ``batch_size`` is the chunk of
+    those passes and ``dtype`` their autocast precision (None: fp32)."""
     if name not in EXPLAINERS:
         raise UserError(f"unknown heatmap method '{name}' (known: {', '.join(EXPLAINERS)})")
     if "," in target_layer:
@@ -56,7 +56,7 @@ def make_explainer(name: str, model: nn.Module, target_layer: str = "layer4",
                         "use --vis gradcam for other layers")
     make = EXPLAINERS[name]
     if "batch_size" in inspect.signature(make).parameters:
-        return make(model, target_layer=target_layer, batch_size=batch_size)
+        return make(model, target_layer=target_layer, batch_size=batch_size, dtype=dtype)
     return make(model, target_layer=target_layer)
 
 

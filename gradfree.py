@@ -4,8 +4,9 @@
 They share ``cam.py``'s layer lookup, activation hook and normalization. Score-CAM and
 Ablation-CAM need one forward pass per (image, channel): those passes run under inference mode
 on the BatchNorm-folded copy of the network, all images' channels cut into chunks of
-``batch_size``, instead of one image at a time. Ablation-CAM runs only the layers after the
-target layer on the ablated activations when torch.fx can cut the network there.
+``batch_size``, instead of one image at a time. Score-CAM runs them in fp32 unless an autocast
+``dtype`` is given (the evaluation passes its ``--precision``); Ablation-CAM always in fp32, and
+only through the layers after the target layer when torch.fx can cut the network there.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch.fx
 from torch import nn
 
 from cam import at_least_fp32, check_batch, layer_activation, normalize_heatmaps, resolve_layer, upsample
-from runtime import eval_mode, inference_copy
+from runtime import autocast, eval_mode, inference_copy
 
 
 def _chunks(total: int, size: int) -> Iterator[slice]:
@@ -69,13 +70,15 @@ def network_after(model: nn.Module, layer_name: str) -> nn.Module | None:
 class _GradientFree:
     """What the three share: the target layer, the chunk size, the argument checks."""
 
-    def __init__(self, model: nn.Module, target_layer: str = "layer4", batch_size: int = 256):
+    def __init__(self, model: nn.Module, target_layer: str = "layer4", batch_size: int = 256,
+                 dtype: torch.dtype | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model
         self.layer = resolve_layer(model, target_layer)
         self.target_layer = target_layer
         self.batch_size = batch_size
+        self.dtype = dtype      # autocast dtype of the per-channel forward passes (None: fp32)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets = check_batch(images, targets)
@@ -104,7 +107,7 @@ class ScoreCAM(_GradientFree):
         image_of, channel_of = varying.nonzero(as_tuple=True)
         weights = torch.zeros(activation.shape[:2], dtype=activation.dtype, device=images.device)
         net = inference_copy(self.model)
-        with eval_mode(net):
+        with eval_mode(net), autocast(images.device, self.dtype):
             for part in _chunks(len(image_of), self.batch_size):
                 b, k = image_of[part], channel_of[part]
                 masks = upsample(activation[b, k], size)           # [P, H, W]
@@ -124,6 +127,12 @@ class AblationCAM(_GradientFree):
     A channel that is zero everywhere changes nothing when ablated, so its weight is 0 without
     a forward pass. The ablated activations go through the rest of the network only.
     """
+
+    def __init__(self, model: nn.Module, target_layer: str = "layer4", batch_size: int = 256,
+                 dtype: torch.dtype | None = None):
+        # Always fp32: the weight is a difference of two close logits, which bf16 rounding
+        # (3 significant digits) turns into noise; the passes are cheap (the network's tail).
+        super().__init__(model, target_layer, batch_size, None)
 
     def heatmaps(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         activation, _ = layer_activation(self.model, self.layer, images)

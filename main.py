@@ -25,7 +25,18 @@ from runtime import resolve_device
 from train import run_test, run_training
 from validation import Parser, check_args
 
-HIDDEN_STRATEGIES = ("none", "zero", "gray", "mean", "blur")
+HIDDEN_STRATEGIES = ("none", "zero", "gray", "mean", "blur", "blur_rise")
+
+
+def strategy_list(text: str) -> str:
+    """``--hidden_strategy``: ``none``, one strategy, or a comma list of them."""
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in HIDDEN_STRATEGIES[1:]]
+    if text != "none" and unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown strategy '{unknown[0]}' (choose none, or one or a comma list of "
+            f"{', '.join(HIDDEN_STRATEGIES[1:])})")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,15 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target", choices=("pred", "gt"), default="pred",
                    help="explain the predicted class or the true class")
     g.add_argument("--target_layer", default="layer4",
-                   help="Grad-CAM layer: layer1..layer4 or any module name of the model")
+                   help="layer1..layer4 or any module name of the model; with --hidden_strategy "
+                        "or --sanity a comma list such as layer3,layer4")
     g.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="explain your own image (repeatable)")
     g.add_argument("--cam_batch_size", type=int, default=256,
                    help="Score-CAM / Ablation-CAM: masked or ablated inputs per forward pass")
 
     g = p.add_argument_group("deletion / insertion")
-    g.add_argument("--hidden_strategy", choices=HIDDEN_STRATEGIES, default="none",
-                   help="how hidden pixels are filled; anything but none runs the evaluation")
+    g.add_argument("--hidden_strategy", default="none", type=strategy_list,
+                   help="how hidden pixels are filled: none, or one or a comma list of "
+                        f"{', '.join(HIDDEN_STRATEGIES[1:])}; anything but none runs the "
+                        "evaluation")
     g.add_argument("--steps", type=int, default=100, help="points per curve minus one")
     g.add_argument("--num_eval", type=int, default=100,
                    help="correctly classified test images to evaluate")

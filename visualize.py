@@ -370,3 +370,26 @@ def save_panels(image_rgb: np.ndarray, result: object, stem: str, folder: Path,
         save_rgb(boxes_by_layer_panel(image_rgb, result, names),
                  folder / f"{stem}_boxes_by_layer.png")
     return written
+
+
+def plot_ranking(labels: Sequence[str], panels: Mapping[str, Sequence[tuple[float, float, float]]],
+                 baseline: Sequence[bool], path: str | Path, title: str = "") -> None:
+    """A leaderboard figure: one row per entry (best first, top), one panel per metric, each
+    a dot at the mean with its 95% interval as a bar; baselines in grey."""
+    n = len(labels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1.5, 0.32 * n + 1.4),
+                             dpi=100, sharey=True, squeeze=False, layout="constrained")
+    ys = np.arange(n)[::-1]
+    for ax, (name, values) in zip(axes[0], panels.items()):
+        for y, (mean, low, high), grey in zip(ys, values, baseline):
+            color = "0.55" if grey else "C0"
+            ax.errorbar(mean, y, xerr=[[max(0.0, mean - low)], [max(0.0, high - mean)]], fmt="o",
+                        color=color, markersize=4, capsize=2, linewidth=1)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0, 0].set_yticks(ys, labels, fontsize=8)
+    axes[0, 0].set_ylim(-0.7, n - 0.3)
+    if title:
+        fig.suptitle(f"{title}\n(mean and 95% interval over images; baselines grey; best first)",
+                     fontsize=10)
+    _save(fig, Path(path))

@@ -153,8 +153,10 @@ def test_each_strategy_puts_the_right_pixel_values(strategy: str) -> None:
         "gray": torch.full_like(pixels, 0.5),
         "mean": pixels.mean(dim=(2, 3), keepdim=True).expand_as(pixels),
         "blur": TF.gaussian_blur(pixels, [11, 11], [1.1, 1.1]),
+        "blur_rise": literal_rise_blur(pixels),
     }[strategy]
     assert torch.allclose(fills, expected, atol=1e-6)
+    expected = fills
 
     heat = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(1))
     ranks = evaluate.pixel_ranks(heat).view(2, 1, 8, 8)
@@ -169,6 +171,63 @@ def test_each_strategy_puts_the_right_pixel_values(strategy: str) -> None:
             hidden = ~top if insertion else top
             assert torch.equal(batch[p][hidden], expected[i][hidden])
             assert torch.equal(batch[p][~hidden], pixels[i][~hidden])
+
+
+def literal_rise_blur(pixels: torch.Tensor) -> torch.Tensor:
+    """RISE's 11x11 kernel slid over each pixel, borders mirrored (``c b | a b c | b a``),
+    with the window cut to what an image this small can mirror."""
+    kernel = evaluate.rise_kernel()
+    n, c, h, w = pixels.shape
+    pad = min(5, h - 1, w - 1)
+    kernel = kernel[5 - pad:6 + pad, 5 - pad:6 + pad]
+
+    def mirror(i: int, size: int) -> int:
+        return -i if i < 0 else 2 * (size - 1) - i if i >= size else i
+
+    out = torch.zeros(n, c, h, w, dtype=torch.float64)
+    for y in range(h):
+        for x in range(w):
+            for dy in range(-pad, pad + 1):
+                for dx in range(-pad, pad + 1):
+                    out[:, :, y, x] += (kernel[dy + pad, dx + pad]
+                                        * pixels[:, :, mirror(y + dy, h), mirror(x + dx, w)])
+    return out.float()
+
+
+def test_rise_kernel_is_what_rise_computes() -> None:
+    """RISE's gkern(11, 5): scipy's gaussian_filter of an 11x11 impulse, nearly flat."""
+    kernel = evaluate.rise_kernel()
+    assert kernel.shape == (11, 11) and kernel.sum().item() == pytest.approx(1.0)
+    assert kernel[5, 5].item() == pytest.approx(0.0088, abs=5e-5)
+    assert kernel[0, 0].item() == pytest.approx(0.0077, abs=5e-5)
+    ndimage = pytest.importorskip("scipy.ndimage")
+    impulse = np.zeros((11, 11))
+    impulse[5, 5] = 1
+    np.testing.assert_allclose(kernel.numpy(), ndimage.gaussian_filter(impulse, 5), atol=1e-15)
+
+
+def test_wilson_interval_of_a_proportion() -> None:
+    s = evaluate.proportion_spread(torch.tensor([True] * 8 + [False] * 2), 100)
+    assert s.mean == pytest.approx(80.0) and s.n == 10
+    assert (s.ci_low, s.ci_high) == (pytest.approx(49.02, abs=0.01), pytest.approx(94.33, abs=0.01))
+    none = evaluate.proportion_spread(torch.zeros(20, dtype=torch.bool))
+    assert none.ci_low == pytest.approx(0.0, abs=1e-12) and 0.1 < none.ci_high < 0.2
+
+
+def test_confidence_change_is_torchcams_formula_in_pixel_space() -> None:
+    model = tiny_cnn()
+    info = DATASETS["cifar10"]
+    pixels = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(10))
+    heat = torch.rand(4, 16, 16, generator=torch.Generator().manual_seed(11))
+    heat[3] = 1.0                          # the whole image kept: no drop, no increase
+    targets = torch.tensor([1, 2, 3, 4])
+    drop, increase = evaluate.confidence_change(model, pixels, heat, targets, info, batch_size=3)
+    for i in range(4):
+        y = probability(model, pixels[i], int(targets[i]), info)
+        o = probability(model, pixels[i] * heat[i], int(targets[i]), info)
+        assert drop[i].item() == pytest.approx(max(0.0, y - o) / y, abs=1e-5)
+        assert bool(increase[i]) == (o > y) or abs(o - y) < 1e-6
+    assert drop[3].item() == pytest.approx(0.0, abs=1e-5)
 
 
 def test_mean_fill_is_the_original_mean_at_every_step() -> None:
@@ -363,13 +422,13 @@ def test_fewer_correct_images_than_asked_uses_those(tmp_path: Path, capsys) -> N
     ckpt, folder = labelled_data(tmp_path, correct=2, n_test=6)
     out = tmp_path / "out"
     code = main.main(["--mode", "test", "--save_path", str(ckpt), "--data_dir", str(folder),
-                      "--vis", "all", "--hidden_strategy", "gray", "--num_eval", "5",
+                      "--vis", "cam,gradcampp", "--hidden_strategy", "gray", "--num_eval", "5",
                       "--steps", "2", "--out_dir", str(out), "--precision", "fp32"])
     assert code == 0
     assert "only 2 of the 6 test images are classified correctly" in capsys.readouterr().err
     with open(out / "comparison_gray.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == [*EXPLAINERS, *evaluate.BASELINES]
+    assert sorted(r["method"] for r in rows) == sorted(["cam", "gradcampp", *evaluate.BASELINES])
     assert {r["n"] for r in rows} == {"2"}
     assert "lower is better" in (out / "comparison_gray.md").read_text()
 
@@ -383,3 +442,48 @@ def test_no_correct_image_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     assert code == 2
     assert err.startswith("error: the model classifies none of the 4 test images correctly")
     assert err.count("\n") == 1
+
+
+def test_leaderboard_every_method_at_every_layer_on_the_same_images(tmp_path: Path,
+                                                                   capsys) -> None:
+    ckpt, folder = labelled_data(tmp_path, correct=3, n_test=3)
+    out = tmp_path / "out"
+    code = main.main(["--mode", "test", "--save_path", str(ckpt), "--data_dir", str(folder),
+                      "--vis", "cam,gradcam,eigencam", "--target_layer", "layer3,layer4",
+                      "--hidden_strategy", "zero", "--num_eval", "3", "--steps", "4",
+                      "--out_dir", str(out), "--precision", "fp32"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "note: CAM left out at layer3" in captured.err
+    assert sum(line.startswith("Average Drop: ") for line in captured.out.splitlines()) == 7
+    with open(out / "comparison_zero.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["method"], r["layer"]) for r in rows) == sorted(
+        [("cam", "layer4"), ("gradcam", "layer3"), ("gradcam", "layer4"),
+         ("eigencam", "layer3"), ("eigencam", "layer4"), ("random", ""), ("centre", "")])
+    assert [int(r["rank"]) for r in rows] == list(range(1, 8))
+    differences = [float(r["insertion_minus_deletion_mean"]) for r in rows]
+    assert differences == sorted(differences, reverse=True)
+    for r in rows:
+        assert float(r["average_drop_pct_ci95_low"]) <= float(r["average_drop_pct_mean"]) \
+            <= float(r["average_drop_pct_ci95_high"])
+        assert 0 <= float(r["increase_in_confidence_pct_mean"]) <= 100
+    board = json.loads((out / "comparison_zero.json").read_text())
+    assert board["target_layers"] == ["layer3", "layer4"] and len(board["rows"]) == 7
+    assert len(board["skipped"]) == 1 and "layer3" in board["skipped"][0]
+    assert (out / "ranking_zero.png").is_file() and (out / "comparison_zero.png").is_file()
+    indices = {tuple(np.load(p)["indices"]) for p in out.glob("curves_*_zero.npz")}
+    assert indices == {(0, 1, 2)}                               # all on the same images
+    for name in ("summary_gradcam_layer3_zero.json", "summary_gradcam_layer4_zero.json",
+                 "results_eigencam_layer3_zero.png", "summary_centre_zero.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary_gradcam_layer3_zero.json").read_text())
+    assert summary["layer"] == "layer3" and "average_drop_pct" in summary
+
+
+def test_leaderboard_unknown_layer_is_a_one_line_error(tmp_path: Path) -> None:
+    ckpt, folder = labelled_data(tmp_path, correct=2, n_test=2)
+    proc = run_main("--mode", "test", "--save_path", ckpt, "--data_dir", folder, "--vis", "all",
+                    "--target_layer", "layer3,layer9", "--hidden_strategy", "zero")
+    assert proc.returncode == 2 and "no layer 'layer9'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
