@@ -17,6 +17,7 @@ import distributed
 import evaluate
 import explain
 import outputs
+import sanity
 import train_detector
 from data import info_from_meta, load_split
 from errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, FlagError, UserError, reason
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or --sanity a comma list such as layer3,layer4")
     g.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="explain your own image (repeatable)")
+    g.add_argument("--sanity", action="store_true",
+                   help="cascading model-parameter randomisation test of the --vis methods "
+                        "(all if none) on the first --vis_num test images or on --image")
     g.add_argument("--cam_batch_size", type=int, default=256,
                    help="Score-CAM / Ablation-CAM: masked or ablated inputs per forward pass")
 
@@ -130,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def dispatch(args: argparse.Namespace) -> int:
     """Run what the flags ask for; user errors surface as ``UserError``."""
-    if (args.det_vis or args.det_img or args.image or args.make_scenes) \
+    if (args.det_vis or args.det_img or args.image or args.make_scenes or args.sanity) \
             and not distributed.world().is_main:
         return 0  # under torchrun rank 0 alone does the jobs that are not split across ranks
     if args.mode == "train" and args.det_vis:
@@ -148,10 +152,14 @@ def dispatch(args: argparse.Namespace) -> int:
 
     model, meta = load_model(args.save_path, device)
     info = info_from_meta(meta, args.dataset, num_outputs=model.fc.out_features)
+    if args.sanity and args.image:
+        return sanity.run(model, info, None, device, args)
     if args.image:
         return explain.run_images(model, info, device, args)
     split = load_split(info.name, args.data_dir, train=False)
     split.info = info
+    if args.sanity:
+        return sanity.run(model, info, split, device, args)
     if args.hidden_strategy != "none":
         return evaluate.run(model, split, device, args)
     if args.vis != "none":

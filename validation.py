@@ -89,6 +89,9 @@ COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
      "--target gt needs the true class, which a user image does not have"),
     (lambda a: a.resume and not (a.mode == "train" and a.det_vis),
      "--resume continues detector training: use it with --mode train --det_vis"),
+    (lambda a: a.sanity and a.hidden_strategy != "none",
+     "--sanity and --hidden_strategy are two runs: use one or the other"),
+    (lambda a: a.sanity and a.mode != "test", "--sanity needs --mode test"),
     (lambda a: bool(a.image) and a.hidden_strategy != "none",
      "--hidden_strategy evaluates test images, --image explains your own: use one or the other"),
 ]

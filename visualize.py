@@ -393,3 +393,31 @@ def plot_ranking(labels: Sequence[str], panels: Mapping[str, Sequence[tuple[floa
         fig.suptitle(f"{title}\n(mean and 95% interval over images; baselines grey; best first)",
                      fontsize=10)
     _save(fig, Path(path))
+
+
+def plot_sanity_grid(pixels: torch.Tensor, maps: Sequence[Sequence[torch.Tensor]],
+                     row_labels: Sequence[str], column_labels: Sequence[str],
+                     notes: Sequence[Sequence[str]], path: str | Path, title: str = "") -> None:
+    """The randomisation test as a grid: a row per method, the image then one overlay per
+    stage (``maps[row][column]`` ``[H, W]``), each cell captioned with ``notes[row][column]``."""
+    rows, columns = len(maps), len(column_labels) + 1
+    fig, axes = plt.subplots(rows, columns, figsize=(1.45 * columns + 1.2, 1.55 * rows + 0.8),
+                             dpi=100, squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    image = enlarge(to_uint8_image(pixels), 96)
+    for r in range(rows):
+        axes[r, 0].imshow(image)
+        axes[r, 0].set_ylabel(row_labels[r], fontsize=7, rotation=0, ha="right", va="center")
+        for c, heat in enumerate(maps[r]):
+            heat_np = cv2.resize(heat.float().numpy(), image.shape[1::-1],
+                                 interpolation=cv2.INTER_LINEAR)
+            axes[r, c + 1].imshow(overlay(image, heat_np))
+            axes[r, c + 1].set_xlabel(notes[r][c], fontsize=6)
+    for c, label in enumerate(column_labels):
+        axes[0, c + 1].set_title(label, fontsize=8)
+    axes[0, 0].set_title("image", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    _save(fig, Path(path))
