@@ -165,6 +165,7 @@ def main() -> None:
             for i in range(0, n, args.batch_size):
                 model(images[i:i + args.batch_size])
 
+    forward_only()                                   # warm-up: first calls allocate
     forward = best_time(forward_only, args.repeat, device) / n
     print(f"Heatmaps at {args.layer} of a ResNet-18 (random weights), {n} images of 32x32, "
           f"device {device}, {torch.get_num_threads()} threads, fp32, best of {args.repeat}")
@@ -176,7 +177,7 @@ def main() -> None:
         if name == "cam" and args.layer != "layer4":
             continue
         explainer = make_explainer(name, model, args.layer, args.cam_batch_size)
-        batched_maps[name] = explain_batched(explainer, images, targets, args.batch_size)
+        batched_maps[name] = explain_batched(explainer, images, targets, args.batch_size)  # warm
         seconds = best_time(lambda: explain_batched(explainer, images, targets, args.batch_size),
                             args.repeat, device) / n
         print(f"  {TITLES[name]:<14} {1000 * seconds:10.2f} {seconds / forward:24.2f}")

@@ -4,8 +4,11 @@
 #
 #   scripts/reproduce_figures.sh [OUT_DIR]
 #
-# About 25 minutes on 2 CPU cores; most of it is deletion/insertion (4 strategies x 5 methods
-# x 100 images x 202 forward passes). Set PYTHON to use another interpreter.
+# About 25 minutes on 2 CPU cores for the figures that came first (most of it deletion/
+# insertion: 4 strategies x 5 methods x 100 images x 202 forward passes), plus the leaderboard
+# of every method at two layers (about 2 hours on a busy 2-core machine, most of it Score-CAM's
+# 768 forward passes per image and the curves) and the sanity check. Set PYTHON to use another
+# interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-./figures}
@@ -30,8 +33,9 @@ run --mode test --save_path "$ckpt" --vis gradcam --target_layer layer3 --vis_nu
     --out_dir "$out/heatmaps_layer3"
 
 for strategy in zero gray mean blur; do
-    run --mode test --save_path "$ckpt" --vis all --hidden_strategy "$strategy" --num_eval 100 \
-        --out_dir "$out/deletion_insertion" | tee "$out/deletion_insertion/log_$strategy.txt"
+    run --mode test --save_path "$ckpt" --vis cam,gradcam,gradcampp --hidden_strategy "$strategy" \
+        --num_eval 100 --out_dir "$out/deletion_insertion" \
+        | tee "$out/deletion_insertion/log_$strategy.txt"
 done
 
 # The shipped detector on the shipped test scenes: evaluation only (training: README,
@@ -50,6 +54,15 @@ for method in gradcam layercam; do
         --out_dir "$out/detection_per_box_$method"
 done
 
+mkdir -p "$out/leaderboard"
+run --mode test --save_path "$ckpt" --vis all --target_layer layer3,layer4 \
+    --hidden_strategy zero,blur --num_eval 100 --steps 20 --out_dir "$out/leaderboard" \
+    | tee "$out/leaderboard/log.txt"
+mkdir -p "$out/sanity_check"
+run --mode test --save_path "$ckpt" --sanity --target_layer layer4 --vis_num 8 \
+    --vis cam,gradcam,gradcampp,xgradcam,hirescam,layercam,ablationcam,eigencam \
+    --out_dir "$out/sanity_check" | tee "$out/sanity_check/log.txt"
+
 mkdir -p docs
 cp "$out/detection/detection/detections_grid.png" docs/detections_grid.png
 for method in gradcam layercam; do
@@ -63,4 +76,7 @@ cp "$out/heatmaps_layer3/gradcam/gradcam_grid.png" docs/gradcam_layer3_grid.png
 cp "$out/deletion_insertion/comparison_zero.png" docs/comparison_zero.png
 cp "$out/deletion_insertion/results_gradcam_zero.png" docs/results_gradcam_zero.png
 cp "$out/accuracy/confusion_matrix.png" docs/confusion_matrix.png
+cp "$out/leaderboard/ranking_zero.png" docs/ranking_zero.png
+cp "$out/leaderboard/ranking_blur.png" docs/ranking_blur.png
+cp "$out/sanity_check/sanity/sanity.png" docs/sanity.png
 echo "Figures in $out; README copies in docs/"
