@@ -40,8 +40,7 @@ import visualize
 from cam import resolve_layer
 from data import DatasetInfo, ImageSplit, normalize
 from errors import UserError
-from explain import (TITLES, Explainer, explain_batched, make_explainer, parse_layers,
-                     parse_methods)
+from explain import TITLES, Explainer, explain_batched, make_explainer, parse_layers, parse_methods
 from model import ARCH
 from runtime import autocast, eval_mode, inference_copy, precision_dtype
 from train import predict
@@ -586,8 +585,8 @@ def markdown_table(results: list[MethodResult], caption: str) -> str:
         return f"{s.mean:.{digits}f} [{s.ci_low:.{digits}f}, {s.ci_high:.{digits}f}]"
 
     lines = [caption, "",
-             "| rank | method | layer | insertion − deletion ↑ | deletion AUC ↓ | insertion AUC ↑ "
-             "| Average Drop % ↓ | Increase in Confidence % ↑ |",
+             ("| rank | method | layer | insertion − deletion ↑ | deletion AUC ↓ | insertion AUC ↑ "
+             "| Average Drop % ↓ | Increase in Confidence % ↑ |"),
              "|---:|---|---|---|---|---|---|---|"]
     for rank, r in enumerate(ranked(results), 1):
         name = f"*{title(r.name)}*" if r.baseline else title(r.name)

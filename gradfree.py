@@ -17,7 +17,14 @@ import torch
 import torch.fx
 from torch import nn
 
-from cam import at_least_fp32, check_batch, layer_activation, normalize_heatmaps, resolve_layer, upsample
+from cam import (
+    at_least_fp32,
+    check_batch,
+    layer_activation,
+    normalize_heatmaps,
+    resolve_layer,
+    upsample,
+)
 from runtime import autocast, eval_mode, inference_copy
 
 
@@ -189,7 +196,7 @@ class EigenCAM(_GradientFree):
 
     def heatmaps(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         activation, _ = layer_activation(self.model, self.layer, images)
-        b, k, h, w = activation.shape
+        b, _k, h, w = activation.shape
         matrix = at_least_fp32(activation).flatten(2).transpose(1, 2)      # [B, hw, K]
         vh = torch.linalg.svd(matrix, full_matrices=False).Vh       # [B, min(hw, K), K]
         first = vh[:, 0, :]

@@ -194,13 +194,13 @@ def markdown_table(rows: list[SanityRow], stages: list[str], failed: dict, capti
         verdict = "**fails**" if failed[(method, layer)] else "passes"
         lines.append(f"| {_label(method, layer)} | " + " | ".join(
             f"{v.spearman.mean:.2f} / {v.ssim.mean:.2f}" for v in values) + f" | {verdict} |")
-    lines += ["", "Each cell: mean Spearman rank correlation / mean SSIM between the maps of the "
+    lines += ["", ("Each cell: mean Spearman rank correlation / mean SSIM between the maps of the "
               "trained network and the maps after re-initialising every layer up to that "
               "column (`+fc` first, then downwards). Near 0 means the map depends on those "
               f"weights, as it should. A method **fails** when its mean Spearman with every "
               f"layer re-initialised is still >= {FAIL_SPEARMAN}. The centre prior is a "
               f"control that must fail (it never looks at the model); the random map passes "
-              f"trivially, which shows that passing is necessary, not sufficient."]
+              f"trivially, which shows that passing is necessary, not sufficient.")]
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -178,7 +179,7 @@ def main() -> None:
             continue
         explainer = make_explainer(name, model, args.layer, args.cam_batch_size)
         batched_maps[name] = explain_batched(explainer, images, targets, args.batch_size)  # warm
-        seconds = best_time(lambda: explain_batched(explainer, images, targets, args.batch_size),
+        seconds = best_time(partial(explain_batched, explainer, images, targets, args.batch_size),
                             args.repeat, device) / n
         print(f"  {TITLES[name]:<14} {1000 * seconds:10.2f} {seconds / forward:24.2f}")
 
@@ -191,15 +192,15 @@ def main() -> None:
                       f"per image, chunks of {args.score_chunk} masked inputs, plain network"),
         "Ablation-CAM": ("ablationcam", lambda: ablationcam_loop(model, layer, images, targets,
                                                                  args.ablation_chunk),
-                         f"per image, chunks of {args.ablation_chunk} ablated copies, whole "
-                         f"network"),
+                         (f"per image, chunks of {args.ablation_chunk} ablated copies, whole "
+                         f"network")),
     }
     for label, (name, loop, how) in loops.items():
         explainer = make_explainer(name, model, args.layer, args.cam_batch_size)
         looped = loop()
         diff = (looped - batched_maps[name]).abs().max().item()
         slow = best_time(loop, args.repeat, device) / n
-        fast = best_time(lambda: explain_batched(explainer, images, targets, args.batch_size),
+        fast = best_time(partial(explain_batched, explainer, images, targets, args.batch_size),
                          args.repeat, device) / n
         print(f"  {label}: batched {1000 * fast:.2f} ms/image vs {1000 * slow:.2f} ms/image "
               f"({how}): {slow / fast:.2f}x faster; max |batched - loop| {diff:.1e}")
@@ -208,7 +209,7 @@ def main() -> None:
             reduced = make_explainer(name, model, args.layer, args.cam_batch_size, dtype)
             diff = (explain_batched(reduced, images, targets, args.batch_size)
                     - looped).abs().max().item()
-            quick = best_time(lambda: explain_batched(reduced, images, targets, args.batch_size),
+            quick = best_time(partial(explain_batched, reduced, images, targets, args.batch_size),
                               args.repeat, device) / n
             print(f"  {label} in {str(dtype).replace('torch.', '')} autocast (what the "
                   f"evaluation runs here): {1000 * quick:.2f} ms/image, {slow / quick:.2f}x the "

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_methods import IMAGES, TARGETS, TinyNet
 
 import sanity
 from cli import assert_one_line_error, run_main
-from test_methods import IMAGES, TARGETS, TinyNet
 from tinydata import random_checkpoint, write_fashion_mnist
 
 
