@@ -26,7 +26,7 @@ from runtime import resolve_device
 from train import run_test, run_training
 from validation import Parser, check_args
 
-HIDDEN_STRATEGIES = ("none", "zero", "gray", "mean", "blur", "blur_rise")
+HIDDEN_STRATEGIES = ("none", *evaluate.FILL_STRATEGIES)
 
 
 def strategy_list(text: str) -> str:
