@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
-from argparse import Namespace
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,23 +47,20 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign, clip_boxes_to_image
-from tqdm import tqdm
 
-import outputs
-import visualize
+import registry
 from cam import capture_activation, normalize_heatmaps, resolve_layer
 from data import open_image
 from errors import UserError, reason
 from gradcam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from model import check_finite, check_metadata, read_checkpoint
 from runtime import eval_mode
-from visualize import slug
-from voc import IOU_THRESH, POINTING_TOLERANCE, VOC_CLASSES, VOCReader, VOCScore, format_table
+from voc import POINTING_TOLERANCE, VOC_CLASSES
 
 COCO_WEIGHTS = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
 WEIGHTS_FILE = COCO_WEIGHTS.url.rsplit("/", 1)[-1]  # fasterrcnn_resnet50_fpn_coco-258fb6c6.pth
 COCO_CLASSES: tuple[str, ...] = tuple(COCO_WEIGHTS.meta["categories"])
-LAYERS = ("layer2", "layer3", "layer4")
+LAYERS = registry.DET_LAYERS
 DEFAULT_MIN_SIZE, DEFAULT_MAX_SIZE = 800, 1333  # torchvision's detector input size
 
 COCO_TO_VOC_NAMES = {"airplane": "aeroplane", "motorcycle": "motorbike", "couch": "sofa",
@@ -256,13 +251,8 @@ def coco_detector(model: FasterRCNN) -> Detector:
 
 
 def parse_layers(spec: str) -> list[str]:
-    """``layer4`` or ``layer2,layer4`` -> checked layer names, in order, without repeats."""
-    names = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
-    unknown = [n for n in names if n not in LAYERS]
-    if unknown or not names:
-        raise UserError(f"--det_layer: unknown layer '{','.join(unknown) or spec}' (choose from "
-                        f"{', '.join(LAYERS)}, or a comma list)")
-    return names
+    """``layer4`` or ``layer2,layer4`` -> checked backbone stages, in order, without repeats."""
+    return registry.parse_layers(spec, LAYERS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,13 +405,13 @@ def gradcam_maps(state: DetectorPass, method: str = "gradcam") -> list[torch.Ten
     benchmark finds them equally fast on a CPU, and the loop never holds N gradients at once.
     The graph is freed by the last one.
     """
-    combiner = object.__new__(DET_METHODS[method][0])  # combine() needs no model or layer
+    combine = DET_METHODS[method][0].combine
     n = len(state.targets)
     maps: list[list[torch.Tensor]] = [[] for _ in state.activations]
     for i in range(n):
         grads = torch.autograd.grad(state.targets[i], state.activations, retain_graph=i < n - 1)
         for per_layer, activation, grad in zip(maps, state.activations, grads):
-            per_layer.append(combiner.combine(activation.detach(), grad)[0])
+            per_layer.append(combine(activation.detach(), grad)[0])
     return [torch.stack(m) if m else a.new_zeros((0, *a.shape[-2:]))
             for m, a in zip(maps, state.activations)]
 
@@ -496,126 +486,7 @@ def to_tensor(image_rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(image_rgb).to(device).permute(2, 0, 1).float().div(255)
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
-
-
-def _score_thresh(args: Namespace, detector: Detector | None = None) -> float:
-    """``--det_score_thresh``, else the detector's own (the checkpoint's, 0.5 for COCO)."""
-    if args.det_score_thresh is not None:
-        return args.det_score_thresh
-    return detector.score_thresh if detector is not None else 0.5
-
-
-def explain_image(detector: Detector, image: np.ndarray, path: str, layers: Sequence[str],
-                  args: Namespace, device: torch.device) -> int:
-    """``--det_img PATH``: panels for one image (RGB ``image``, read from ``path``) with the
-    detector's class names.
-
-    An image without detections is not an error (the detector's answer is "nothing here"):
-    one line says so and the exit status is 0.
-    """
-    thresh = _score_thresh(args, detector)
-    result = explain_detections(detector.model, to_tensor(image, device), layers, thresh,
-                                args.det_max, method=args.det_method)
-    names = detector.names
-    if len(result.explained) == 0:
-        best = (f"; best score {float(result.scores[0]):.2f} "
-                f"({names[int(result.labels[0])]})" if len(result.scores) else "")
-        print(f"{path}: no detection with score >= {thresh:.2f}{best}; nothing to explain")
-        return 0
-    found = ", ".join(visualize.caption(names, int(result.labels[i]), float(result.scores[i]))
-                      for i in result.explained.tolist())
-    n = len(result.explained)
-    print(f"{path}: {n} detection{'s' * (n != 1)} explained: {found}")
-    folder = Path(args.out_dir) / "detection"
-    for written in visualize.save_panels(image, result, slug(Path(path).stem), folder, names,
-                                         args.det_per_box):
-        print(f"wrote {written}")
-    return 0
-
-
-GRID_IMAGES = 16  # images in the grid of detections that a VOC-style run writes
-
-
-def run_voc(detector: Detector, reader: VOCReader, layers: Sequence[str], args: Namespace,
-            device: torch.device) -> int:
-    """A VOC-style test set: panels for the first ``--det_num`` images, a grid of the first
-    ones with ground truth and detections, then AP and explanation scores with baselines,
-    printed and saved as ``voc_metrics.json``."""
-    thresh = _score_thresh(args, detector)
-    label_map = detector.label_map
-    names = {label: reader.classes[c] for label, c in label_map.items()}
-    folder = Path(args.out_dir) / "detection"
-    ids = reader.ids()[:args.det_num]
-    score = VOCScore(layers, reader.classes, detector.pointing_tolerance)
-    skipped = []
-    grid = []
-    desc = "VOC 2007 test" if reader.classes == VOC_CLASSES else f"test set {reader.path.name}"
-    for image_id in tqdm(ids, desc=desc, unit="image"):
-        image, truth = reader.image(image_id), reader.annotation(image_id)
-        result = explain_detections(detector.model, to_tensor(image, device), layers, thresh,
-                                    args.det_max, allowed=label_map, method=args.det_method)
-        score.add(image_id, truth, result, label_map)
-        if len(grid) < GRID_IMAGES:
-            grid.append(visualize.ground_truth_panel(
-                image, result, truth.boxes.tolist(),
-                [reader.classes[c] for c in truth.labels.tolist()], names))
-        if len(result.explained) == 0:
-            kind = "VOC-class detection" if reader.classes == VOC_CLASSES else "detection"
-            tqdm.write(f"{image_id}: no {kind} with score >= {thresh:.2f}; skipped")
-            skipped.append(image_id)
-            continue
-        visualize.save_panels(image, result, slug(image_id), folder, names, args.det_per_box)
-    summary = score.summary()
-    print(f"{reader.path}, {len(ids)} images ({len(skipped)} without detections), "
-          f"{detector.description}")
-    print(format_table(summary, DET_METHODS[args.det_method][1]))
-    report = {"voc_path": str(reader.path), "images": len(ids),
-              "images_without_detections": skipped,
-              "method": args.det_method,
-              "score_thresh": thresh, "max_explained_per_image": args.det_max,
-              "detector_min_size": detector.input_fit[0],
-              "weights": args.det_weights or WEIGHTS_FILE, "detector": detector.description,
-              "ap_iou": IOU_THRESH, "ap_method": "VOC2007 11-point, difficult objects ignored, "
-                                                 f"detections with score > {_score_floor(thresh)}",
-              "pointing_tolerance_px": detector.pointing_tolerance,
-              "higher_is_better": {"ap": True, "pointing_game": True, "energy_in_box": True,
-                                   "peak_in_own_box": True, "energy_in_own_box": True},
-              "baseline_maps": {"centre": "a Gaussian centred on the image, sigma a quarter of "
-                                          "each side",
-                                "uniform": "a constant map (a tied maximum scores the share of "
-                                           "pixels that hit)",
-                                "other_detection": "the map of the next explained detection in "
-                                                   "the same image, scored on this one's box"},
-              **summary}
-    if grid:
-        visualize.save_panel_grid(grid, folder / "detections_grid.png")
-        print(f"wrote {folder / 'detections_grid.png'}")
-    path = folder / "voc_metrics.json"
-    outputs.write_text(path, json.dumps(report, indent=2))
-    print(f"wrote {path}")
-    return 0
-
-
-def _score_floor(thresh: float) -> float:
+def score_floor(thresh: float) -> float:
     """The detector's own score threshold: the AP floor, or lower when the user explains less
     confident detections."""
     return min(AP_SCORE_THRESH, thresh)
-
-
-def run(args: Namespace, device: torch.device) -> int:
-    """``--det_vis``: explain one image (``--det_img``) or a VOC-style test set (``--voc_path``:
-    VOC 2007 test, or the Fashion-MNIST scenes)."""
-    layers = parse_layers(args.det_layer)
-    score_floor = _score_floor(_score_thresh(args))
-    if args.det_img:
-        photo = open_image(args.det_img)  # a bad image fails before the weights are loaded
-        detector = load_detector(args.det_weights, device, args.det_min_size, score_floor)
-        image = image_array(photo, fit=detector.input_fit)
-        del photo
-        return explain_image(detector, image, args.det_img, layers, args, device)
-    with VOCReader(args.voc_path) as reader:
-        detector = load_detector(args.det_weights, device, args.det_min_size, score_floor)
-        reader.classes = detector.classes
-        return run_voc(detector, reader, layers, args, device)

@@ -1,9 +1,16 @@
-"""The error types for bad input from the user and stopped runs; ``main.py`` prints them as one
-line and exits with their ``exit_code``.
+"""The error types for bad input from the user and stopped runs; the command layer prints them
+as one line and exits with their ``exit_code``.
 
 Exit codes: 0 done, 2 bad input (a flag, a path, a file's content, no data and no network),
 3 training stopped because the loss or the weights stopped being finite, 130 interrupted.
+
+Library functions name their own parameters (``layer``, ``methods``) through
+:class:`ParamError`; the command layer rewords a parameter as the flag that set it, so a Python
+caller reads ``layer`` and a terminal user reads ``--target_layer``.
 """
+from __future__ import annotations
+
+from collections.abc import Mapping
 
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_STOPPED = 3
@@ -18,6 +25,19 @@ class UserError(Exception):
 
 class FlagError(UserError):
     """A flag that cannot be parsed or is out of range; the line points to ``--help``."""
+
+
+class ParamError(UserError):
+    """A bad value of a library function's parameter. ``template`` holds ``{param}`` where the
+    parameter's name goes: ``str()`` gives the parameter (``layer``), :meth:`worded` the flag."""
+
+    def __init__(self, param: str, template: str):
+        self.param, self.template = param, template
+        super().__init__(template.format(param=param))
+
+    def worded(self, names: Mapping[str, str]) -> str:
+        """The message with the parameter replaced by ``names[param]`` (itself if absent)."""
+        return self.template.format(param=names.get(self.param, self.param))
 
 
 class TrainingStopped(UserError):

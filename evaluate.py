@@ -19,33 +19,23 @@ Differences from the original code, on purpose:
 """
 from __future__ import annotations
 
-import json
-import math
-import sys
-from argparse import Namespace
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torch import nn
 from tqdm import tqdm
 
-import distributed
-import outputs
-import visualize
-from cam import resolve_layer
 from data import DatasetInfo, ImageSplit, normalize
-from errors import UserError
-from explain import TITLES, Explainer, explain_batched, make_explainer, parse_layers, parse_methods
-from model import ARCH
-from runtime import autocast, eval_mode, inference_copy, precision_dtype
+from errors import ParamError
+from explain import Explainer
+from registry import FILL_STRATEGIES, TITLES
+from runtime import autocast, eval_mode, inference_copy
 from train import predict
 
-FILL_STRATEGIES = ("zero", "gray", "mean", "blur", "blur_rise")
+__all__ = ["FILL_STRATEGIES", "confidence_change", "deletion_insertion", "score_images"]
 BETTER = {"deletion": "lower", "insertion": "higher"}
 BETTER_LINE = "Deletion AUC: lower is better. Insertion AUC: higher is better."
 
@@ -130,7 +120,8 @@ def fill_pixels(pixels: torch.Tensor, strategy: str) -> torch.Tensor:
         channels = pixels.shape[1]
         padded = F.pad(pixels, [pad] * 4, mode="reflect")
         return F.conv2d(padded, kernel.expand(channels, 1, *kernel.shape), groups=channels)
-    raise UserError(f"unknown hidden strategy '{strategy}' (known: {', '.join(FILL_STRATEGIES)})")
+    raise ParamError("strategy", f"unknown {{param}} '{strategy}' (known: "
+                                 f"{', '.join(FILL_STRATEGIES)})")
 
 
 def masked_pixels(pixels: torch.Tensor, fills: torch.Tensor, ranks: torch.Tensor,
@@ -288,71 +279,6 @@ def confidence_change(model: nn.Module, pixels: torch.Tensor, heatmaps: torch.Te
 
 
 # --------------------------------------------------------------------------------------------
-# Spread of the AUCs
-
-# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def t_quantile_975(df: int) -> float:
-    """Student's t 97.5% quantile: a table up to 30 degrees of freedom, then the
-    Cornish-Fisher expansion around the normal quantile (error below 1e-4 there)."""
-    if df < 1:
-        raise ValueError("degrees of freedom must be at least 1")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959963984540054
-    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
-            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
-
-
-@dataclass(frozen=True)
-class Spread:
-    """Mean, sample standard deviation and 95% confidence interval of the mean (Student's t)."""
-
-    mean: float
-    std: float
-    ci_low: float
-    ci_high: float
-    n: int
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {"mean": self.mean, "std": self.std, "ci95": [self.ci_low, self.ci_high],
-                "n": self.n}
-
-
-def spread(values: torch.Tensor) -> Spread:
-    """The spread of per-image AUCs; one image gives std 0 and an interval of zero width."""
-    v = values.double().flatten()
-    n = len(v)
-    if n == 0:
-        raise ValueError("no values")
-    mean = v.mean().item()
-    if n == 1:
-        return Spread(mean, 0.0, mean, mean, 1)
-    std = v.std(unbiased=True).item()
-    half = t_quantile_975(n - 1) * std / math.sqrt(n)
-    return Spread(mean, std, mean - half, mean + half, n)
-
-
-def proportion_spread(hits: torch.Tensor, scale: float = 1.0) -> Spread:
-    """The spread of a yes/no outcome per image, with Wilson's 95% score interval (which, unlike
-    the t interval, stays inside [0, 1] and is sensible at 0% or 100%); all times ``scale``."""
-    v = hits.double().flatten()
-    n = len(v)
-    if n == 0:
-        raise ValueError("no values")
-    p = v.mean().item()
-    z = 1.959963984540054
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    std = v.std(unbiased=True).item() if n > 1 else 0.0
-    return Spread(p * scale, std * scale, (centre - half) * scale, (centre + half) * scale, n)
-
-
-# --------------------------------------------------------------------------------------------
 # Baselines: heatmaps that know nothing of the model, so every AUC has a floor
 
 
@@ -425,7 +351,7 @@ def select_correct(model: nn.Module, split: ImageSplit, device: torch.device, n:
 
 
 # --------------------------------------------------------------------------------------------
-# The CLI's evaluation
+# Per-image scores
 
 
 @dataclass
@@ -458,296 +384,3 @@ def score_images(model: nn.Module, pixels: torch.Tensor, heatmaps: torch.Tensor,
     return ImageScores(curves, drop, increase)
 
 
-@dataclass
-class MethodResult:
-    """One method at one layer (``layer`` None for a baseline): its per-image scores and their
-    spreads."""
-
-    name: str
-    layer: str | None
-    scores: ImageScores
-    deletion: Spread
-    insertion: Spread
-    difference: Spread
-    drop: Spread
-    increase: Spread
-
-    @property
-    def curves(self) -> Curves:
-        return self.scores.curves
-
-    @property
-    def baseline(self) -> bool:
-        return self.name in BASELINES
-
-    @property
-    def label(self) -> str:
-        """Display name: the method's title and its layer, or the baseline's title."""
-        return title(self.name) if self.layer is None else f"{title(self.name)} ({self.layer})"
-
-
-def aggregate(name: str, layer: str | None, scores: ImageScores) -> MethodResult:
-    """Mean, standard deviation and 95% interval of every metric over the images (Student's t;
-    Wilson's for the Increase in Confidence, a proportion). The insertion-minus-deletion
-    difference is taken per image (a paired interval)."""
-    d, i = scores.curves.deletion_auc, scores.curves.insertion_auc
-    return MethodResult(name, layer, scores, spread(d), spread(i), spread(i - d),
-                        spread(scores.drop * 100), proportion_spread(scores.increase, 100))
-
-
-def _precision_name(dtype: torch.dtype | None) -> str:
-    return "float32" if dtype is None else str(dtype).replace("torch.", "")
-
-
-def report_lines(result: MethodResult) -> list[str]:
-    """The original's two ``Average ... AUC`` lines, each followed by its spread, then the
-    Average Drop and Increase in Confidence."""
-    lines = [f"{result.label}:"]
-    for curve, s in (("Deletion", result.deletion), ("Insertion", result.insertion)):
-        lines.append(f"Average {curve} AUC: {s.mean:.4f}")
-        lines.append(f"  std {s.std:.4f}, 95% CI [{s.ci_low:.4f}, {s.ci_high:.4f}], n {s.n}")
-    for metric, s in (("Average Drop", result.drop), ("Increase in Confidence", result.increase)):
-        lines.append(f"{metric}: {s.mean:.2f}% (95% CI [{s.ci_low:.2f}, {s.ci_high:.2f}])")
-    return lines
-
-
-def _stem(result: MethodResult, strategy: str, several_layers: bool) -> str:
-    if result.layer is not None and several_layers:
-        return f"{result.name}_{visualize.slug(result.layer)}_{strategy}"
-    return f"{result.name}_{strategy}"
-
-
-def save_method_outputs(result: MethodResult, selection: Selection, strategy: str,
-                        out_dir: Path, context: dict, several_layers: bool = False) -> list[Path]:
-    """Figure, per-image curves and metrics (NPZ) and summary (JSON) of one method."""
-    stem = _stem(result, strategy, several_layers)
-    curves = result.curves
-    figure = out_dir / f"results_{stem}.png"
-    visualize.plot_deletion_insertion(
-        curves.fractions.numpy(), {result.label: (curves.deletion.numpy(),
-                                                  curves.insertion.numpy())},
-        {result.label: (result.deletion.mean, result.insertion.mean)}, figure,
-        title=f"{result.label}, hidden: {strategy}, {result.deletion.n} images", band=True)
-    npz = out_dir / f"curves_{stem}.npz"
-    with outputs.atomic(npz) as tmp:
-        np.savez_compressed(tmp, fractions=curves.fractions.numpy(),
-                            deletion=curves.deletion.numpy(), insertion=curves.insertion.numpy(),
-                            deletion_auc=curves.deletion_auc.numpy(),
-                            insertion_auc=curves.insertion_auc.numpy(),
-                            drop=result.scores.drop.numpy(),
-                            increase=result.scores.increase.numpy(),
-                            indices=selection.indices.numpy(), targets=selection.labels.numpy())
-    summary = {"method": result.name, "title": title(result.name), "layer": result.layer,
-               "baseline": result.baseline, "strategy": strategy, "n": result.deletion.n,
-               **context, **_metrics_dict(result), "better": BETTER,
-               "curves": npz.name, "figure": figure.name}
-    path = out_dir / f"summary_{stem}.json"
-    outputs.write_text(path, json.dumps(summary, indent=2) + "\n")
-    return [figure, npz, path]
-
-
-def _metrics_dict(r: MethodResult) -> dict:
-    return {"deletion_auc": r.deletion.as_dict(), "insertion_auc": r.insertion.as_dict(),
-            "insertion_minus_deletion": r.difference.as_dict(),
-            "average_drop_pct": r.drop.as_dict(), "increase_in_confidence_pct": r.increase.as_dict()}
-
-
-METRICS = (("deletion", "deletion_auc"), ("insertion", "insertion_auc"),
-           ("difference", "insertion_minus_deletion"), ("drop", "average_drop_pct"),
-           ("increase", "increase_in_confidence_pct"))
-TABLE_FIELDS = ("rank", "method", "title", "layer", "baseline", "n",
-                *(f"{key}_{part}" for _, key in METRICS for part in ("mean", "std", "ci95_low",
-                                                                      "ci95_high")))
-
-
-def ranked(results: list[MethodResult]) -> list[MethodResult]:
-    """Best first by insertion AUC minus deletion AUC (higher is better)."""
-    return sorted(results, key=lambda r: -r.difference.mean)
-
-
-def table_rows(results: list[MethodResult]) -> list[dict]:
-    """One row per method and layer, best first (CSV columns ``TABLE_FIELDS``)."""
-    rows = []
-    for rank, r in enumerate(ranked(results), 1):
-        row = {"rank": rank, "method": r.name, "title": title(r.name), "layer": r.layer or "",
-               "baseline": r.baseline, "n": r.deletion.n}
-        for attr, key in METRICS:
-            s = getattr(r, attr)
-            row.update({f"{key}_mean": s.mean, f"{key}_std": s.std, f"{key}_ci95_low": s.ci_low,
-                        f"{key}_ci95_high": s.ci_high})
-        rows.append(row)
-    return rows
-
-
-def markdown_table(results: list[MethodResult], caption: str) -> str:
-    """The leaderboard as a Markdown table, best first, each number with its 95% interval."""
-    def cell(s: Spread, digits: int) -> str:
-        return f"{s.mean:.{digits}f} [{s.ci_low:.{digits}f}, {s.ci_high:.{digits}f}]"
-
-    lines = [caption, "",
-             ("| rank | method | layer | insertion − deletion ↑ | deletion AUC ↓ | insertion AUC ↑ "
-             "| Average Drop % ↓ | Increase in Confidence % ↑ |"),
-             "|---:|---|---|---|---|---|---|---|"]
-    for rank, r in enumerate(ranked(results), 1):
-        name = f"*{title(r.name)}*" if r.baseline else title(r.name)
-        lines.append(f"| {rank} | {name} | {r.layer or '–'} | {cell(r.difference, 4)} | "
-                     f"{cell(r.deletion, 4)} | {cell(r.insertion, 4)} | {cell(r.drop, 1)} | "
-                     f"{cell(r.increase, 1)} |")
-    lines += ["", f"Mean [95% confidence interval] over the same {results[0].deletion.n} "
-              f"images; baselines in italics. " + BETTER_LINE + " Average Drop: lower is "
-              "better. Increase in Confidence: higher is better. Ranked by insertion minus "
-              "deletion."]
-    return "\n".join(lines) + "\n"
-
-
-def save_comparison(results: list[MethodResult], strategy: str, out_dir: Path,
-                    caption: str, context: dict, notes: list[str]) -> list[Path]:
-    """The leaderboard: curves of everything in one figure, the ranking figure, and the table
-    as Markdown, CSV and JSON."""
-    figure = out_dir / f"comparison_{strategy}.png"
-    fractions = results[0].curves.fractions.numpy()
-    visualize.plot_deletion_insertion(
-        fractions,
-        {r.label: (r.curves.deletion.numpy(), r.curves.insertion.numpy()) for r in results},
-        {r.label: (r.deletion.mean, r.insertion.mean) for r in results}, figure,
-        title=caption, band=False, dashed=[r.label for r in results if r.baseline])
-    order = ranked(results)
-    ranking = out_dir / f"ranking_{strategy}.png"
-    visualize.plot_ranking(
-        [r.label for r in order],
-        {name: [(getattr(r, attr).mean, getattr(r, attr).ci_low, getattr(r, attr).ci_high)
-                for r in order] for name, attr in RANKING_PANELS},
-        [r.baseline for r in order], ranking, title=caption)
-    md = out_dir / f"comparison_{strategy}.md"
-    outputs.write_text(md, markdown_table(results, caption)
-                       + "".join(f"\n{n}\n" for n in notes))
-    table = out_dir / f"comparison_{strategy}.csv"
-    rows = table_rows(results)
-    outputs.write_csv(table, TABLE_FIELDS, rows)
-    js = out_dir / f"comparison_{strategy}.json"
-    outputs.write_text(js, json.dumps({"caption": caption, **context, "better": {
-        **BETTER, "insertion_minus_deletion": "higher", "average_drop_pct": "lower",
-        "increase_in_confidence_pct": "higher"}, "ranked_by": "insertion_minus_deletion",
-        "skipped": notes, "rows": rows}, indent=2) + "\n")
-    return [figure, ranking, md, table, js]
-
-
-RANKING_PANELS = (("insertion − deletion (higher is better)", "difference"),
-                  ("deletion AUC (lower is better)", "deletion"),
-                  ("insertion AUC (higher is better)", "insertion"),
-                  ("Average Drop % (lower is better)", "drop"),
-                  ("Increase in Confidence % (higher is better)", "increase"))
-
-
-def _pick_images(model: nn.Module, split: ImageSplit, device: torch.device,
-                 args: Namespace) -> Selection:
-    selection = select_correct(model, split, device, args.num_eval, args.eval_batch_size)
-    n = len(selection.indices)
-    if n == 0:
-        raise UserError(f"the model classifies none of the {len(split)} test images correctly, "
-                        f"so there is nothing to evaluate (is {args.save_path} trained on "
-                        f"{split.info.name}?)")
-    if n < args.num_eval and distributed.world().is_main:
-        print(f"warning: only {n} of the {len(split)} test images are classified correctly; "
-              f"evaluating those {n} instead of --num_eval {args.num_eval}", file=sys.stderr)
-    return selection
-
-
-def _block_heatmaps(explainer: Explainer, baseline: bool, images: torch.Tensor,
-                    targets: torch.Tensor, block: slice, batch_size: int) -> torch.Tensor:
-    """Heatmaps of the images in ``block`` (all of them for one process). A baseline's maps
-    are drawn for every image and then cut, so that the random baseline gives each image the
-    noise it gets in a one-process run, whichever rank evaluates it."""
-    if baseline:
-        return explain_batched(explainer, images, targets, batch_size)[block]
-    return explain_batched(explainer, images[block], targets[block], batch_size)
-
-
-def explainers_by_layer(model: nn.Module, methods: list[str], layers: list[str],
-                        batch_size: int, dtype: torch.dtype | None = None
-                        ) -> tuple[list[tuple[str, str, Explainer]], list[str]]:
-    """``(method, layer, explainer)`` for every method defined at every layer, and a note for
-    each pair left out (CAM anywhere but the layer before global pooling). An unknown layer is
-    an error, not a note."""
-    for layer in layers:
-        resolve_layer(model, layer)
-    entries, notes = [], []
-    for layer in layers:
-        for method in methods:
-            try:
-                entries.append((method, layer,
-                                make_explainer(method, model, layer, batch_size, dtype)))
-            except UserError as exc:
-                notes.append(f"note: {title(method)} left out at {layer}: {exc}")
-    return entries, notes
-
-
-def parse_strategies(spec: str) -> list[str]:
-    """``zero`` / ``zero,blur`` -> hiding strategies, duplicates dropped (the names were checked
-    when the flag was parsed)."""
-    return list(dict.fromkeys(x.strip() for x in spec.split(",")))
-
-
-def run(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespace) -> int:
-    """``--vis METHODS --target_layer LAYERS --hidden_strategy S``: the leaderboard. Every
-    method at every layer and the two baselines, scored on the same correctly classified test
-    images: curves, AUCs, Average Drop and Increase in Confidence, each with a 95% interval.
-    Each heatmap is computed once and scored under every strategy of a comma list."""
-    strategies = parse_strategies(args.hidden_strategy)
-    layers = parse_layers(args.target_layer)
-    dtype = precision_dtype(args.precision, device)
-    entries, notes = explainers_by_layer(model, parse_methods(args.vis), layers,
-                                         args.cam_batch_size, dtype)
-    for note in notes if distributed.world().is_main else []:
-        print(note, file=sys.stderr)
-    entries += [(name, None, make(args.seed)) for name, make in BASELINES.items()]
-    info = split.info
-    selection = _pick_images(model, split, device, args)
-    pixels = split.images[selection.indices].float().div(255).to(device)
-    images = normalize(pixels, info)
-    targets = selection.labels.to(device)
-    out_dir = Path(args.out_dir)   # created by the first file written into it
-    here = distributed.world()
-    n = len(targets)
-    mine = distributed.shard(n, here)  # under torchrun: this rank's block of the images
-    captions = {s: (f"{info.name}, hidden: {s}, {n} correctly classified test images, "
-                    f"{args.steps} steps, {_precision_name(dtype)}") for s in strategies}
-    if here.is_main:
-        print(f"Deletion / insertion: {', '.join(captions.values())}")
-    context = {"steps": args.steps, "num_eval_requested": args.num_eval,
-               "model": str(args.save_path), "arch": ARCH, "dataset": info.name,
-               "target_layers": layers, "precision": _precision_name(dtype),
-               "seed": args.seed, "test_images_scanned": selection.scanned}
-    several = len(layers) > 1
-    results: dict[str, list[MethodResult]] = {s: [] for s in strategies}
-    written: list[Path] = []
-    for name, layer, explainer in entries:
-        label = name if layer is None else f"{name} {layer}"
-        heatmaps = _block_heatmaps(explainer, name in BASELINES, images, targets, mine,
-                                   args.batch_size)
-        for strategy in strategies:
-            block = None if len(heatmaps) == 0 else score_images(  # more ranks than images
-                model, pixels[mine], heatmaps, targets[mine], info, strategy, args.steps,
-                args.eval_batch_size, dtype,
-                desc=f"{label} ({strategy})" if here.is_main else None)
-            blocks = distributed.gather(block, here)
-            if blocks is None:  # another rank than 0: rank 0 aggregates and writes
-                continue
-            result = aggregate(name, layer, ImageScores.join([b for b in blocks
-                                                              if b is not None]))
-            results[strategy].append(result)
-            print(f"[{strategy}] " + "\n".join(report_lines(result)), flush=True)
-            written += save_method_outputs(result, selection, strategy, out_dir, context,
-                                           several)
-    if not here.is_main:
-        return 0
-    print(BETTER_LINE)
-    for strategy in strategies:
-        written += save_comparison(results[strategy], strategy, out_dir, captions[strategy],
-                                   context, notes)
-        print(markdown_table(results[strategy], captions[strategy]), end="")
-    kinds = ",".join(strategies)
-    print(f"Wrote {len(written)} files to {out_dir} for {kinds}: figures results_*_S.png, "
-          f"comparison_S.png and ranking_S.png, curves curves_*_S.npz, summaries "
-          f"summary_*_S.json, leaderboard comparison_S.md/.csv/.json")
-    return 0

@@ -49,9 +49,11 @@ class GradCAM:
             (grad,) = torch.autograd.grad(score, activation)
         return self.combine(activation.detach(), grad), logits.detach()
 
-    def combine(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """``[B, K, h, w]`` activation and gradient -> ``[B, h, w]`` map: ``sum_k w_k A_k``."""
-        return torch.einsum("bk,bkhw->bhw", self.channel_weights(activation, grad), activation)
+    @classmethod
+    def combine(cls, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """``[B, K, h, w]`` activation and gradient -> ``[B, h, w]`` map: ``sum_k w_k A_k``.
+        A class method: detections combine their own gradients without an explainer."""
+        return torch.einsum("bk,bkhw->bhw", cls.channel_weights(activation, grad), activation)
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         maps, _ = self.raw_maps(images, targets)
@@ -89,7 +91,8 @@ class HiResCAM(GradCAM):
     """HiResCAM: the element-wise product of gradient and activation, summed over channels, so
     every location keeps its own gradient instead of the channel's average."""
 
-    def combine(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def combine(cls, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         return (grad * activation).sum(dim=1)
 
 
@@ -97,5 +100,6 @@ class LayerCAM(GradCAM):
     """LayerCAM: like HiResCAM with the gradient's negative part dropped, ``sum_k relu(g_k) A_k``,
     which keeps fine detail at early layers."""
 
-    def combine(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def combine(cls, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         return (grad.clamp(min=0) * activation).sum(dim=1)

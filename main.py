@@ -1,32 +1,37 @@
-"""Command line: parse the flags and hand the work to the module that does it.
+"""Command line: parse and check the flags, then hand the work to ``commands.py``.
 
-Examples::
-
-    python main.py --mode train --dataset fashion_mnist --num_epochs 15
-    python main.py --mode test --save_path ./checkpoints/resnet_best.pth --vis cam --vis_num 10
-    python main.py --mode test --save_path ./checkpoints/resnet_best.pth --vis cam --hidden_strategy zero
-    python main.py --mode test --det_vis --det_img test.png
+Only the flags are parsed and checked before the heavy modules (torch, torchvision, matplotlib,
+OpenCV) are imported, so ``--help`` and every flag error answer at once.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-import detection
-import distributed
-import evaluate
-import explain
-import outputs
-import sanity
-import train_detector
-from data import info_from_meta, load_split
 from errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, FlagError, UserError, reason
-from model import load_model
-from runtime import resolve_device
-from train import run_test, run_training
+from registry import DET_LAYERS, DET_METHODS, FILL_STRATEGIES, METHODS
 from validation import Parser, check_args
 
-HIDDEN_STRATEGIES = ("none", *evaluate.FILL_STRATEGIES)
+HIDDEN_STRATEGIES = ("none", *FILL_STRATEGIES)
+
+EXAMPLES = """examples:
+  # heatmaps of 10 test images with the shipped Fashion-MNIST model (results/gradcam/)
+  python main.py --mode test --save_path checkpoints/resnet18_fashion_mnist.pth --vis gradcam --vis_num 10
+  # the leaderboard of two methods at two layers, two ways of hiding pixels (results/)
+  python main.py --mode test --save_path checkpoints/resnet18_fashion_mnist.pth \\
+      --vis gradcam,layercam --target_layer layer3,layer4 --hidden_strategy zero,blur
+  # the model-randomisation sanity check of every method (results/sanity/)
+  python main.py --mode test --save_path checkpoints/resnet18_fashion_mnist.pth --sanity --vis_num 8
+  # explain the detections of the shipped scene detector on one scene (results/detection/)
+  python main.py --det_img data/fashion_scenes/JPEGImages/000001.png \\
+      --det_weights checkpoints/fasterrcnn_fashion_scenes.pth --det_method layercam
+  # train a ResNet-18 on Fashion-MNIST (checkpoints/, logs/)
+  python main.py --mode train --dataset fashion_mnist --num_epochs 15
+"""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every flag's default in its help line, the examples laid out as written."""
 
 
 def strategy_list(text: str) -> str:
@@ -45,26 +50,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         description="Train and test a CIFAR ResNet-18, explain it with CAM / Grad-CAM, "
                     "measure the explanations, and explain Faster R-CNN detections.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--mode", choices=("train", "test"), default="test")
+        formatter_class=HelpFormatter, epilog=EXAMPLES)
+    p.add_argument("--mode", choices=("train", "test"), default="test",
+                   help="train a model (the classifier; the scene detector with --det_vis), or "
+                        "test / explain one")
 
     g = p.add_argument_group("data and hardware")
     g.add_argument("--dataset", choices=("cifar10", "fashion_mnist"), default=None,
-                   help="training: default cifar10; test: the checkpoint's own dataset")
+                   help="training: cifar10 when not given; test: the checkpoint's own dataset")
     g.add_argument("--data_dir", default="./data", help="where datasets are read/downloaded")
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     g.add_argument("--precision", choices=("auto", "fp32"), default="auto",
                    help="auto: bf16/fp16 autocast where the hardware has it (training, test "
                         "accuracy, deletion/insertion); fp32: never")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of training, of the random baseline and of the sanity check")
     g.add_argument("--out_dir", default="./results", help="where pictures and numbers go")
 
     g = p.add_argument_group("training")
-    g.add_argument("--batch_size", type=int, default=128)
+    g.add_argument("--batch_size", type=int, default=128,
+                   help="images per step in training; images per chunk when explaining")
     g.add_argument("--lr", type=float, default=0.1, help="peak learning rate (one-cycle)")
-    g.add_argument("--num_epochs", type=int, default=30)
-    g.add_argument("--weight_decay", type=float, default=5e-4)
-    g.add_argument("--label_smoothing", type=float, default=0.1)
+    g.add_argument("--num_epochs", type=int, default=30, help="epochs of training")
+    g.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
+    g.add_argument("--label_smoothing", type=float, default=0.1,
+                   help="classifier training: share of each target spread over the classes")
     g.add_argument("--save_path", default="./checkpoints/resnet_best.pth",
                    help="checkpoint written by training, read by testing")
     g.add_argument("--save_half", action="store_true",
@@ -78,8 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("heatmaps")
     g.add_argument("--vis", default="none",
-                   help="none, a method (cam, gradcam, gradcampp, xgradcam, hirescam, layercam, "
-                        "scorecam, ablationcam, eigencam), a comma list of them, or all")
+                   help=f"none, a method ({', '.join(METHODS)}), a comma list of them, or all")
     g.add_argument("--vis_num", type=int, default=20, help="how many test images to explain")
     g.add_argument("--target", choices=("pred", "gt"), default="pred",
                    help="explain the predicted class or the true class")
@@ -109,14 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--det_vis", action="store_true", help="explain Faster R-CNN detections")
     g.add_argument("--det_img", default=None,
                    help="one image (implies --det_vis); without it, PASCAL VOC 2007 test")
-    g.add_argument("--det_weights", default=None, help="a state-dict file for the detector")
-    g.add_argument("--det_layer", default="layer4", help="layer2, layer3 or layer4 (comma list)")
-    g.add_argument("--det_method", default="gradcam",
-                   choices=("gradcam", "gradcampp", "xgradcam", "hirescam", "layercam"),
+    g.add_argument("--det_weights", default=None,
+                   help="the detector: the shipped scene detector "
+                        "checkpoints/fasterrcnn_fashion_scenes.pth, a checkpoint trained here, or "
+                        "a state dict in torchvision's COCO layout; when not given, torchvision's "
+                        "COCO Faster R-CNN (downloaded into torch's hub cache)")
+    g.add_argument("--det_layer", default="layer4",
+                   help=f"{', '.join(DET_LAYERS)}, or a comma list of them")
+    g.add_argument("--det_method", default="gradcam", choices=DET_METHODS,
                    help="how a detection's gradient and a layer's activation make its map")
     g.add_argument("--det_score_thresh", type=float, default=None,
-                   help="explain detections scoring at least this (default: the checkpoint's "
-                        "own threshold; 0.5 for COCO)")
+                   help="explain detections scoring at least this (default: %(default)s, "
+                        "meaning the checkpoint's own threshold; 0.5 for COCO)")
     g.add_argument("--det_max", type=int, default=20, help="detections explained per image")
     g.add_argument("--det_per_box", action="store_true", help="one panel per detection too")
     g.add_argument("--det_num", type=int, default=200, help="VOC images to process")
@@ -132,51 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def dispatch(args: argparse.Namespace) -> int:
-    """Run what the flags ask for; user errors surface as ``UserError``."""
-    if (args.det_vis or args.det_img or args.image or args.make_scenes or args.sanity) \
-            and not distributed.world().is_main:
-        return 0  # under torchrun rank 0 alone does the jobs that are not split across ranks
-    if args.mode == "train" and args.det_vis:
-        train_detector.run_training(args)
-        return 0
-    if args.mode == "train":
-        run_training(args)
-        return 0
-    if args.make_scenes:
-        train_detector.write_test_scenes(args.data_dir, args.make_scenes, args.det_num)
-        return 0
-    device = resolve_device(args.device)
-    if args.det_vis or args.det_img:
-        return detection.run(args, device)
-
-    model, meta = load_model(args.save_path, device)
-    info = info_from_meta(meta, args.dataset, num_outputs=model.fc.out_features)
-    if args.sanity and args.image:
-        return sanity.run(model, info, None, device, args)
-    if args.image:
-        return explain.run_images(model, info, device, args)
-    split = load_split(info.name, args.data_dir, train=False)
-    split.info = info
-    if args.sanity:
-        return sanity.run(model, info, split, device, args)
-    if args.hidden_strategy != "none":
-        return evaluate.run(model, split, device, args)
-    if args.vis != "none":
-        return explain.run_dataset(model, split, device, args)
-    run_test(model, split, device, args)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse, check every flag and path, run; a user error is one ``error:`` line on stderr
-    and its exit code (see ``errors.py``), never a traceback."""
-    outputs.written.clear()
+    and its exit code (see ``errors.py``), never a traceback. The heavy modules are imported
+    only once the flags are known to be good."""
     try:
         args = build_parser().parse_args(argv)
         check_args(args)
+        import commands
+        import distributed
+        import outputs
+        outputs.written.clear()
+        commands.configure_console()
         with distributed.session(args.device):
-            code = dispatch(args)
+            code = commands.run(args)
             outputs.finish_run(args.log_dir if args.mode == "train" else args.out_dir,
                                announce=distributed.world().is_main)
             return code

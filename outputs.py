@@ -13,6 +13,7 @@ import contextlib
 import csv
 import datetime
 import itertools
+import logging
 import os
 import re
 import sys
@@ -105,5 +106,5 @@ def finish_run(folder: str | os.PathLike, announce: bool = True) -> Path | None:
     write_text(manifest, "\n".join(lines) + "\n")
     written.clear()
     if announce:
-        print(f"Files of this run: {manifest} ({count} files)")
+        logging.getLogger(__name__).info(f"Files of this run: {manifest} ({count} files)")
     return manifest

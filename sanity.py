@@ -7,11 +7,9 @@ barely change when the weights are random does not explain the model: it fails.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
-import sys
-from argparse import Namespace
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+import outputs
 import visualize
-from data import DatasetInfo, ImageSplit, load_image, normalize
-from evaluate import BASELINES, Spread, spread, title
-from explain import Explainer, explain_batched, make_explainer, parse_layers, parse_methods
-from runtime import precision_dtype
+from errors import ParamError
+from evaluate import BASELINES, title
+from explain import Explainer, explain_batched, make_explainer
+from runtime import eval_mode
+from stats import Spread, mean_spread, small_sample_note
 
 # A method fails when, with every layer re-initialised, its maps still rank pixels like the
 # trained network's: mean Spearman correlation at or above this.
@@ -133,8 +133,8 @@ def run_cascade(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
             try:
                 make_explainer(method, net, layer, cam_batch_size, dtype)
                 pairs.append((method, layer))
-            except Exception as exc:  # noqa: BLE001 - the registry's UserError for CAM
-                notes.append(f"note: {title(method)} left out at {layer}: {exc}")
+            except ParamError as exc:  # CAM anywhere but the layer before pooling
+                notes.append(f"note: {title(method)} left out at {layer}: {exc.worded({})}")
     controls = {name: make(seed) for name, make in BASELINES.items()}
     maps: dict[tuple[str, str | None], list[torch.Tensor]] = {}
     torch.manual_seed(seed)
@@ -163,7 +163,7 @@ def similarity_rows(stages: list[str], maps: dict[tuple[str, str | None], list[t
         for stage, randomised in zip(stages, series[1:]):
             rho = torch.tensor([spearman(a, b) for a, b in zip(original, randomised)])
             sim = torch.tensor([ssim(a, b) for a, b in zip(original, randomised)])
-            rows.append(SanityRow(method, layer, stage, spread(rho), spread(sim)))
+            rows.append(SanityRow(method, layer, stage, mean_spread(rho), mean_spread(sim)))
     return rows
 
 
@@ -178,7 +178,7 @@ def verdicts(rows: list[SanityRow], last_stage: str) -> dict[tuple[str, str | No
 # Outputs
 
 
-def _label(method: str, layer: str | None) -> str:
+def label(method: str, layer: str | None) -> str:
     return title(method) if layer is None else f"{title(method)} ({layer})"
 
 
@@ -192,7 +192,7 @@ def markdown_table(rows: list[SanityRow], stages: list[str], failed: dict, capti
     for method, layer in keys:
         values = [cell[(method, layer, s)] for s in stages]
         verdict = "**fails**" if failed[(method, layer)] else "passes"
-        lines.append(f"| {_label(method, layer)} | " + " | ".join(
+        lines.append(f"| {label(method, layer)} | " + " | ".join(
             f"{v.spearman.mean:.2f} / {v.ssim.mean:.2f}" for v in values) + f" | {verdict} |")
     lines += ["", ("Each cell: mean Spearman rank correlation / mean SSIM between the maps of the "
               "trained network and the maps after re-initialising every layer up to that "
@@ -204,30 +204,76 @@ def markdown_table(rows: list[SanityRow], stages: list[str], failed: dict, capti
     return "\n".join(lines) + "\n"
 
 
-def save_outputs(rows: list[SanityRow], stages: list[str], maps: dict, failed: dict,
-                 pixels: torch.Tensor, out_dir: Path, caption: str, notes: list[str],
+@dataclass
+class SanityReport:
+    """What :func:`sanity_check` returns: the stages in order, one :class:`SanityRow` per
+    (method, layer, stage), every map (``maps[(method, layer)]``: the trained network's, then one
+    ``[N, H, W]`` per stage), which pairs fail, the pairs left out (``notes``), a caption, and
+    what the reader must know about the numbers (``warnings``: too few images)."""
+
+    stages: list[str]
+    rows: list[SanityRow]
+    maps: dict[tuple[str, str | None], list[torch.Tensor]]
+    failed: dict[tuple[str, str | None], bool]
+    notes: list[str]
+    caption: str
+    warnings: list[str]
+
+    def last(self, method: str, layer: str | None) -> SanityRow:
+        """The row with every layer re-initialised."""
+        return next(r for r in self.rows if (r.method, r.layer, r.stage)
+                    == (method, layer, self.stages[-1]))
+
+
+def sanity_check(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                 methods: Sequence[str], layers: Sequence[str], batch_size: int = 64,
+                 cam_batch_size: int = 256, dtype: torch.dtype | None = None, seed: int = 0,
+                 source: str = "the images", which: str = "predicted") -> SanityReport:
+    """The cascading randomisation test of every method at every layer on normalized
+    ``images`` for classes ``targets``; ``source`` and ``which`` only word the caption.
+    The model is never changed (the test works on a copy)."""
+    stages, maps, notes = run_cascade(model, images, targets, list(methods), list(layers),
+                                      batch_size, cam_batch_size, dtype, seed)
+    warnings = [w for w in [small_sample_note(len(images), "sanity check")] if w]
+    rows = similarity_rows(stages, maps)
+    caption = (f"Cascading randomisation, {source}, {which} class, stages "
+               f"{' > '.join(stages)}")
+    return SanityReport(stages, rows, maps, verdicts(rows, stages[-1]), notes, caption,
+                        warnings)
+
+
+def predicted_classes(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The model's predicted class of each normalized image, in eval mode."""
+    with torch.no_grad(), eval_mode(model):
+        return torch.cat([model(images[i:i + batch_size]).argmax(1)
+                          for i in range(0, len(images), batch_size)])
+
+
+CSV_FIELDS = ["method", "title", "layer", "stage", "spearman_mean", "spearman_std",
+              "spearman_ci95_low", "spearman_ci95_high", "ssim_mean", "ssim_std",
+              "ssim_ci95_low", "ssim_ci95_high", "n", "fails"]
+
+
+def write_sanity(report: SanityReport, pixels: torch.Tensor, out_dir: str | Path,
                  example: int = 0) -> list[Path]:
     """The figure (rows: methods; columns: stages, one example image's maps), the table as
-    Markdown, CSV and JSON."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Markdown, CSV and JSON, all through ``outputs.py`` (atomic, listed in the run's manifest)."""
+    out_dir = Path(out_dir)
+    rows, stages, failed = report.rows, report.stages, report.failed
     cell = {(r.method, r.layer, r.stage): r for r in rows}
-    keys = list(maps)
-    labels = [_label(m, layer) + (" FAILS" if failed[(m, layer)] else "") for m, layer in keys]
-    grid = [[series[i][example] for i in range(len(series))] for series in maps.values()]
+    keys = list(report.maps)
+    labels = [label(m, layer) + (" FAILS" if failed[(m, layer)] else "") for m, layer in keys]
+    grid = [[series[i][example] for i in range(len(series))] for series in report.maps.values()]
     notes_text = [[""] + [f"ρ {cell[(m, layer, s)].spearman.mean:.2f}  "
                           f"SSIM {cell[(m, layer, s)].ssim.mean:.2f}" for s in stages]
                   for m, layer in keys]
     figure = out_dir / "sanity.png"
     visualize.plot_sanity_grid(pixels[example], grid, labels,
                                ["trained", *[f"+{s}" for s in stages]], notes_text, figure,
-                               title=caption)
+                               title=report.caption)
     md = out_dir / "sanity.md"
-    md.write_text(markdown_table(rows, stages, failed, caption)
-                  + "".join(f"\n{n}\n" for n in notes))
-    table = out_dir / "sanity.csv"
-    fields = ["method", "title", "layer", "stage", "spearman_mean", "spearman_std",
-              "spearman_ci95_low", "spearman_ci95_high", "ssim_mean", "ssim_std",
-              "ssim_ci95_low", "ssim_ci95_high", "n", "fails"]
+    outputs.write_text(md, markdown_table(rows, stages, failed, report.caption)
+                       + "".join(f"\n{n}\n" for n in [*report.notes, *report.warnings]))
     records = [{"method": r.method, "title": title(r.method), "layer": r.layer or "",
                 "stage": r.stage, "spearman_mean": r.spearman.mean,
                 "spearman_std": r.spearman.std,
@@ -235,59 +281,13 @@ def save_outputs(rows: list[SanityRow], stages: list[str], maps: dict, failed: d
                 "ssim_mean": r.ssim.mean, "ssim_std": r.ssim.std, "ssim_ci95_low": r.ssim.ci_low,
                 "ssim_ci95_high": r.ssim.ci_high, "n": r.spearman.n,
                 "fails": failed[(r.method, r.layer)]} for r in rows]
-    with open(table, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(records)
+    table = out_dir / "sanity.csv"
+    outputs.write_csv(table, CSV_FIELDS, records)
     js = out_dir / "sanity.json"
-    js.write_text(json.dumps({"caption": caption, "stages": stages,
-                              "fail_if_spearman_at_least": FAIL_SPEARMAN, "skipped": notes,
-                              "rows": records}, indent=2) + "\n")
+    outputs.write_text(js, json.dumps({"caption": report.caption, "stages": stages,
+                                       "fail_if_spearman_at_least": FAIL_SPEARMAN,
+                                       "interval": mean_spread([0.0]).interval,
+                                       "skipped": report.notes,
+                                       "warnings": report.warnings, "rows": records},
+                                      indent=2) + "\n")
     return [figure, md, table, js]
-
-
-def run(model: nn.Module, info: DatasetInfo, split: ImageSplit | None, device: torch.device,
-        args: Namespace) -> int:
-    """``--sanity``: the cascading randomisation test on the first ``--vis_num`` test images
-    (or on ``--image`` files), for the methods of ``--vis`` (all if none) at every layer of
-    ``--target_layer``, explaining the trained network's predicted (or true) class."""
-    methods = parse_methods("all" if args.vis == "none" else args.vis)
-    layers = parse_layers(args.target_layer)
-    if args.image:
-        pixels = torch.stack([load_image(path, info) for path in args.image])
-        labels = None
-        source = f"{len(pixels)} image(s) from --image"
-    else:
-        part = split.subset(args.vis_num)
-        pixels, labels = part.images.float().div(255), part.labels
-        source = f"the first {len(pixels)} {info.name} test images"
-    images = normalize(pixels, info).to(device)
-    with torch.no_grad():
-        was_training = model.training
-        model.eval()
-        preds = torch.cat([model(images[i:i + args.batch_size]).argmax(1)
-                           for i in range(0, len(images), args.batch_size)])
-        model.train(was_training)
-    use_true = args.target == "gt" and labels is not None
-    targets = labels.to(device) if use_true else preds
-    dtype = precision_dtype(args.precision, device)
-    stages, maps, notes = run_cascade(model, images, targets, methods, layers, args.batch_size,
-                                      args.cam_batch_size, dtype, args.seed)
-    for note in notes:
-        print(note, file=sys.stderr)
-    rows = similarity_rows(stages, maps)
-    failed = verdicts(rows, stages[-1])
-    which = "true" if use_true else "predicted"
-    caption = (f"Cascading randomisation, {source}, {which} class, stages "
-               f"{' > '.join(stages)}")
-    written = save_outputs(rows, stages, maps, failed, pixels, Path(args.out_dir) / "sanity",
-                           caption, notes)
-    print(markdown_table(rows, stages, failed, caption), end="")
-    for (method, layer), fails in failed.items():
-        last = next(r for r in rows if (r.method, r.layer, r.stage) == (method, layer,
-                                                                         stages[-1]))
-        print(f"{_label(method, layer)}: {'FAILS' if fails else 'passes'} (Spearman "
-              f"{last.spearman.mean:.2f} [{last.spearman.ci_low:.2f}, "
-              f"{last.spearman.ci_high:.2f}], SSIM {last.ssim.mean:.2f} with every layer random)")
-    print(f"Wrote {', '.join(str(p) for p in written)}")
-    return 0

@@ -6,10 +6,10 @@ a one-cycle learning rate, label smoothing, and on hardware that has it bf16/fp1
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
-from argparse import Namespace
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,7 +23,9 @@ import visualize
 from data import DatasetInfo, ImageSplit, batches, dataset_info, load_split
 from errors import TrainingStopped
 from model import build_resnet18, save_checkpoint
-from runtime import autocast, precision_dtype, resolve_device, seed_everything
+from runtime import autocast, eval_mode, seed_everything
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLoss(Exception):
@@ -106,16 +108,14 @@ def predict(model: nn.Module, split: ImageSplit, device: torch.device,
             dtype: torch.dtype | None = None, batch_size: int = 256,
             desc: str | None = None) -> torch.Tensor:
     """fp32 logits ``[N, C]`` on the CPU for every image of ``split`` (model in eval mode)."""
-    was_training = model.training
-    model.eval()
     outputs = []
     bar = tqdm(total=len(split), desc=desc, unit="img", leave=False, disable=desc is None)
-    for images, _ in batches(split, batch_size, device, channels_last=dtype is not None):
-        with autocast(device, dtype):
-            outputs.append(model(images).float().cpu())
-        bar.update(len(images))
+    with eval_mode(model):
+        for images, _ in batches(split, batch_size, device, channels_last=dtype is not None):
+            with autocast(device, dtype):
+                outputs.append(model(images).float().cpu())
+            bar.update(len(images))
     bar.close()
-    model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0, len(split.info.classes))
 
 
@@ -142,61 +142,96 @@ def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[s
     return 100.0 * (preds == labels).float().mean().item(), per_class, confusion
 
 
-def run_training(args: Namespace) -> float:
-    """``--mode train``: train, keep the best checkpoint, log metrics and curves. Returns it."""
+@dataclass(frozen=True)
+class TrainConfig:
+    """What :func:`fit` needs: the data, the recipe, where the best checkpoint and the metrics
+    go. ``dtype`` is the autocast precision (None: fp32)."""
+
+    dataset: str = "cifar10"
+    data_dir: str = "./data"
+    save_path: str = "./checkpoints/resnet_best.pth"
+    log_dir: str = "./logs"
+    num_epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    seed: int = 0
+    save_half: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype | None = None
+
+
+@dataclass
+class History:
+    """What training returns: one row per epoch (the columns of ``metrics.csv``), the best test
+    accuracy and its epoch, and the files written."""
+
+    rows: list[dict]
+    best: float
+    best_epoch: int
+    checkpoint: Path
+    metrics: Path
+
+
+FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+
+
+def fit(cfg: TrainConfig) -> History:
+    """Train a ResNet-18 on ``cfg.dataset``, keep the checkpoint with the best test accuracy,
+    write ``metrics.csv`` and ``training_curves.png`` after every epoch. Under torchrun every
+    rank trains its share of each batch; rank 0 scores, logs and saves."""
     here = distributed.world()
-    device = resolve_device(args.device)
-    dtype = precision_dtype(args.precision, device)
-    generator = seed_everything(args.seed)  # the epochs' order: the same on every rank
-    augment_generator = (torch.Generator().manual_seed(args.seed + 7919 * (here.rank + 1))
+    device, dtype = cfg.device, cfg.dtype
+    generator = seed_everything(cfg.seed)  # the epochs' order: the same on every rank
+    augment_generator = (torch.Generator().manual_seed(cfg.seed + 7919 * (here.rank + 1))
                          if here.distributed else None)
-    info: DatasetInfo = dataset_info(args.dataset or "cifar10")
-    train_split = load_split(info.name, args.data_dir, train=True).to(device)
-    test_split = load_split(info.name, args.data_dir, train=False).to(device)
+    info: DatasetInfo = dataset_info(cfg.dataset)
+    train_split = load_split(info.name, cfg.data_dir, train=True).to(device)
+    test_split = load_split(info.name, cfg.data_dir, train=False).to(device)
 
     model = build_resnet18(len(info.classes)).to(device)
     if dtype is not None:
         model = model.to(memory_format=torch.channels_last)
     net = distributed.wrap_model(model, here)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True,
-                                weight_decay=args.weight_decay)
-    steps = args.num_epochs * -(-(len(train_split) // here.size) // args.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps,
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                                weight_decay=cfg.weight_decay)
+    steps = cfg.num_epochs * -(-(len(train_split) // here.size) // cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps,
                                                     pct_start=warmup_fraction(steps),
                                                     div_factor=10.0,
                                                     final_div_factor=100.0)
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
-    log_dir = Path(args.log_dir)   # created with the first epoch's metrics, not before
+    log_dir = Path(cfg.log_dir)   # created with the first epoch's metrics, not before
     metrics_path = log_dir / "metrics.csv"
-    fields = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
     history: list[dict] = []
     best, best_epoch = -1.0, 0
-    batch = (f"batch {args.batch_size}" if not here.distributed else
-             f"batch {args.batch_size} per process x {here.size} processes = "
-             f"{args.batch_size * here.size}")
+    batch = (f"batch {cfg.batch_size}" if not here.distributed else
+             f"batch {cfg.batch_size} per process x {here.size} processes = "
+             f"{cfg.batch_size * here.size}")
     if here.is_main:
-        print(f"Training ResNet-18 on {info.name}: {len(train_split)} train / {len(test_split)} test "
-              f"images, {args.num_epochs} epochs, {batch}, device {device}, "
-              f"precision {'fp32' if dtype is None else str(dtype).replace('torch.', '')}")
-    for epoch in range(1, args.num_epochs + 1):
+        log.info(f"Training ResNet-18 on {info.name}: {len(train_split)} train / "
+                 f"{len(test_split)} test images, {cfg.num_epochs} epochs, {batch}, device "
+                 f"{device}, precision {precision_label(dtype)}")
+    for epoch in range(1, cfg.num_epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         try:
             stats = train_one_epoch(net, train_split, optimizer, scheduler, criterion, device,
-                                    dtype, args.batch_size, generator,
-                                    desc=f"epoch {epoch}/{args.num_epochs}", scaler=scaler,
+                                    dtype, cfg.batch_size, generator,
+                                    desc=f"epoch {epoch}/{cfg.num_epochs}", scaler=scaler,
                                     augment_generator=augment_generator)
         except NonFiniteLoss as exc:
-            kept = (f"the best checkpoint of this run (epoch {best_epoch}) is in {args.save_path}"
-                    if best_epoch else f"{args.save_path} was not touched")
+            kept = (f"the best checkpoint of this run (epoch {best_epoch}) is in {cfg.save_path}"
+                    if best_epoch else f"{cfg.save_path} was not touched")
             raise TrainingStopped(f"training stopped in epoch {epoch}, step {exc.step}: the loss "
                                   f"is not finite ({exc.loss}); {kept}. Try a lower --lr than "
-                                  f"{args.lr:g}") from None
+                                  f"{cfg.lr:g}") from None
         distributed.sync_buffers(model, here)
         logits = predict_sharded(model, test_split, device, dtype,
-                                 batch_size=max(args.batch_size, 256))
+                                 batch_size=max(cfg.batch_size, 256))
         if logits is None:  # another rank than 0: rank 0 scores, logs and saves
             continue
         test_loss = F.cross_entropy(logits, test_split.labels.cpu()).item()
@@ -205,38 +240,43 @@ def run_training(args: Namespace) -> float:
                "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
                "seconds": time.perf_counter() - start}
         history.append(row)
-        outputs.write_csv(metrics_path, fields, history)
+        outputs.write_csv(metrics_path, FIELDS, history)
         visualize.plot_training_curves(history, log_dir / "training_curves.png")
         marker = ""
         if test_acc > best:
             best, best_epoch = test_acc, epoch
             meta = {**info.as_meta(), "epoch": epoch, "acc": test_acc}
-            save_checkpoint(args.save_path, model, meta,
-                            optimizer=None if args.save_half else optimizer, half=args.save_half)
-            marker = f"  -> saved {args.save_path}"
-        print(f"epoch {epoch:3d}/{args.num_epochs}  train loss {stats.loss:.4f} "
-              f"acc {stats.acc:.2f}%  test loss {test_loss:.4f} acc {test_acc:.2f}%  "
-              f"({row['seconds']:.0f}s){marker}", flush=True)
-    if here.is_main:
-        print(f"Best test accuracy: {best:.2f}%  (checkpoint {args.save_path}, "
-              f"metrics {metrics_path})")
-    return best
+            save_checkpoint(cfg.save_path, model, meta,
+                            optimizer=None if cfg.save_half else optimizer, half=cfg.save_half)
+            marker = f"  -> saved {cfg.save_path}"
+        log.info(f"epoch {epoch:3d}/{cfg.num_epochs}  train loss {stats.loss:.4f} "
+                 f"acc {stats.acc:.2f}%  test loss {test_loss:.4f} acc {test_acc:.2f}%  "
+                 f"({row['seconds']:.0f}s){marker}")
+    return History(history, best, best_epoch, Path(cfg.save_path), metrics_path)
 
 
-def run_test(model: nn.Module, split: ImageSplit, device: torch.device, args: Namespace) -> float:
-    """``--mode test --vis none``: accuracy, per-class accuracy, confusion-matrix PNG."""
-    dtype = precision_dtype(args.precision, device)
-    logits = predict_sharded(model, split, device, dtype, batch_size=max(args.batch_size, 256),
-                             desc="test")
-    if logits is None:  # another rank than 0 under torchrun: rank 0 reports
-        return 0.0
+def precision_label(dtype: torch.dtype | None) -> str:
+    """``fp32``, ``bfloat16`` or ``float16``: how a job's first line names its precision."""
+    return "fp32" if dtype is None else str(dtype).replace("torch.", "")
+
+
+@dataclass
+class AccuracyReport:
+    """Test accuracy (%), per-class accuracy (%) and the confusion matrix ``[true, pred]``."""
+
+    accuracy: float
+    per_class: list[float]
+    confusion: torch.Tensor
+    classes: tuple[str, ...]
+    n: int
+
+
+def test_accuracy(model: nn.Module, split: ImageSplit, device: torch.device,
+                  dtype: torch.dtype | None = None, batch_size: int = 256
+                  ) -> AccuracyReport | None:
+    """Accuracy of ``model`` on ``split`` (split across torchrun's ranks; None off rank 0)."""
+    logits = predict_sharded(model, split, device, dtype, batch_size=batch_size, desc="test")
+    if logits is None:
+        return None
     acc, per_class, confusion = accuracy_report(logits, split.labels, split.info.classes)
-    print(f"Test Accuracy: {acc:.2f}%")
-    width = max(len(c) for c in split.info.classes)
-    for name, value in zip(split.info.classes, per_class):
-        print(f"  {name:<{width}}  {value:6.2f}%")
-    out = Path(args.out_dir) / "confusion_matrix.png"
-    visualize.plot_confusion_matrix(confusion, split.info.classes, out,
-                                    title=f"{split.info.name}: {acc:.2f}% of {len(split)}")
-    print(f"Confusion matrix: {out}")
-    return acc
+    return AccuracyReport(acc, per_class, confusion, split.info.classes, len(split))

@@ -11,9 +11,10 @@ early on).
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
-from argparse import Namespace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,12 @@ import outputs
 import scenes
 import visualize
 from detection import SCENE_ARCH, build_scene_detector
+from detmetrics import average_precision
 from errors import TrainingStopped, UserError
 from model import read_checkpoint, save_checkpoint
-from runtime import autocast, precision_dtype, resolve_device, seed_everything
-from voc import average_precision
+from runtime import autocast, eval_mode, seed_everything
+
+log = logging.getLogger(__name__)
 
 LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
 FIELDS = ("epoch", "loss", *LOSSES, "test_map", "lr", "seconds")
@@ -103,16 +106,14 @@ def train_one_epoch(model: torch.nn.Module, stream: list[scenes.Scene] | object,
 def detect_scenes(model: torch.nn.Module, test: list[scenes.Scene], device: torch.device,
                   dtype: torch.dtype | None, batch_size: int = 16) -> list[dict[str, torch.Tensor]]:
     """The model's detections (eval mode, CPU tensors) on every scene of ``test``."""
-    was_training = model.training
-    model.eval()
     detections = []
-    for start in range(0, len(test), batch_size):
-        images, _ = scenes.scene_batch(test[start:start + batch_size], device)
-        with autocast(device, dtype):
-            found = model(images)
-        detections += [{k: v.float().cpu() if v.is_floating_point() else v.cpu()
-                     for k, v in d.items()} for d in found]
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(test), batch_size):
+            images, _ = scenes.scene_batch(test[start:start + batch_size], device)
+            with autocast(device, dtype):
+                found = model(images)
+            detections += [{k: v.float().cpu() if v.is_floating_point() else v.cpu()
+                            for k, v in d.items()} for d in found]
     return detections
 
 
@@ -148,9 +149,7 @@ def write_test_scenes(data_dir: str, folder: str | Path, count: int = TEST_SCENE
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"--make_scenes: {folder} exists and is not empty; pick a new folder")
-    written = scenes.write_voc(folder, test_scenes(data_dir, count))
-    print(f"wrote {count} test scenes (Fashion-MNIST test split, key {TEST_SEED}) to {written}")
-    return written
+    return scenes.write_voc(folder, test_scenes(data_dir, count))
 
 
 def _save(path: Path, model: torch.nn.Module, meta: dict, optimizer: torch.optim.Optimizer | None,
@@ -158,10 +157,31 @@ def _save(path: Path, model: torch.nn.Module, meta: dict, optimizer: torch.optim
     save_checkpoint(path, model, {**meta, **(extra or {})}, optimizer=optimizer, half=half)
 
 
-def run_training(args: Namespace) -> float:
-    """``--mode train --det_vis``: train the scene detector; returns the last test mAP."""
-    device = resolve_device(args.device)
-    dtype = precision_dtype(args.precision, device)
+@dataclass(frozen=True)
+class DetectorTrainConfig:
+    """What :func:`fit_detector` needs (``dtype``: autocast precision, None for fp32;
+    ``det_num``: test scenes scored after each epoch, at most 300)."""
+
+    data_dir: str = "./data"
+    save_path: str = "./checkpoints/fasterrcnn_fashion_scenes.pth"
+    log_dir: str = "./logs"
+    num_epochs: int = 6
+    batch_size: int = 8
+    lr: float = 0.02
+    weight_decay: float = 1e-4
+    seed: int = 0
+    det_scenes: int = 4000
+    det_num: int = TEST_SCENES
+    save_half: bool = False
+    resume: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype | None = None
+
+
+def fit_detector(args: DetectorTrainConfig) -> list[dict]:
+    """Train the scene detector, saving the checkpoint and the resume state after every epoch;
+    returns the history, one row per epoch (the columns of ``metrics.csv``)."""
+    device, dtype = args.device, args.dtype
     seed_everything(args.seed)
     save_path = Path(args.save_path)
     state_path = resume_path(save_path)
@@ -188,10 +208,10 @@ def run_training(args: Namespace) -> float:
     total_steps = args.num_epochs * steps_per_epoch
     log_dir = Path(args.log_dir)   # created with the first epoch's metrics, not before
     metrics_path = log_dir / "metrics.csv"
-    print(f"Training Faster R-CNN ResNet-18 FPN on Fashion-MNIST scenes: {args.det_scenes} "
+    log.info(f"Training Faster R-CNN ResNet-18 FPN on Fashion-MNIST scenes: {args.det_scenes} "
           f"scenes per epoch, epochs {start_epoch}..{args.num_epochs}, batch {args.batch_size}, "
           f"{len(test)} test scenes, device {device}, precision "
-          f"{'fp32' if dtype is None else str(dtype).replace('torch.', '')}", flush=True)
+          f"{'fp32' if dtype is None else str(dtype).replace('torch.', '')}")
     test_map = history[-1]["test_map"] if history else 0.0
     for epoch in range(start_epoch, args.num_epochs + 1):
         start = time.perf_counter()
@@ -212,7 +232,6 @@ def run_training(args: Namespace) -> float:
               {**training, "step": step, "history": history, "torch_rng": torch.get_rng_state()})
         outputs.write_csv(metrics_path, FIELDS, history)
         visualize.plot_detector_curves(history, log_dir / "training_curves.png")
-        print(f"epoch {epoch:3d}/{args.num_epochs}  loss {losses['loss']:.4f}  test mAP@0.5 "
-              f"{test_map:.4f}  ({row['seconds']:.0f}s)  -> saved {save_path}", flush=True)
-    print(f"Last test mAP@0.5: {test_map:.4f}  (checkpoint {save_path}, metrics {metrics_path})")
-    return test_map
+        log.info(f"epoch {epoch:3d}/{args.num_epochs}  loss {losses['loss']:.4f}  test mAP@0.5 "
+                 f"{test_map:.4f}  ({row['seconds']:.0f}s)  -> saved {save_path}")
+    return history

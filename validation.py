@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from errors import FlagError, UserError
-from runtime import resolve_device
+from errors import FlagError, ParamError, UserError
 
 
 class Parser(argparse.ArgumentParser):
@@ -173,8 +172,26 @@ def check_paths(args: Namespace) -> None:
 
 
 def check_args(args: Namespace) -> None:
-    """All checks that need no model and no data: numbers, combinations, device, paths."""
+    """All checks that need no model, no data and no torch: numbers, combinations, paths.
+    (The device is checked by the job, the first thing it does, once torch is imported.)"""
     check_numbers(args)
     check_combinations(args)
-    resolve_device(args.device)
+    check_names(args)
     check_paths(args)
+
+
+def check_names(args: Namespace) -> None:
+    """The names in ``--vis``, ``--target_layer`` and ``--det_layer`` (the registry's lists,
+    no torch needed); a layer of the classifier is checked against the model once it is loaded,
+    before any work."""
+    from registry import DET_LAYERS, parse_layers, parse_methods
+    flags = {"methods": "--vis", "layers": "--target_layer"}
+    try:
+        if args.vis != "none":
+            parse_methods(args.vis)
+        parse_layers(args.target_layer)
+        flags["layers"] = "--det_layer"
+        if args.det_vis or args.det_img:
+            parse_layers(args.det_layer, DET_LAYERS)
+    except ParamError as exc:
+        raise FlagError(exc.worded(flags)) from None

@@ -22,7 +22,9 @@ from PIL import Image
 from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.models.detection.roi_heads import RoIHeads
 
+import commands
 import detection as det
+import detmetrics
 import main
 import voc
 from cam import normalize_heatmaps
@@ -255,13 +257,19 @@ def test_no_detection_to_explain(detector: torch.nn.Module) -> None:
     assert result.maps["layer4"].shape[0] == 0 and result.image_size == (64, 90)
 
 
+def with_image(args, path: str):
+    """The flags of a ``--det_img PATH`` run, as the command layer reads them."""
+    args.det_img = path
+    return args
+
+
 def test_single_image_without_detections_exits_0_with_one_line(
         detector: torch.nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     args = main.build_parser().parse_args(["--det_vis", "--out_dir", str(tmp_path)])
     image = det.read_image(SAMPLES / "chelsea.jpg")
     with background_only(detector):
-        assert det.explain_image(det.coco_detector(detector), image, "chelsea.jpg", ["layer4"], args,
-                                 torch.device("cpu")) == 0
+        assert commands.detect_image(with_image(args, "chelsea.jpg"), det.coco_detector(detector), image,
+                                     ["layer4"], torch.device("cpu")) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out == ["chelsea.jpg: no detection with score >= 0.50; nothing to explain"]
     assert not (tmp_path / "detection").exists()
@@ -321,7 +329,7 @@ def test_voc_images_without_detections_are_reported_and_skipped(
     args = main.build_parser().parse_args(["--det_vis", "--out_dir", str(tmp_path),
                                            "--det_score_thresh", "0"])
     with voc.VOCReader(tar) as reader, background_only(detector):
-        assert det.run_voc(det.coco_detector(detector), reader, ["layer4"], args, torch.device("cpu")) == 0
+        assert commands.detect_voc(args, det.coco_detector(detector), reader, ["layer4"], torch.device("cpu")) == 0
     report = json.loads((tmp_path / "detection" / "voc_metrics.json").read_text())
     out = capsys.readouterr().out
     assert report["images_without_detections"] == ["000001", "000002"]
@@ -358,8 +366,8 @@ def test_grayscale_rgba_and_palette_images_become_rgb(
     assert det.read_image(tmp_path / "palette.png").shape == (40, 60, 3)
     args = main.build_parser().parse_args(["--det_vis", "--out_dir", str(tmp_path),
                                            "--det_score_thresh", "0", "--det_max", "1"])
-    assert det.explain_image(det.coco_detector(detector), image, "gray.png", ["layer4"], args,
-                             torch.device("cpu")) == 0
+    assert commands.detect_image(with_image(args, "gray.png"), det.coco_detector(detector), image,
+                                     ["layer4"], torch.device("cpu")) == 0
     assert (tmp_path / "detection" / "gray_gradcam_layer4.png").is_file()
     assert "1 detection explained:" in capsys.readouterr().out
 
@@ -483,29 +491,29 @@ def test_voc07_ap_by_hand() -> None:
                   ("a", 0.6, torch.tensor([0., 0, 10, 9])),      # TP (IoU 0.9)
                   ("b", 0.5, torch.tensor([21., 20, 40, 40]))]   # FP: duplicate
     # precision 1, 1/2, 2/3, 1/2 at recall 1/2, 1/2, 1, 1: six points at 1, five at 2/3.
-    assert voc.average_precision(detections, truth) == pytest.approx((6 + 5 * 2 / 3) / 11)
-    assert voc.average_precision(detections, {"a": truth["a"]}) is not None
-    assert voc.average_precision([], {"x": (torch.zeros(1, 4), torch.tensor([True]))}) is None
+    assert detmetrics.average_precision(detections, truth) == pytest.approx((6 + 5 * 2 / 3) / 11)
+    assert detmetrics.average_precision(detections, {"a": truth["a"]}) is not None
+    assert detmetrics.average_precision([], {"x": (torch.zeros(1, 4), torch.tensor([True]))}) is None
     # Recall exactly 0.3 reaches the 0.3 point.
-    assert voc.voc07_ap([True, True, True], 10) == pytest.approx(4 / 11)
+    assert detmetrics.voc07_ap([True, True, True], 10) == pytest.approx(4 / 11)
 
 
 def test_pointing_game_by_hand() -> None:
     heat = torch.zeros(100, 100)
     heat[50, 80] = 1.0                         # maximum at pixel centre (80.5, 50.5)
-    assert voc.pointing_hit(heat, (10, 10, 70, 60))       # 10.5 px right of the box
-    assert not voc.pointing_hit(heat, (10, 10, 60, 60))   # 20.5 px
-    assert voc.pointing_hit(heat, (0, 0, 70, 40))         # corner, 14.8 px away
-    assert not voc.pointing_hit(heat, (0, 0, 68, 38))     # corner, 17.7 px (not 12.5)
-    assert not voc.pointing_hit(torch.zeros(10, 10), (0, 0, 10, 10))
+    assert detmetrics.pointing_hit(heat, (10, 10, 70, 60))       # 10.5 px right of the box
+    assert not detmetrics.pointing_hit(heat, (10, 10, 60, 60))   # 20.5 px
+    assert detmetrics.pointing_hit(heat, (0, 0, 70, 40))         # corner, 14.8 px away
+    assert not detmetrics.pointing_hit(heat, (0, 0, 68, 38))     # corner, 17.7 px (not 12.5)
+    assert not detmetrics.pointing_hit(torch.zeros(10, 10), (0, 0, 10, 10))
 
 
 def test_energy_in_box_by_hand() -> None:
     heat = torch.full((10, 10), 0.5)
     heat[:5] = 1.0                             # total 50 + 25 = 75
-    assert voc.energy_in_box(heat, (0, 0, 10, 5)) == pytest.approx(50 / 75)
-    assert voc.energy_in_box(heat, (2.4, 0, 7.6, 5)) == pytest.approx(30 / 75)  # columns 2..7
-    assert voc.energy_in_box(torch.zeros(4, 4), (0, 0, 4, 4)) == 0.0
+    assert detmetrics.energy_in_box(heat, (0, 0, 10, 5)) == pytest.approx(50 / 75)
+    assert detmetrics.energy_in_box(heat, (2.4, 0, 7.6, 5)) == pytest.approx(30 / 75)  # columns 2..7
+    assert detmetrics.energy_in_box(torch.zeros(4, 4), (0, 0, 4, 4)) == 0.0
 
 
 def test_voc_numbers_from_hand_made_detections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -537,14 +545,14 @@ def test_voc_numbers_from_hand_made_detections(tmp_path: Path, monkeypatch: pyte
         return det.DetectionResult(boxes, labels, scores, torch.arange(len(boxes)),
                                    {layer: maps for layer in layers})
 
-    monkeypatch.setattr(det, "explain_detections", fake)
+    monkeypatch.setattr(detmetrics, "explain_detections", fake)
     tar = write_voc_tar(tmp_path / "voc.tar", ["000001", "000002"])
     args = main.build_parser().parse_args(["--det_vis", "--out_dir", str(tmp_path)])
     with voc.VOCReader(tar) as reader:
         hand_made = det.Detector(None, dict(enumerate(det.COCO_CLASSES)), voc.VOC_CLASSES,
                                  det.coco_to_voc(), 0.5, (800, 1333), voc.POINTING_TOLERANCE,
                                  "hand-made detections")
-        assert det.run_voc(hand_made, reader, ["layer4"], args, torch.device("cpu")) == 0
+        assert commands.detect_voc(args, hand_made, reader, ["layer4"], torch.device("cpu")) == 0
     report = json.loads((tmp_path / "detection" / "voc_metrics.json").read_text())
     # person: TP at 0.9, FP at 0.7, npos 2 -> precision 1 up to recall 1/2: 6 of 11 points.
     assert report["ap"]["person"] == pytest.approx(6 / 11)

@@ -27,6 +27,7 @@ from data import (
     load_split,
     normalize,
 )
+from errors import ParamError
 from explain import EXPLAINERS, make_explainer
 from model import build_resnet18, load_model
 from tinydata import idx_bytes, random_checkpoint, write_fashion_mnist
@@ -128,18 +129,6 @@ def test_pixel_ranks_are_stable_and_descending() -> None:
     assert evaluate.pixel_ranks(heat)[0].tolist() == [2, 0, 3, 1]
 
 
-def test_spread_mean_std_and_t_interval() -> None:
-    s = evaluate.spread(torch.tensor([1.0, 2.0, 3.0, 4.0]))
-    std = np.std([1, 2, 3, 4], ddof=1)
-    assert (s.mean, s.n) == (2.5, 4)
-    assert s.std == pytest.approx(std)
-    assert s.ci_high - s.mean == pytest.approx(3.182 * std / 2)
-    one = evaluate.spread(torch.tensor([0.3], dtype=torch.float64))
-    assert (one.std, one.ci_low, one.ci_high) == (0.0, 0.3, 0.3)
-    assert evaluate.t_quantile_975(31) == pytest.approx(2.0395, abs=1e-3)
-    assert evaluate.t_quantile_975(99) == pytest.approx(1.9842, abs=1e-3)
-
-
 # --------------------------------------------------------------------------------------------
 # Hiding strategies
 
@@ -206,14 +195,6 @@ def test_rise_kernel_is_what_rise_computes() -> None:
     np.testing.assert_allclose(kernel.numpy(), ndimage.gaussian_filter(impulse, 5), atol=1e-15)
 
 
-def test_wilson_interval_of_a_proportion() -> None:
-    s = evaluate.proportion_spread(torch.tensor([True] * 8 + [False] * 2), 100)
-    assert s.mean == pytest.approx(80.0) and s.n == 10
-    assert (s.ci_low, s.ci_high) == (pytest.approx(49.02, abs=0.01), pytest.approx(94.33, abs=0.01))
-    none = evaluate.proportion_spread(torch.zeros(20, dtype=torch.bool))
-    assert none.ci_low == pytest.approx(0.0, abs=1e-12) and 0.1 < none.ci_high < 0.2
-
-
 def test_confidence_change_is_torchcams_formula_in_pixel_space() -> None:
     model = tiny_cnn()
     info = DATASETS["cifar10"]
@@ -244,9 +225,10 @@ def test_mean_fill_is_the_original_mean_at_every_step() -> None:
         assert torch.allclose(batch[step][:, hidden], mean[:, None].expand(3, int(hidden.sum())))
 
 
-def test_unknown_strategy_is_a_user_error() -> None:
-    with pytest.raises(evaluate.UserError):
+def test_unknown_strategy_is_an_error_naming_the_parameter() -> None:
+    with pytest.raises(ParamError, match="unknown strategy 'noise'") as caught:
         evaluate.fill_pixels(toy_images(1), "noise")
+    assert caught.value.param == "strategy"
 
 
 # --------------------------------------------------------------------------------------------

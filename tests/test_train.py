@@ -12,7 +12,7 @@ from data import DATASETS
 from errors import TrainingStopped
 from model import build_resnet18, load_model, read_checkpoint, save_checkpoint
 from tinydata import random_checkpoint, write_fashion_mnist
-from train import accuracy_report, run_training, warmup_fraction
+from train import TrainConfig, accuracy_report, fit, warmup_fraction
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +64,10 @@ def test_test_cli_prints_accuracy_per_class_and_confusion_matrix(trained):
     assert (out / "results" / "confusion_matrix.png").stat().st_size > 1000
 
 
-def _args(tmp_path, data_dir, name):
-    args = main.build_parser().parse_args([
-        "--mode", "train", "--dataset", "fashion_mnist", "--data_dir", str(data_dir),
-        "--num_epochs", "1", "--batch_size", "32", "--precision", "fp32",
-        "--save_path", str(tmp_path / f"{name}.pth"), "--log_dir", str(tmp_path / name)])
-    return args
+def _config(tmp_path, data_dir, name):
+    return TrainConfig(dataset="fashion_mnist", data_dir=str(data_dir), num_epochs=1,
+                       batch_size=32, save_path=str(tmp_path / f"{name}.pth"),
+                       log_dir=str(tmp_path / name))
 
 
 def test_seeded_training_is_repeatable_on_cpu(tmp_path, fashion_dir):
@@ -77,7 +75,7 @@ def test_seeded_training_is_repeatable_on_cpu(tmp_path, fashion_dir):
     torch.set_num_threads(1)  # one thread: the same reduction order in every run
     try:
         for name in ("a", "b"):
-            run_training(_args(tmp_path, fashion_dir, name))
+            fit(_config(tmp_path, fashion_dir, name))
     finally:
         torch.set_num_threads(threads)
     a = read_checkpoint(tmp_path / "a.pth")["model_state_dict"]

@@ -1,0 +1,413 @@
+"""The command layer's jobs: each turns the flags into the API's parameters, calls the API, hands
+the result to a writer and prints the summary. Only this module, ``main.py`` and
+``validation.py`` read flags or print; the library underneath takes parameters and returns
+results, so a script calls the same functions (see the README's "From Python").
+
+Library errors name their own parameters (``layer``, ``methods``); :func:`run` rewords them as
+the flags of the job that set them.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import distributed
+import outputs
+import visualize
+from data import DatasetInfo, ImageSplit, info_from_meta, load_image, load_split, normalize
+from errors import ParamError, UserError
+from registry import DET_LAYERS, TITLES, parse_layers, parse_methods, parse_strategies
+from runtime import precision_dtype, resolve_device
+
+# Which flag set each library parameter, for the jobs on classifiers and on detectors.
+CLASSIFIER_FLAGS = {"layer": "--target_layer", "layers": "--target_layer", "methods": "--vis",
+                    "method": "--vis", "strategies": "--hidden_strategy"}
+DETECTOR_FLAGS = {"layers": "--det_layer", "method": "--det_method"}
+GRID_MAX = 50  # images in a method's grid figure; a larger grid is unreadable and slow to draw
+GRID_IMAGES = 16  # images in the grid of detections that a VOC-style run writes
+
+
+class _Console(logging.Handler):
+    """The library's progress lines on stdout and its notes and warnings on stderr, written
+    through tqdm so that they never break a progress bar; the streams are looked up when a line
+    is written (tests and scripts swap them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        tqdm.write(self.format(record), file=stream)
+        stream.flush()
+
+
+def configure_console() -> None:
+    """Send the library's log lines to the terminal, once per process; a script that wants
+    them silent or captured configures ``logging`` itself instead."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _Console) for h in root.handlers):
+        root.addHandler(_Console())
+    root.setLevel(logging.INFO)
+
+
+def run(args: Namespace) -> int:
+    """Run what the flags ask for; a library parameter's error is reworded as its flag."""
+    detector_job = bool(args.det_vis or args.det_img)
+    names = DETECTOR_FLAGS if detector_job else {**CLASSIFIER_FLAGS, "model": args.save_path}
+    try:
+        return _dispatch(args)
+    except ParamError as exc:
+        raise UserError(exc.worded(names)) from None
+
+
+def _dispatch(args: Namespace) -> int:
+    if (args.det_vis or args.det_img or args.image or args.make_scenes or args.sanity) \
+            and not distributed.world().is_main:
+        return 0  # under torchrun rank 0 alone does the jobs that are not split across ranks
+    if args.mode == "train" and args.det_vis:
+        return train_detector(args)
+    if args.mode == "train":
+        return train_classifier(args)
+    if args.make_scenes:
+        return make_scenes(args)
+    device = resolve_device(args.device)
+    if args.det_vis or args.det_img:
+        return detect(args, device)
+    from model import load_model
+    model, meta = load_model(args.save_path, device)
+    info = info_from_meta(meta, args.dataset, num_outputs=model.fc.out_features)
+    if args.sanity and args.image:
+        return sanity(args, model, info, None, device)
+    if args.image:
+        return explain_images(args, model, info, device)
+    split = load_split(info.name, args.data_dir, train=False)
+    split.info = info
+    if args.sanity:
+        return sanity(args, model, info, split, device)
+    if args.hidden_strategy != "none":
+        return leaderboard(args, model, split, device)
+    if args.vis != "none":
+        return explain_dataset(args, model, split, device)
+    return test_accuracy(args, model, split, device)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+
+def train_classifier(args: Namespace) -> int:
+    """``--mode train``: train, keep the best checkpoint, log metrics and curves."""
+    from train import TrainConfig, fit
+    device = resolve_device(args.device)
+    history = fit(TrainConfig(
+        dataset=args.dataset or "cifar10", data_dir=args.data_dir, save_path=args.save_path,
+        log_dir=args.log_dir, num_epochs=args.num_epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed,
+        save_half=args.save_half, device=device, dtype=precision_dtype(args.precision, device)))
+    if distributed.world().is_main:
+        print(f"Best test accuracy: {history.best:.2f}%  (checkpoint {args.save_path}, "
+              f"metrics {history.metrics})")
+    return 0
+
+
+def train_detector(args: Namespace) -> int:
+    """``--mode train --det_vis``: train the scene detector (``--resume`` continues)."""
+    from train_detector import DetectorTrainConfig, fit_detector
+    device = resolve_device(args.device)
+    history = fit_detector(DetectorTrainConfig(
+        data_dir=args.data_dir, save_path=args.save_path, log_dir=args.log_dir,
+        num_epochs=args.num_epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, det_scenes=args.det_scenes,
+        det_num=args.det_num, save_half=args.save_half, resume=args.resume, device=device,
+        dtype=precision_dtype(args.precision, device)))
+    last = history[-1]["test_map"] if history else 0.0
+    print(f"Last test mAP@0.5: {last:.4f}  (checkpoint {args.save_path}, metrics "
+          f"{Path(args.log_dir) / 'metrics.csv'})")
+    return 0
+
+
+def make_scenes(args: Namespace) -> int:
+    """``--make_scenes DIR``: the shipped test scenes' generator, ``--det_num`` of them."""
+    from train_detector import TEST_SEED, write_test_scenes
+    written = write_test_scenes(args.data_dir, args.make_scenes, args.det_num)
+    print(f"wrote {args.det_num} test scenes (Fashion-MNIST test split, key {TEST_SEED}) to "
+          f"{written}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# The classifier
+
+
+def _precision_line(device: torch.device, dtype: torch.dtype | None) -> str:
+    from train import precision_label
+    return f"device {device}, precision {precision_label(dtype)}"
+
+
+def test_accuracy(args: Namespace, model: torch.nn.Module, split: ImageSplit,
+                  device: torch.device) -> int:
+    """``--mode test --vis none``: accuracy, per-class accuracy, confusion-matrix PNG."""
+    from train import test_accuracy as accuracy
+    dtype = precision_dtype(args.precision, device)
+    if distributed.world().is_main:
+        print(f"Testing on {len(split)} {split.info.name} test images, "
+              f"{_precision_line(device, dtype)}")
+    report = accuracy(model, split, device, dtype, batch_size=max(args.batch_size, 256))
+    if report is None:  # another rank than 0 under torchrun: rank 0 reports
+        return 0
+    print(f"Test Accuracy: {report.accuracy:.2f}%")
+    width = max(len(c) for c in report.classes)
+    for name, value in zip(report.classes, report.per_class):
+        print(f"  {name:<{width}}  {value:6.2f}%")
+    out = Path(args.out_dir) / "confusion_matrix.png"
+    visualize.plot_confusion_matrix(report.confusion, report.classes, out,
+                                    title=f"{split.info.name}: {report.accuracy:.2f}% of "
+                                          f"{report.n}")
+    print(f"Confusion matrix: {out}")
+    return 0
+
+
+def explain_dataset(args: Namespace, model: torch.nn.Module, split: ImageSplit,
+                    device: torch.device) -> int:
+    """``--vis METHOD --vis_num N``: a panel per test image and method, written as each chunk
+    is explained, and a grid of the first ``GRID_MAX``. Under torchrun each rank writes its
+    own block's panels; rank 0 gathers the grid's images and the counts."""
+    from explain import explain_split
+    methods = parse_methods(args.vis)
+    info = split.info
+    n = min(args.vis_num, len(split))
+    here = distributed.world()
+    correct = 0
+    grid: dict[str, list[tuple[torch.Tensor, torch.Tensor, str]]] = {m: [] for m in methods}
+    bar = tqdm(total=distributed.shard(n, here).stop - distributed.shard(n, here).start,
+               desc="heatmaps", unit="img", leave=False,
+               disable=not here.is_main or n <= args.batch_size)
+    for block in explain_split(model, split, methods, args.target_layer, n, device, args.target,
+                               args.batch_size, args.cam_batch_size):
+        preds = block.preds
+        correct += (preds == block.labels).sum().item()
+        for method, maps in block.maps.items():
+            for j, i in enumerate(block.indices):
+                pred, true = info.classes[preds[j]], info.classes[block.labels[j]]
+                name = f"{method}_{i}_pred_{visualize.slug(pred)}_gt_{visualize.slug(true)}.png"
+                visualize.save_rgb(visualize.heatmap_panel(block.pixels[j], maps[j]),
+                                   Path(args.out_dir) / method / name)
+                if i < GRID_MAX:
+                    caption = f"pred {pred} ({block.probs[j, preds[j]]:.2f})\ntrue {true}"
+                    grid[method].append((block.pixels[j], maps[j], caption))
+        bar.update(len(block.indices))
+    bar.close()
+    gathered = distributed.gather((correct, grid), here)
+    if gathered is None:  # another rank than 0: rank 0 draws the grids and reports
+        return 0
+    correct = sum(count for count, _ in gathered)
+    which = "predicted" if args.target == "pred" else "true"
+    shown = "" if n <= GRID_MAX else f"; the grid shows the first {GRID_MAX}"
+    for method in methods:
+        items = [item for _, part in gathered for item in part[method]]
+        path = Path(args.out_dir) / method / f"{method}_grid.png"
+        visualize.save_heatmap_grid(torch.stack([p for p, _, _ in items]),
+                                    torch.stack([h for _, h, _ in items]),
+                                    [t for _, _, t in items], path,
+                                    suptitle=f"{TITLES[method]} ({args.target_layer}, "
+                                             f"{which} class)")
+        print(f"{TITLES[method]}: {n} panels and {path} ({correct}/{n} predicted "
+              f"correctly{shown})")
+    return 0
+
+
+def explain_images(args: Namespace, model: torch.nn.Module, info: DatasetInfo,
+                   device: torch.device) -> int:
+    """``--image PATH``: top-5 classes of each image and, with ``--vis``, its heatmap panels."""
+    from explain import heatmaps, probabilities
+    methods = [] if args.vis == "none" else parse_methods(args.vis)
+    pixels = torch.stack([load_image(path, info) for path in args.image])
+    images = normalize(pixels, info).to(device)
+    probs = probabilities(model, images, args.batch_size)
+    top = probs.topk(min(5, probs.shape[1]), dim=1)
+    preds = top.indices[:, 0]
+    for path, values, indices in zip(args.image, top.values, top.indices):
+        ranking = ", ".join(f"{info.classes[k]} {v:.3f}" for v, k in zip(values, indices))
+        print(f"{path}: {ranking}")
+    stems = visualize.unique_slugs([Path(path).stem for path in args.image])
+    for method in methods:
+        maps = heatmaps(model, images, preds, method, args.target_layer, args.batch_size,
+                        args.cam_batch_size).cpu()
+        for stem, pixel, heatmap, pred in zip(stems, pixels, maps, preds):
+            out = (Path(args.out_dir) / method /
+                   f"{method}_{stem}_pred_{visualize.slug(info.classes[pred])}.png")
+            visualize.save_rgb(visualize.heatmap_panel(pixel, heatmap), out)
+            print(f"{TITLES[method]}: {out}")
+    return 0
+
+
+def leaderboard(args: Namespace, model: torch.nn.Module, split: ImageSplit,
+                device: torch.device) -> int:
+    """``--vis METHODS --target_layer LAYERS --hidden_strategy S``: the leaderboard."""
+    import leaderboard as board_api
+    from model import ARCH
+    dtype = precision_dtype(args.precision, device)
+    board = board_api.leaderboard(
+        model, split, device, parse_methods(args.vis), parse_layers(args.target_layer),
+        parse_strategies(args.hidden_strategy), steps=args.steps, num_images=args.num_eval,
+        batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
+        cam_batch_size=args.cam_batch_size, dtype=dtype, seed=args.seed,
+        context={"model": str(args.save_path), "arch": ARCH})
+    if board is None:  # another rank than 0
+        return 0
+    for note in [*board.notes, *board.warnings]:
+        print(note, file=sys.stderr)
+    print(board.header)
+    for strategy in board.strategies:
+        for result in board.results[strategy]:
+            print(f"[{strategy}] " + "\n".join(board_api.report_lines(result)))
+    written = board_api.write_leaderboard(board, args.out_dir)
+    print(board_api.BETTER_LINE)
+    for strategy in board.strategies:
+        print(board_api.markdown_table(board.results[strategy], board.caption(strategy)), end="")
+    print(f"Wrote {len(written)} files to {Path(args.out_dir)} for "
+          f"{','.join(board.strategies)}: figures results_*_S.png, comparison_S.png and "
+          f"ranking_S.png, curves curves_*_S.npz, summaries summary_*_S.json, leaderboard "
+          f"comparison_S.md/.csv/.json")
+    return 0
+
+
+def sanity(args: Namespace, model: torch.nn.Module, info: DatasetInfo,
+           split: ImageSplit | None, device: torch.device) -> int:
+    """``--sanity``: the cascading randomisation test on the first ``--vis_num`` test images
+    (or on ``--image`` files), for the methods of ``--vis`` (all if none) at every layer of
+    ``--target_layer``, explaining the trained network's predicted (or true) class."""
+    from sanity import predicted_classes, sanity_check, write_sanity
+    methods = parse_methods("all" if args.vis == "none" else args.vis)
+    layers = parse_layers(args.target_layer)
+    if args.image:
+        pixels = torch.stack([load_image(path, info) for path in args.image])
+        labels = None
+        source = f"{len(pixels)} image(s) from --image"
+    else:
+        part = split.subset(args.vis_num)
+        pixels, labels = part.images.float().div(255), part.labels
+        source = f"the first {len(pixels)} {info.name} test images"
+    images = normalize(pixels, info).to(device)
+    use_true = args.target == "gt" and labels is not None
+    targets = labels.to(device) if use_true else predicted_classes(model, images,
+                                                                   args.batch_size)
+    report = sanity_check(model, images, targets, methods, layers, args.batch_size,
+                          args.cam_batch_size, precision_dtype(args.precision, device),
+                          args.seed, source, "true" if use_true else "predicted")
+    for note in [*report.notes, *report.warnings]:
+        print(note, file=sys.stderr)
+    written = write_sanity(report, pixels, Path(args.out_dir) / "sanity")
+    from sanity import label, markdown_table
+    print(markdown_table(report.rows, report.stages, report.failed, report.caption), end="")
+    for (method, layer), fails in report.failed.items():
+        last = report.last(method, layer)
+        print(f"{label(method, layer)}: {'FAILS' if fails else 'passes'} (Spearman "
+              f"{last.spearman.mean:.2f} {last.spearman.interval_text(2)}, SSIM "
+              f"{last.ssim.mean:.2f} with every layer random)")
+    print(f"Wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Detections
+
+
+def _score_thresh(args: Namespace, detector=None) -> float:
+    """``--det_score_thresh``, else the detector's own (the checkpoint's, 0.5 for COCO)."""
+    if args.det_score_thresh is not None:
+        return args.det_score_thresh
+    return detector.score_thresh if detector is not None else 0.5
+
+
+def detect(args: Namespace, device: torch.device) -> int:
+    """``--det_vis``: explain one image (``--det_img``) or a VOC-style test set (``--voc_path``:
+    VOC 2007 test, or the Fashion-MNIST scenes)."""
+    from data import open_image
+    from detection import image_array, load_detector, score_floor
+    from voc import VOCReader
+    layers = parse_layers(args.det_layer, DET_LAYERS)
+    floor = score_floor(_score_thresh(args))
+    if args.det_img:
+        photo = open_image(args.det_img)  # a bad image fails before the weights are loaded
+        detector = load_detector(args.det_weights, device, args.det_min_size, floor)
+        image = image_array(photo, fit=detector.input_fit)
+        del photo
+        return detect_image(args, detector, image, layers, device)
+    with VOCReader(args.voc_path) as reader:
+        detector = load_detector(args.det_weights, device, args.det_min_size, floor)
+        reader.classes = detector.classes
+        return detect_voc(args, detector, reader, layers, device)
+
+
+def detect_image(args: Namespace, detector, image, layers: list[str],
+                 device: torch.device) -> int:
+    """``--det_img PATH``: panels for one image. An image without detections is not an error
+    (the detector's answer is "nothing here"): one line says so and the exit status is 0."""
+    from detection import explain_detections, to_tensor
+    path = args.det_img
+    thresh = _score_thresh(args, detector)
+    result = explain_detections(detector.model, to_tensor(image, device), layers, thresh,
+                                args.det_max, method=args.det_method)
+    names = detector.names
+    if len(result.explained) == 0:
+        best = (f"; best score {float(result.scores[0]):.2f} "
+                f"({names[int(result.labels[0])]})" if len(result.scores) else "")
+        print(f"{path}: no detection with score >= {thresh:.2f}{best}; nothing to explain")
+        return 0
+    found = ", ".join(visualize.caption(names, int(result.labels[i]), float(result.scores[i]))
+                      for i in result.explained.tolist())
+    n = len(result.explained)
+    print(f"{path}: {n} detection{'s' * (n != 1)} explained: {found}")
+    folder = Path(args.out_dir) / "detection"
+    for written in visualize.save_panels(image, result, visualize.slug(Path(path).stem), folder,
+                                         names, args.det_per_box):
+        print(f"wrote {written}")
+    return 0
+
+
+def detect_voc(args: Namespace, detector, reader, layers: list[str],
+               device: torch.device) -> int:
+    """A VOC-style test set: panels for the first ``--det_num`` images, a grid of the first
+    ones with ground truth and detections, then AP and explanation scores with baselines,
+    printed and saved as ``voc_metrics.json``."""
+    import json
+
+    from detection import DET_METHODS, WEIGHTS_FILE, score_floor
+    from detmetrics import format_table, score_voc
+    from voc import VOC_CLASSES
+    thresh = _score_thresh(args, detector)
+    names = {label: reader.classes[c] for label, c in detector.label_map.items()}
+    folder = Path(args.out_dir) / "detection"
+    grid = []
+    kind = "VOC-class detection" if reader.classes == VOC_CLASSES else "detection"
+
+    def draw(image_id, image, truth, result) -> None:
+        if len(grid) < GRID_IMAGES:
+            grid.append(visualize.ground_truth_panel(
+                image, result, truth.boxes.tolist(),
+                [reader.classes[c] for c in truth.labels.tolist()], names))
+        if len(result.explained) == 0:
+            tqdm.write(f"{image_id}: no {kind} with score >= {thresh:.2f}; skipped")
+            return
+        visualize.save_panels(image, result, visualize.slug(image_id), folder, names,
+                              args.det_per_box)
+
+    report = score_voc(detector, reader, layers, args.det_method, thresh, args.det_max,
+                       args.det_num, device, on_image=draw)
+    print(f"{reader.path}, {len(report.ids)} images ({len(report.without_detections)} without "
+          f"detections), {detector.description}")
+    print(format_table(report.summary, DET_METHODS[args.det_method][1]))
+    report.settings.update({
+        "weights": args.det_weights or WEIGHTS_FILE,
+        "ap_method": "VOC2007 11-point, difficult objects ignored, detections with score > "
+                     f"{score_floor(thresh)}"})
+    if grid:
+        visualize.save_panel_grid(grid, folder / "detections_grid.png")
+        print(f"wrote {folder / 'detections_grid.png'}")
+    path = folder / "voc_metrics.json"
+    outputs.write_text(path, json.dumps(report.as_dict(), indent=2))
+    print(f"wrote {path}")
+    return 0
