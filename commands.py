@@ -26,8 +26,8 @@ from runtime import precision_dtype, resolve_device
 
 # Which flag set each library parameter, for the jobs on classifiers and on detectors.
 CLASSIFIER_FLAGS = {"layer": "--target_layer", "layers": "--target_layer", "methods": "--vis",
-                    "method": "--vis", "strategies": "--hidden_strategy"}
-DETECTOR_FLAGS = {"layers": "--det_layer", "method": "--det_method"}
+                    "method": "--vis", "strategies": "--hidden_strategy", "device": "--device"}
+DETECTOR_FLAGS = {"layers": "--det_layer", "method": "--det_method", "device": "--device"}
 GRID_MAX = 50  # images in a method's grid figure; a larger grid is unreadable and slow to draw
 GRID_IMAGES = 16  # images in the grid of detections that a VOC-style run writes
 
@@ -179,6 +179,9 @@ def explain_dataset(args: Namespace, model: torch.nn.Module, split: ImageSplit,
     info = split.info
     n = min(args.vis_num, len(split))
     here = distributed.world()
+    if here.is_main:
+        print(f"Heatmaps of {n} {info.name} test images: {', '.join(TITLES[m] for m in methods)} "
+              f"at {args.target_layer}, {_precision_line(device, None)}")
     correct = 0
     grid: dict[str, list[tuple[torch.Tensor, torch.Tensor, str]]] = {m: [] for m in methods}
     bar = tqdm(total=distributed.shard(n, here).stop - distributed.shard(n, here).start,
@@ -224,6 +227,8 @@ def explain_images(args: Namespace, model: torch.nn.Module, info: DatasetInfo,
     from explain import heatmaps, probabilities
     methods = [] if args.vis == "none" else parse_methods(args.vis)
     pixels = torch.stack([load_image(path, info) for path in args.image])
+    print(f"{len(pixels)} image(s) at {info.input_size} px for the {info.name} model, "
+          f"{_precision_line(device, None)}")
     images = normalize(pixels, info).to(device)
     probs = probabilities(model, images, args.batch_size)
     top = probs.topk(min(5, probs.shape[1]), dim=1)
@@ -291,12 +296,14 @@ def sanity(args: Namespace, model: torch.nn.Module, info: DatasetInfo,
         pixels, labels = part.images.float().div(255), part.labels
         source = f"the first {len(pixels)} {info.name} test images"
     images = normalize(pixels, info).to(device)
+    dtype = precision_dtype(args.precision, device)
+    print(f"Sanity check: {source}, {len(methods)} method(s) at {', '.join(layers)}, "
+          f"{_precision_line(device, dtype)} (Score-CAM / Ablation-CAM passes; the rest fp32)")
     use_true = args.target == "gt" and labels is not None
     targets = labels.to(device) if use_true else predicted_classes(model, images,
                                                                    args.batch_size)
     report = sanity_check(model, images, targets, methods, layers, args.batch_size,
-                          args.cam_batch_size, precision_dtype(args.precision, device),
-                          args.seed, source, "true" if use_true else "predicted")
+                          args.cam_batch_size, dtype, args.seed, source, "true" if use_true else "predicted")
     for note in [*report.notes, *report.warnings]:
         print(note, file=sys.stderr)
     written = write_sanity(report, pixels, Path(args.out_dir) / "sanity")
@@ -333,11 +340,13 @@ def detect(args: Namespace, device: torch.device) -> int:
     if args.det_img:
         photo = open_image(args.det_img)  # a bad image fails before the weights are loaded
         detector = load_detector(args.det_weights, device, args.det_min_size, floor)
+        print(f"Detector: {detector.description}, {_precision_line(device, None)}")
         image = image_array(photo, fit=detector.input_fit)
         del photo
         return detect_image(args, detector, image, layers, device)
     with VOCReader(args.voc_path) as reader:
         detector = load_detector(args.det_weights, device, args.det_min_size, floor)
+        print(f"Detector: {detector.description}, {_precision_line(device, None)}")
         reader.classes = detector.classes
         return detect_voc(args, detector, reader, layers, device)
 

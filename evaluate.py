@@ -256,9 +256,11 @@ def confidence_change(model: nn.Module, pixels: torch.Tensor, heatmaps: torch.Te
     """Average Drop and Increase in Confidence (Chattopadhay et al., 2018), per image.
 
     ``y`` is the target's softmax probability for the image, ``o`` for the image multiplied by
-    its heatmap. As torchcam and pytorch-grad-cam define them: drop ``relu(y - o) / y``,
-    increase ``o > y``. The multiplication happens in pixel space (black where the map is 0),
-    like every hiding strategy here; both libraries multiply the normalized tensor instead.
+    its heatmap. As torchcam defines them (``torchcam/metrics.py``): drop ``relu(y - o) / y``,
+    increase ``o > y``; pytorch-grad-cam's ``DropInConfidence`` is ``relu(y - o)`` without the
+    division by ``y``, its increase the same. The multiplication happens in pixel space (black
+    where the map is 0), like every hiding strategy here; both libraries multiply the
+    normalized tensor instead.
     Returns ``drop`` (float64) and ``increase`` (bool), both ``[N]`` on the CPU.
     """
     _check_inputs(pixels, heatmaps, targets)

@@ -133,7 +133,7 @@ def select_images(model: nn.Module, split: ImageSplit, device: torch.device, n: 
                                   f"trained on {split.info.name}?)")
     if found < n:
         log.warning(f"warning: only {found} of the {len(split)} test images are classified "
-                    f"correctly; evaluating those {found} instead of --num_eval {n}")
+                    f"correctly; evaluating those {found} instead of the {n} asked for")
     return selection
 
 

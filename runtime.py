@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
-from errors import UserError
+from errors import ParamError
 
 
 def usable_devices() -> list[str]:
@@ -38,17 +38,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown --device '{name}' (usable here: "
-                        f"{', '.join(usable_devices())})") from None
+        raise ParamError("device", f"unknown {{param}} '{name}' (usable here: "
+                                   f"{', '.join(usable_devices())})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} was asked for, but PyTorch sees no CUDA device "
-                        f"(use --device auto or cpu)")
+        raise ParamError("device", f"{{param}} {name} was asked for, but PyTorch sees no CUDA "
+                                   f"device (use {{param}} auto or cpu)")
     usable = (device.type == "cpu" and device.index in (None, 0)
               or device.type == "cuda" and (device.index or 0) < torch.cuda.device_count()
               or device.type == "mps" and torch.backends.mps.is_available())
     if not usable:
-        raise UserError(f"--device {name} cannot be used by this PyTorch build on this machine "
-                        f"(usable here: {', '.join(usable_devices())})")
+        raise ParamError("device", f"{{param}} {name} cannot be used by this PyTorch build on "
+                                   f"this machine (usable here: {', '.join(usable_devices())})")
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device

@@ -2,18 +2,36 @@
 # Rebuild every figure and number in README.md from the shipped Fashion-MNIST checkpoint,
 # offline, into one folder (default ./figures), and refresh the copies under docs/.
 #
-#   scripts/reproduce_figures.sh [OUT_DIR]
+#   scripts/reproduce_figures.sh [--quick] [OUT_DIR]
 #
-# About 25 minutes on 2 CPU cores for the figures that came first (most of it deletion/
-# insertion: 4 strategies x 5 methods x 100 images x 202 forward passes), plus the leaderboard
-# of every method at two layers (about 2 hours on a busy 2-core machine, most of it Score-CAM's
-# 768 forward passes per image and the curves) and the sanity check. Set PYTHON to use another
-# interpreter.
+# Each part prints its wall time when it ends, and the total at the end. The README's
+# "Reproducing" section lists the measured durations (the leaderboard over every method at two
+# layers dominates: Score-CAM's 768 forward passes per image, and the curves).
+# --quick: the same figures from fewer images and steps (20 instead of 100 images for
+# deletion/insertion and the leaderboard, 30 of the 300 test scenes, 4 sanity images), for a
+# first look; its numbers are rougher than the README's. It writes to ./figures_quick and
+# leaves docs/ alone. Set PYTHON to use another interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-./figures}
+quick=0
+if [[ "${1:-}" == "--quick" ]]; then quick=1; shift; fi
+if (( quick )); then out=${1:-./figures_quick}; else out=${1:-./figures}; fi
 ckpt=checkpoints/resnet18_fashion_mnist.pth
 py=${PYTHON:-python}
+n_eval=$(( quick ? 20 : 100 )); n_scenes=$(( quick ? 30 : 300 )); n_sanity=$(( quick ? 4 : 8 ))
+started=$SECONDS
+part_start=$SECONDS
+part_name=""
+
+part() {   # part NAME: end the running part (print its wall time) and start the next
+    if [[ -n "$part_name" ]]; then
+        echo "== part '$part_name' took $(( SECONDS - part_start )) s"
+    fi
+    part_name=$1
+    part_start=$SECONDS
+    [[ -n "$part_name" ]] && echo "== part '$part_name'"
+    return 0
+}
 
 run() {
     echo "+ python main.py $*"
@@ -21,20 +39,25 @@ run() {
 }
 
 mkdir -p "$out/accuracy" "$out/deletion_insertion"
+part "test accuracy (10,000 images$( (( quick )) || echo ', default precision and fp32'))"
 run --mode test --save_path "$ckpt" --vis none --out_dir "$out/accuracy" \
     | tee "$out/accuracy/test_accuracy.txt"
-run --mode test --save_path "$ckpt" --vis none --precision fp32 --out_dir "$out/accuracy/fp32" \
-    | tee "$out/accuracy/test_accuracy_fp32.txt"
+if (( ! quick )); then
+    run --mode test --save_path "$ckpt" --vis none --precision fp32 \
+        --out_dir "$out/accuracy/fp32" | tee "$out/accuracy/test_accuracy_fp32.txt"
+fi
 
+part "heatmap panels"
 for method in cam gradcam gradcampp; do
     run --mode test --save_path "$ckpt" --vis "$method" --vis_num 10 --out_dir "$out/heatmaps"
 done
 run --mode test --save_path "$ckpt" --vis gradcam --target_layer layer3 --vis_num 10 \
     --out_dir "$out/heatmaps_layer3"
 
+part "deletion / insertion, 3 methods x 4 strategies"
 for strategy in zero gray mean blur; do
     run --mode test --save_path "$ckpt" --vis cam,gradcam,gradcampp --hidden_strategy "$strategy" \
-        --num_eval 100 --out_dir "$out/deletion_insertion" \
+        --num_eval "$n_eval" --out_dir "$out/deletion_insertion" \
         | tee "$out/deletion_insertion/log_$strategy.txt"
 done
 
@@ -42,10 +65,11 @@ done
 # "The trained detector that ships here").
 det=checkpoints/fasterrcnn_fashion_scenes.pth
 mkdir -p "$out/detection"
-run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num 300 \
+part "scene detector, Grad-CAM and LayerCAM on $n_scenes scenes"
+run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num "$n_scenes" \
     --det_layer layer2,layer3,layer4 --out_dir "$out/detection" \
     | tee "$out/detection/scene_metrics.txt"
-run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num 300 \
+run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num "$n_scenes" \
     --det_layer layer2,layer3,layer4 --det_method layercam --out_dir "$out/detection_layercam" \
     | tee "$out/detection/scene_metrics_layercam.txt"
 for method in gradcam layercam; do
@@ -55,14 +79,22 @@ for method in gradcam layercam; do
 done
 
 mkdir -p "$out/leaderboard"
+part "leaderboard, every method at layer3 and layer4, zero and blur"
 run --mode test --save_path "$ckpt" --vis all --target_layer layer3,layer4 \
-    --hidden_strategy zero,blur --num_eval 100 --steps 20 --out_dir "$out/leaderboard" \
-    | tee "$out/leaderboard/log.txt"
+    --hidden_strategy zero,blur --num_eval "$n_eval" --steps "$(( quick ? 10 : 20 ))" \
+    --out_dir "$out/leaderboard" | tee "$out/leaderboard/log.txt"
 mkdir -p "$out/sanity_check"
-run --mode test --save_path "$ckpt" --sanity --target_layer layer4 --vis_num 8 \
+part "sanity check"
+run --mode test --save_path "$ckpt" --sanity --target_layer layer4 --vis_num "$n_sanity" \
     --vis cam,gradcam,gradcampp,xgradcam,hirescam,layercam,ablationcam,eigencam \
     --out_dir "$out/sanity_check" | tee "$out/sanity_check/log.txt"
 
+part ""
+echo "== all parts took $(( SECONDS - started )) s"
+if (( quick )); then
+    echo "Figures in $out (a quick run: docs/ left as it is)"
+    exit 0
+fi
 mkdir -p docs
 cp "$out/detection/detection/detections_grid.png" docs/detections_grid.png
 for method in gradcam layercam; do

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -55,7 +56,7 @@ sys.exit(main.main(sys.argv[1:]))
 
 def _run_limited(limit: int, *args) -> subprocess.CompletedProcess:
     code = _LIMITED.format(limit=limit, root=str(ROOT))
-    result = subprocess.run(["python", "-c", code, *map(str, args)], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT,
                             capture_output=True, timeout=900, check=False)
     # Decoded by hand: text=True would turn a progress bar's carriage returns into new lines.
     return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(),

@@ -1,0 +1,28 @@
+"""The leaderboard from Python: the shipped model, the shipped test split, two methods at
+layer4, and its ranking drawn from the returned result (no file is read back)."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from data import info_from_meta, load_split
+from leaderboard import leaderboard
+from model import load_model
+
+model, meta = load_model("checkpoints/resnet18_fashion_mnist.pth", "cpu")
+info = info_from_meta(meta)
+split = load_split(info.name, "data", train=False)
+split.info = info
+
+board = leaderboard(model, split, "cpu", methods=["gradcam", "layercam"], layers=["layer4"],
+                    strategies=["zero"], steps=10, num_images=8)
+
+order = board.ranked("zero")
+for rank, result in enumerate(order, 1):
+    d = result.difference
+    print(f"{rank}. {result.label}: insertion - deletion {d.mean:.3f} {d.interval_text(3)}")
+
+fig, ax = plt.subplots(figsize=(6, 2.5))
+ax.barh([r.label for r in order][::-1], [r.difference.mean for r in order][::-1])
+ax.set_xlabel("insertion AUC - deletion AUC (higher is better)")
+fig.savefig("ranking.png", bbox_inches="tight")

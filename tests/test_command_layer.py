@@ -1,0 +1,119 @@
+"""The command layer stays the only place that knows flags and prints, the command line answers
+``--help`` and flag errors without loading torch, and the README's "From Python" script runs."""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from errors import ParamError
+from explain import heatmaps
+from test_cam import random_resnet
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND_LAYER = {"main.py", "validation.py", "commands.py"}
+HEAVY = ("torch", "torchvision", "matplotlib", "cv2")
+
+
+def library_modules() -> list[Path]:
+    return sorted(p for p in ROOT.glob("*.py") if p.name not in COMMAND_LAYER)
+
+
+def test_only_the_command_layer_knows_argparse_and_prints() -> None:
+    offenders = []
+    for path in library_modules():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            if any(n.split(".")[0] == "argparse" for n in names):
+                offenders.append(f"{path.name}:{node.lineno} imports argparse")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id == "print":
+                offenders.append(f"{path.name}:{node.lineno} prints")
+            if isinstance(node, ast.Name) and node.id == "Namespace":
+                offenders.append(f"{path.name}:{node.lineno} reads a Namespace")
+    assert library_modules() and not offenders, offenders
+
+
+def test_the_guard_sees_a_print(tmp_path: Path) -> None:
+    """The walk above finds what it looks for (a guard that can fail)."""
+    tree = ast.parse("import argparse\nprint('x')\n")
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and n.func.id == "print"]
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--vis", "lime"], ["--det_img", "x.png",
+                                                                  "--det_layer", "layer9"],
+                                  ["--batch_size", "0"], ["--target_layer", ","]])
+def test_help_and_flag_errors_import_no_heavy_module(argv: list[str]) -> None:
+    code = ("import sys, main\n"
+            "try:\n    code = main.main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    code = e.code\n"
+            f"print('LOADED', [m for m in {HEAVY!r} if m in sys.modules], code)\n")
+    result = subprocess.run([sys.executable, "-c", code, *argv], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=False)
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("LOADED [] "), (last, result.stderr)
+    assert last.endswith(" 0") if argv == ["--help"] else last.endswith(" 2")
+    if argv != ["--help"]:
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_library_errors_name_the_parameter_and_the_cli_names_the_flag(capsys) -> None:
+    model = random_resnet()
+    images = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ParamError, match=r"^layer 'layer3,layer4' names several") as caught:
+        heatmaps(model, images, torch.tensor([0]), "gradcam", layer="layer3,layer4")
+    assert caught.value.worded({"layer": "--target_layer"}).startswith(
+        "--target_layer 'layer3,layer4' names several layers")
+
+
+def test_every_flag_has_help_and_shows_its_default() -> None:
+    import main
+    parser = main.build_parser()
+    for action in parser._actions:
+        if action.dest == "help":
+            continue
+        assert action.help, f"--{action.dest} has no help text"
+    text = " ".join(parser.format_help().split())
+    start = text.index("--det_score_thresh DET_SCORE_THRESH explain")
+    thresh = text[start:text.index("--det_max DET_MAX", start)]
+    assert thresh.count("default") == 1, thresh      # its default said once, not twice
+    assert "examples:" in text and "(default: 128)" in text
+
+
+def test_from_python_script_runs_and_is_in_the_readme(tmp_path: Path) -> None:
+    script = ROOT / "examples" / "from_python.py"
+    assert script.read_text().strip() in (ROOT / "README.md").read_text()
+    for name in ("checkpoints", "data"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("1. ")  # 2 methods + 2 baselines
+    assert any("Grad-CAM (layer4)" in line for line in lines)
+    assert (tmp_path / "ranking.png").stat().st_size > 1000
+
+
+def test_ctrl_c_while_the_heavy_modules_import_is_one_line() -> None:
+    code = ("import sys, main\n"
+            "class Interrupt:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'commands':\n            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Interrupt())\n"
+            "sys.exit(main.main(['--mode', 'test']))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 130
+    assert result.stderr == "error: interrupted\n"
