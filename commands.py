@@ -21,7 +21,7 @@ import outputs
 import visualize
 from data import DatasetInfo, ImageSplit, info_from_meta, load_image, load_split, normalize
 from errors import ParamError, UserError
-from registry import DET_LAYERS, TITLES, parse_layers, parse_methods, parse_strategies
+from registry import DET_LAYERS, DET_TITLES, TITLES, parse_layers, parse_methods, parse_strategies
 from runtime import precision_dtype, resolve_device
 
 # Which flag set each library parameter, for the jobs on classifiers and on detectors.
@@ -335,7 +335,8 @@ def detect(args: Namespace, device: torch.device) -> int:
     from data import open_image
     from detection import image_array, load_detector, score_floor
     from voc import VOCReader
-    layers = parse_layers(args.det_layer, DET_LAYERS)
+    layers = (["input"] if args.det_method == "drise"
+              else parse_layers(args.det_layer, DET_LAYERS))
     floor = score_floor(_score_thresh(args))
     if args.det_img:
         photo = open_image(args.det_img)  # a bad image fails before the weights are loaded
@@ -351,15 +352,38 @@ def detect(args: Namespace, device: torch.device) -> int:
         return detect_voc(args, detector, reader, layers, device)
 
 
+DRISE_GRID = 16     # cells per side of a D-RISE mask
+DRISE_BATCH = 16    # masked images per detector pass
+
+
+def _explainer(args: Namespace, layers: list[str]):
+    """``explain(model, image, score_thresh, max_explained, allowed) -> DetectionResult`` for
+    ``--det_method``: a gradient method at ``layers``, or D-RISE with ``--det_masks``."""
+    if args.det_method == "drise":
+        from drise import explain_detections_drise
+
+        def explain(model, image, thresh, most, allowed):
+            return explain_detections_drise(model, image, thresh, most, allowed,
+                                            masks=args.det_masks, grid=DRISE_GRID,
+                                            batch_size=DRISE_BATCH, seed=args.seed)
+        return explain
+    from detection import explain_detections
+
+    def explain(model, image, thresh, most, allowed):
+        return explain_detections(model, image, layers, thresh, most, allowed=allowed,
+                                  method=args.det_method)
+    return explain
+
+
 def detect_image(args: Namespace, detector, image, layers: list[str],
                  device: torch.device) -> int:
     """``--det_img PATH``: panels for one image. An image without detections is not an error
     (the detector's answer is "nothing here"): one line says so and the exit status is 0."""
-    from detection import explain_detections, to_tensor
+    from detection import to_tensor
     path = args.det_img
     thresh = _score_thresh(args, detector)
-    result = explain_detections(detector.model, to_tensor(image, device), layers, thresh,
-                                args.det_max, method=args.det_method)
+    result = _explainer(args, layers)(detector.model, to_tensor(image, device), thresh,
+                                      args.det_max, None)
     names = detector.names
     if len(result.explained) == 0:
         best = (f"; best score {float(result.scores[0]):.2f} "
@@ -384,7 +408,7 @@ def detect_voc(args: Namespace, detector, reader, layers: list[str],
     printed and saved as ``voc_metrics.json``."""
     import json
 
-    from detection import DET_METHODS, WEIGHTS_FILE, score_floor
+    from detection import WEIGHTS_FILE, score_floor
     from detmetrics import format_table, score_voc
     from voc import VOC_CLASSES
     thresh = _score_thresh(args, detector)
@@ -405,12 +429,14 @@ def detect_voc(args: Namespace, detector, reader, layers: list[str],
                               args.det_per_box)
 
     report = score_voc(detector, reader, layers, args.det_method, thresh, args.det_max,
-                       args.det_num, device, on_image=draw)
+                       args.det_num, device, on_image=draw, explain=_explainer(args, layers))
     print(f"{reader.path}, {len(report.ids)} images ({len(report.without_detections)} without "
           f"detections), {detector.description}")
-    print(format_table(report.summary, DET_METHODS[args.det_method][1]))
+    print(format_table(report.summary, DET_TITLES[args.det_method]))
     report.settings.update({
         "weights": args.det_weights or WEIGHTS_FILE,
+        **({"drise": {"masks": args.det_masks, "grid": DRISE_GRID, "keep": 0.5,
+                      "seed": args.seed}} if args.det_method == "drise" else {}),
         "ap_method": "VOC2007 11-point, difficult objects ignored, detections with score > "
                      f"{score_floor(thresh)}"})
     if grid:

@@ -345,12 +345,14 @@ ImageCallback = Callable[[str, np.ndarray, VOCAnnotation, DetectionResult], None
 def score_voc(detector: Detector, reader: VOCReader, layers: Sequence[str],
               method: str = "gradcam", score_thresh: float = 0.5, max_explained: int = 20,
               limit: int | None = None, device: torch.device | str = "cpu",
-              on_image: ImageCallback | None = None) -> DetectionReport:
+              on_image: ImageCallback | None = None,
+              explain: Callable[..., DetectionResult] | None = None) -> DetectionReport:
     """Explain every detection of the first ``limit`` images of ``reader`` and score the
     detector (AP) and the maps (pointing game, energy, discrimination, with baselines).
 
     ``on_image(image_id, image, truth, result)`` sees each image as it is done (to draw its
-    panels), so that no image is kept once it has been scored.
+    panels), so that no image is kept once it has been scored. ``explain(model, image,
+    score_thresh, max_explained, allowed)`` replaces the gradient methods (D-RISE).
     """
     ids = reader.ids()[:limit]
     score = DetectionScore(layers, reader.classes, detector.pointing_tolerance)
@@ -358,9 +360,13 @@ def score_voc(detector: Detector, reader: VOCReader, layers: Sequence[str],
     desc = "VOC 2007 test" if reader.classes == VOC_CLASSES else f"test set {reader.path.name}"
     for image_id in tqdm(ids, desc=desc, unit="image"):
         image, truth = reader.image(image_id), reader.annotation(image_id)
-        result = explain_detections(detector.model, to_tensor(image, torch.device(device)),
-                                    layers, score_thresh, max_explained,
-                                    allowed=detector.label_map, method=method)
+        tensor = to_tensor(image, torch.device(device))
+        if explain is None:
+            result = explain_detections(detector.model, tensor, layers, score_thresh,
+                                        max_explained, allowed=detector.label_map, method=method)
+        else:
+            result = explain(detector.model, tensor, score_thresh, max_explained,
+                             detector.label_map)
         score.add(image_id, truth, result, detector.label_map)
         if len(result.explained) == 0:
             without.append(image_id)

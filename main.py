@@ -126,7 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--det_layer", default="layer4",
                    help=f"{', '.join(DET_LAYERS)}, or a comma list of them")
     g.add_argument("--det_method", default="gradcam", choices=DET_METHODS,
-                   help="how a detection's gradient and a layer's activation make its map")
+                   help="how a detection's map is made: a gradient method combines a layer's "
+                        "activation with the detection score's gradient; drise (D-RISE) weights "
+                        "random masks of the input by how well the masked image's detections "
+                        "match the detection (no layer, no gradient; --det_masks passes)")
+    g.add_argument("--det_masks", type=int, default=1000,
+                   help="D-RISE: random masks per image (16 masked copies per detector pass)")
     g.add_argument("--det_score_thresh", type=float, default=None,
                    help="explain detections scoring at least this (default: %(default)s, "
                         "meaning the checkpoint's own threshold; 0.5 for COCO)")

@@ -31,8 +31,11 @@ CHUNKED = frozenset({"scorecam", "ablationcam"})
 # How hidden pixels are filled in deletion / insertion (evaluate.fill_pixels implements them).
 FILL_STRATEGIES = ("zero", "gray", "mean", "blur", "blur_rise")
 
-# Detections: the gradient methods that explain one detection's score, and the backbone stages.
-DET_METHODS = ("gradcam", "gradcampp", "xgradcam", "hirescam", "layercam")
+# Detections: the methods that explain one detection (the gradient ones at a backbone stage,
+# D-RISE from the input pixels), and the backbone stages.
+DET_METHODS = ("gradcam", "gradcampp", "xgradcam", "hirescam", "layercam", "drise")
+DET_TITLES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "xgradcam": "XGrad-CAM",
+              "hirescam": "HiResCAM", "layercam": "LayerCAM", "drise": "D-RISE"}
 DET_LAYERS = ("layer2", "layer3", "layer4")
 
 

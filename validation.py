@@ -69,6 +69,7 @@ NUMBERS: dict[str, Range] = {
     "det_num": Range(1),                         # capped at the VOC test set's size
     "det_min_size": Range(32, 1600),             # beyond that only memory grows (torchvision: 800)
     "det_scenes": Range(1, 10**7),
+    "det_masks": Range(1, 10**6),
 }
 
 
@@ -93,6 +94,10 @@ COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
     (lambda a: a.sanity and a.mode != "test", "--sanity needs --mode test"),
     (lambda a: bool(a.image) and a.hidden_strategy != "none",
      "--hidden_strategy evaluates test images, --image explains your own: use one or the other"),
+    (lambda a: a.det_method == "drise" and a.det_layer != "layer4",
+     "--det_layer has no meaning for --det_method drise, which explains from the input pixels"),
+    (lambda a: a.det_method != "drise" and a.det_masks != 1000,
+     "--det_masks sets D-RISE's masks: use it with --det_method drise"),
 ]
 
 
@@ -191,7 +196,7 @@ def check_names(args: Namespace) -> None:
             parse_methods(args.vis)
         parse_layers(args.target_layer)
         flags["layers"] = "--det_layer"
-        if args.det_vis or args.det_img:
+        if (args.det_vis or args.det_img) and args.det_method != "drise":
             parse_layers(args.det_layer, DET_LAYERS)
     except ParamError as exc:
         raise FlagError(exc.worded(flags)) from None

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_image
 from PIL import Image
-from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from torchvision.models.detection.roi_heads import RoIHeads
 
 import commands
@@ -33,16 +33,6 @@ from errors import UserError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 PERSON, DOG = det.COCO_CLASSES.index("person"), det.COCO_CLASSES.index("dog")
-
-
-@pytest.fixture(scope="module")
-def detector() -> torch.nn.Module:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, box_score_thresh=0.0,
-                                        min_size=96, max_size=160, rpn_pre_nms_top_n_test=100,
-                                        rpn_post_nms_top_n_test=100)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +54,6 @@ def background_only(model: torch.nn.Module) -> Iterator[None]:
     finally:
         with torch.no_grad():
             bias.copy_(saved)
-
-
-def random_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
 def cli(capsys: pytest.CaptureFixture, *argv: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,131 @@
+"""D-RISE (Petsiuk et al., CVPR 2021, "Black-box explanation of object detectors via saliency
+maps"): a map for every detection of an image from the detector's answers on randomly masked
+copies of it, with no gradient and no layer.
+
+* ``N`` masks as in RISE: a ``grid x grid`` binary grid (each cell kept with probability ``p``),
+  upsampled bilinearly to ``(grid + 1)`` cells and cropped with a random shift of less than a
+  cell, so that the kept regions have soft edges at every position.
+* Each masked image (the image times its mask, black where hidden) goes through the detector.
+  A mask's weight for a target detection ``t`` is the best similarity between ``t`` and the
+  masked image's detections ``j``: ``IoU(L_t, L_j) * cos(P_t, P_j)``, with ``P_t`` the one-hot
+  vector of ``t``'s class and ``P_j`` the class probabilities of ``j`` (background included),
+  as the paper's Eq. 2 defines it; torchvision's two-stage detectors have no objectness score
+  per detection, so its third factor is left out, as the paper does for Faster R-CNN.
+* The map of ``t`` is the weighted sum of the masks. One pass over the masks serves every
+  detection of the image at once.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import box_iou
+
+from cam import normalize_heatmaps
+from detection import DetectionResult, _second_stage, _select, _source_rows
+from errors import ParamError
+from runtime import eval_mode
+
+TITLE = "D-RISE"
+LAYER = "input"     # the key of D-RISE's maps in a DetectionResult: it explains the input pixels
+DEFAULT_MASKS = 1000
+DEFAULT_GRID = 16
+DEFAULT_KEEP = 0.5
+
+
+def rise_masks(n: int, size: tuple[int, int], grid: int = DEFAULT_GRID, keep: float = DEFAULT_KEEP,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` RISE masks ``[n, H, W]`` in ``[0, 1]`` for an image of ``size = (H, W)``."""
+    if n < 1 or grid < 1 or not 0 < keep <= 1:
+        raise ParamError("masks", "{param}: need n >= 1, grid >= 1 and 0 < keep <= 1")
+    h, w = size
+    cell_h, cell_w = math.ceil(h / grid), math.ceil(w / grid)
+    cells = (torch.rand(n, 1, grid, grid, generator=generator) < keep).float()
+    up = F.interpolate(cells, size=((grid + 1) * cell_h, (grid + 1) * cell_w), mode="bilinear",
+                       align_corners=False)[:, 0]
+    dy = torch.randint(cell_h, (n,), generator=generator)
+    dx = torch.randint(cell_w, (n,), generator=generator)
+    rows = dy[:, None] + torch.arange(h)[None]                       # [n, H]
+    cols = dx[:, None] + torch.arange(w)[None]                       # [n, W]
+    return up[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]].clamp(0, 1)
+
+
+@torch.no_grad()
+def detections_with_probabilities(model: nn.Module, images: list[torch.Tensor]
+                                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each image's final detections: boxes ``[M, 4]`` in its own pixels and the class
+    probability vector ``[M, K]`` (background first) of the proposal each came from."""
+    with eval_mode(model):
+        batch, _ = model.transform(images)
+        sizes = batch.image_sizes
+        features = model.backbone(batch.tensors)
+        proposals, _ = model.rpn(batch, features)
+        logits, regression = _second_stage(model.roi_heads, features, proposals, sizes)
+        boxes, scores, labels = model.roi_heads.postprocess_detections(logits, regression,
+                                                                       proposals, sizes)
+        counts = [len(p) for p in proposals]
+        out = []
+        for i, (own_logits, own_regression) in enumerate(zip(logits.split(counts),
+                                                             regression.split(counts))):
+            rows = _source_rows(model.roi_heads, own_logits, own_regression, proposals[i],
+                                sizes[i], boxes[i], scores[i], labels[i])
+            original = model.transform.postprocess([{"boxes": boxes[i]}], [sizes[i]],
+                                                   [tuple(images[i].shape[-2:])])[0]["boxes"]
+            out.append((original.float(), F.softmax(own_logits[rows].float(), -1)))
+        return out
+
+
+def mask_weights(target_boxes: torch.Tensor, target_labels: torch.Tensor, boxes: torch.Tensor,
+                 probabilities: torch.Tensor) -> torch.Tensor:
+    """Weight ``[T]`` of one masked image for each target: ``max_j IoU(L_t, L_j) cos(P_t, P_j)``
+    (0 when the masked image has no detection)."""
+    if len(boxes) == 0:
+        return target_boxes.new_zeros(len(target_boxes))
+    iou = box_iou(target_boxes, boxes)                                        # [T, M]
+    cosine = probabilities[:, target_labels].T / probabilities.norm(dim=1).clamp(min=1e-12)
+    return (iou * cosine).amax(dim=1)
+
+
+def drise_maps(model: nn.Module, image: torch.Tensor, target_boxes: torch.Tensor,
+               target_labels: torch.Tensor, masks: int = DEFAULT_MASKS, grid: int = DEFAULT_GRID,
+               keep: float = DEFAULT_KEEP, batch_size: int = 16, seed: int = 0) -> torch.Tensor:
+    """D-RISE maps ``[T, H, W]`` in ``[0, 1]`` (CPU) of the targets (boxes in ``image``'s pixels,
+    detector labels) for ``image`` ``[3, H, W]`` in [0, 1], from ``masks`` masked copies sent
+    through ``model`` ``batch_size`` at a time. The same ``seed`` draws the same masks."""
+    size = tuple(image.shape[-2:])
+    generator = torch.Generator().manual_seed(seed)
+    total = torch.zeros(len(target_boxes), *size)
+    target_boxes, target_labels = target_boxes.float().cpu(), target_labels.cpu()
+    for start in range(0, masks, batch_size):
+        chunk = rise_masks(min(batch_size, masks - start), size, grid, keep, generator)
+        masked = image[None] * chunk[:, None].to(image)
+        found = detections_with_probabilities(model, list(masked))
+        weights = torch.stack([mask_weights(target_boxes, target_labels, b.cpu(), p.cpu())
+                               for b, p in found], dim=1)                   # [T, chunk]
+        total += torch.einsum("tn,nhw->thw", weights, chunk)
+    return normalize_heatmaps(total / masks)
+
+
+@torch.no_grad()
+def explain_detections_drise(model: nn.Module, image: torch.Tensor, score_thresh: float = 0.5,
+                             max_explained: int = 20, allowed: Collection[int] | None = None,
+                             masks: int = DEFAULT_MASKS, grid: int = DEFAULT_GRID,
+                             keep: float = DEFAULT_KEEP, batch_size: int = 16, seed: int = 0
+                             ) -> DetectionResult:
+    """:func:`detection.explain_detections`'s result with D-RISE maps (key ``"input"``): the
+    detector's detections of ``image``, and a map for each one with ``score >= score_thresh``
+    and a label in ``allowed``, at most ``max_explained``, from one pass over the masks."""
+    with eval_mode(model):
+        (found,) = model([image])
+    boxes, labels, scores = (found[k].detach().float().cpu() if k != "labels" else
+                             found[k].cpu() for k in ("boxes", "labels", "scores"))
+    explained = _select(scores, labels, score_thresh, max_explained, allowed)
+    if len(explained) == 0:   # nothing to explain: no masked pass at all
+        return DetectionResult(boxes, labels, scores, explained,
+                               {LAYER: torch.zeros(0, *image.shape[-2:])}, None, "drise", TITLE)
+    maps = drise_maps(model, image, boxes[explained], labels[explained], masks, grid, keep,
+                      batch_size, seed)
+    return DetectionResult(boxes, labels, scores, explained, {LAYER: maps}, None, "drise", TITLE)
