@@ -2,8 +2,10 @@
 line and exits with their ``exit_code``.
 
 Exit codes: 0 done, 2 bad input (a flag, a path, a file's content, no data and no network),
-3 training stopped because the loss or the weights stopped being finite, 130 interrupted.
+3 training stopped because the loss or the weights stopped being finite, 130 interrupted
+(Ctrl-C, or SIGTERM once :func:`install_signal_handlers` ran).
 """
+import sys
 
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_STOPPED = 3
@@ -31,3 +33,29 @@ def reason(exc: BaseException, limit: int = 120) -> str:
     characters: enough to say why, short enough for a one-line error."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def note(message: str) -> None:
+    """One ``note:`` line on stderr: something was skipped or changed on purpose, and the run
+    goes on. Written through ``tqdm`` so that an open progress bar is not torn."""
+    from tqdm import tqdm   # imported here: errors.py stays importable without it
+
+    tqdm.write(f"note: {message}", file=sys.stderr)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def install_signal_handlers() -> None:
+    """Treat SIGTERM (``kill``, a job scheduler, ``torchrun`` stopping its workers) like Ctrl-C:
+    it raises ``KeyboardInterrupt`` in the main thread, so temporary files are removed by the
+    writers' clean-up and ``main`` ends with ``error: interrupted`` and exit status 130,
+    instead of dying at once with 143 and a half-written temporary file. Call it once, first
+    thing in ``main``; outside the main thread (where signals cannot be handled) it does
+    nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)

@@ -20,7 +20,8 @@ import outputs
 import sanity
 import train_detector
 from data import info_from_meta, load_split
-from errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, FlagError, UserError, reason
+from errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, FlagError, UserError,
+                    install_signal_handlers, reason)
 from model import load_model
 from runtime import resolve_device
 from train import run_test, run_training
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, check every flag and path, run; a user error is one ``error:`` line on stderr
     and its exit code (see ``errors.py``), never a traceback."""
     outputs.written.clear()
+    install_signal_handlers()   # SIGTERM ends like Ctrl-C: temporaries removed, one line
     try:
         args = build_parser().parse_args(argv)
         check_args(args)
@@ -180,12 +182,11 @@ def main(argv: list[str] | None = None) -> int:
             outputs.finish_run(args.log_dir if args.mode == "train" else args.out_dir,
                                announce=distributed.world().is_main)
             return code
-    except FlagError as exc:
-        print(f"error: {exc} (see python main.py --help)", file=sys.stderr)
-        return exc.exit_code
+    except FlagError as exc:   # under torchrun printed once (distributed.report_error)
+        return distributed.report_error(f"error: {exc} (see python main.py --help)",
+                                        exc.exit_code)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return distributed.report_error(f"error: {exc}", exc.exit_code)
     except OSError as exc:   # reading or writing failed where no module named the file
         print(f"error: {exc.filename or 'a file'}: {exc.strerror or reason(exc)}",
               file=sys.stderr)

@@ -65,9 +65,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     wrapped as ``{"model_state_dict": ...}`` without metadata.
     """
     path = Path(path)
-    if not path.is_file():
+    kind = outputs.path_kind(path)
+    if kind == outputs.MISSING:
         raise UserError(f"checkpoint not found: {path} (train one with --mode train, "
                         f"or pass --save_path PATH)")
+    if kind != outputs.REGULAR:
+        raise UserError(f"checkpoint {path} is {kind}, not a checkpoint file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import os
 import pickle
 import shutil
 import socket
@@ -156,6 +157,44 @@ CASES: list[tuple[str, str, int, str]] = [
     ("make-scenes-into-file", "--make_scenes {w}/afile", BAD, "--make_scenes"),
     ("det-weights-scene-without-meta",
      "--det_img {w}/good.png --det_weights {w}/det_nometa.pth", BAD, "cannot be rebuilt"),
+    # ---- round two: one rule for outputs (a regular file or nothing yet, in a folder that can
+    # be created), refused before any work with the flag named
+    ("save-path-dev-full", "--mode train --save_path /dev/full", BAD, "--save_path /dev/full"),
+    ("save-path-fifo", "--mode train --save_path {w}/fifo", BAD, "--save_path"),
+    ("save-path-dangling-link", "--mode train --save_path {w}/dangling", BAD, "--save_path"),
+    ("save-path-link-loop", "--mode train --save_path {w}/loop", BAD, "--save_path"),
+    ("det-state-is-folder", "--mode train --det_vis --save_path {w}/det.pth", BAD,
+     "training state"),
+    ("out-dir-proc", "--out_dir /proc/h19_out", BAD, "--out_dir /proc/h19_out"),
+    ("out-dir-dangling-link", "--out_dir {w}/dangling", BAD, "--out_dir"),
+    ("out-dir-link-loop", "--out_dir {w}/loop", BAD, "--out_dir"),
+    ("out-dir-under-link-loop", "--out_dir {w}/loop/sub", BAD, "--out_dir"),
+    ("out-dir-device", "--out_dir /dev/null", BAD, "--out_dir"),
+    ("out-dir-empty", ["--out_dir", ""], BAD, "--out_dir"),
+    ("log-dir-empty", ["--mode", "train", "--log_dir", ""], BAD, "--log_dir"),
+    ("log-dir-dangling-link", "--mode train --log_dir {w}/dangling", BAD, "--log_dir"),
+    ("make-scenes-device", "--make_scenes /dev/null", BAD, "--make_scenes"),
+    ("det-img-empty", ["--det_img", ""], BAD, "--det_img"),
+    ("make-scenes-empty", ["--make_scenes", ""], BAD, "--make_scenes"),
+    # ---- inputs that are not files: said what they are
+    ("ckpt-folder", "--save_path {w}/empty", BAD, "is a folder"),
+    ("ckpt-fifo", "--save_path {w}/fifo", BAD, "FIFO"),
+    ("ckpt-link-loop", "--save_path {w}/loop", BAD, "loop of symbolic links"),
+    ("ckpt-dangling-link", "--save_path {w}/dangling", BAD, "missing target"),
+    ("det-weights-folder", "--det_img {w}/good.png --det_weights {w}/empty", BAD, "a folder"),
+    ("image-fifo", "--image {w}/fifo", BAD, "FIFO"),
+    # ---- one rule for flags the chosen job does not read (validation.JOBS)
+    ("image-with-det-img", "--det_img {w}/good.png --image {w}/good.png", BAD, "--image"),
+    ("image-with-train", "--mode train --image {w}/good.png", BAD, "--image"),
+    ("vis-with-train", "--mode train --vis gradcam", BAD, "--vis"),
+    ("make-scenes-with-train", "--mode train --make_scenes {o}/scenes", BAD, "--make_scenes"),
+    ("voc-path-with-det-img", "--det_img {w}/good.png --voc_path {w}/nope.tar", BAD,
+     "--voc_path"),
+    ("det-layer-with-vis", "--vis gradcam --det_layer layer3", BAD, "--det_layer"),
+    ("lr-with-test", "--lr 0.5", BAD, "--lr"),
+    ("steps-without-strategy", "--vis cam --steps 5", BAD, "--steps"),
+    ("vis-num-with-image", "--image {w}/good.png --vis cam --vis_num 3", BAD, "--vis_num"),
+    ("det-scenes-with-det-img", "--det_img {w}/good.png --det_scenes 10", BAD, "--det_scenes"),
 ]
 
 
@@ -204,6 +243,10 @@ def world(tmp_path_factory) -> Path:
     write_fashion_mnist(w / "fm", n_test=40, n_train=64)
     (w / "afile").write_text("a regular file\n")
     (w / "empty").mkdir()
+    os.mkfifo(w / "fifo")
+    (w / "dangling").symlink_to(w / "nowhere")
+    (w / "loop").symlink_to(w / "loop")
+    (w / "det.resume.pth").mkdir()   # the detector's training state path, taken by a folder
     good = random_checkpoint(w / "ck.pth")
     payload = torch.load(good, weights_only=True)
 
