@@ -5,7 +5,11 @@ Exit codes: 0 done, 2 bad input (a flag, a path, a file's content, no data and n
 3 training stopped because the loss or the weights stopped being finite, 130 interrupted
 (Ctrl-C, or SIGTERM once :func:`install_signal_handlers` ran).
 """
+import signal
 import sys
+import threading
+
+from tqdm import tqdm
 
 EXIT_BAD_INPUT = 2
 EXIT_TRAINING_STOPPED = 3
@@ -38,8 +42,6 @@ def reason(exc: BaseException, limit: int = 120) -> str:
 def note(message: str) -> None:
     """One ``note:`` line on stderr: something was skipped or changed on purpose, and the run
     goes on. Written through ``tqdm`` so that an open progress bar is not torn."""
-    from tqdm import tqdm   # imported here: errors.py stays importable without it
-
     tqdm.write(f"note: {message}", file=sys.stderr)
 
 
@@ -54,8 +56,5 @@ def install_signal_handlers() -> None:
     instead of dying at once with 143 and a half-written temporary file. Call it once, first
     thing in ``main``; outside the main thread (where signals cannot be handled) it does
     nothing."""
-    import signal
-    import threading
-
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)

@@ -20,8 +20,14 @@ import outputs
 import sanity
 import train_detector
 from data import info_from_meta, load_split
-from errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, FlagError, UserError,
-                    install_signal_handlers, reason)
+from errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    FlagError,
+    UserError,
+    install_signal_handlers,
+    reason,
+)
 from model import load_model
 from runtime import resolve_device
 from train import run_test, run_training
