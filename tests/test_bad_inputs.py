@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 import main
+import train_detector
 from tinydata import idx_bytes, random_checkpoint, write_fashion_mnist
 from validation import NUMBERS
 
@@ -183,6 +184,26 @@ CASES: list[tuple[str, str, int, str]] = [
     ("ckpt-dangling-link", "--save_path {w}/dangling", BAD, "missing target"),
     ("det-weights-folder", "--det_img {w}/good.png --det_weights {w}/empty", BAD, "a folder"),
     ("image-fifo", "--image {w}/fifo", BAD, "FIFO"),
+    # ---- one table of checkpoint fields (model.FIELDS), classifier and detector alike
+    ("ckpt-int-weights", "--vis gradcam --save_path {w}/ck_int_weights.pth", BAD,
+     "not floating point"),
+    ("ckpt-std-1e-300", "--vis gradcam --save_path {w}/ck_std_tiny.pth", BAD, "'std'"),
+    ("ckpt-acc-tensor", "--save_path {w}/ck_acc_tensor.pth", BAD, "'acc' is a tensor"),
+    ("ckpt-input-size-tensor", "--save_path {w}/ck_size_tensor.pth", BAD, "'input_size'"),
+    ("ckpt-epoch-float", "--save_path {w}/ck_epoch_float.pth", BAD, "'epoch'"),
+    ("ckpt-mean-nan", "--save_path {w}/ck_mean_nan.pth", BAD, "'mean'"),
+    ("det-fpn-negative", "--det_img {w}/good.png --det_weights {w}/det_fpn_negative.pth", BAD,
+     "'fpn_channels'"),
+    ("det-score-thresh-text", "--det_img {w}/good.png --det_weights {w}/det_thresh_text.pth",
+     BAD, "'score_thresh'"),
+    ("det-anchor-sizes-empty", "--det_img {w}/good.png --det_weights {w}/det_anchors_empty.pth",
+     BAD, "'anchor_sizes'"),
+    ("det-anchor-levels-3", "--det_img {w}/good.png --det_weights {w}/det_anchors_3.pth", BAD,
+     "'anchor_sizes'"),
+    ("det-std-tensor", "--det_img {w}/good.png --det_weights {w}/det_std_tensor.pth", BAD,
+     "'std'"),
+    ("det-classes-count", "--det_img {w}/good.png --det_weights {w}/det_classes_int.pth", BAD,
+     "'classes'"),
     # ---- one rule for flags the chosen job does not read (validation.JOBS)
     ("image-with-det-img", "--det_img {w}/good.png --image {w}/good.png", BAD, "--image"),
     ("image-with-train", "--mode train --image {w}/good.png", BAD, "--image"),
@@ -271,8 +292,27 @@ def world(tmp_path_factory) -> Path:
         state["layer4.1.conv2.weight"][0, 0, 0, 0] = value
         variant(name, model_state_dict=state)
 
+    state = dict(payload["model_state_dict"])
+    state["conv1.weight"] = (state["conv1.weight"].float() * 100).round().long()
+    variant("ck_int_weights.pth", model_state_dict=state)
+    variant("ck_std_tiny.pth", std=[1e-300] * 3)
+    variant("ck_acc_tensor.pth", acc=torch.tensor(91.5))
+    variant("ck_size_tensor.pth", input_size=torch.tensor(32))
+    variant("ck_epoch_float.pth", epoch=2.5)
+    variant("ck_mean_nan.pth", mean=[0.2, float("nan"), 0.2])
+
     torch.save({"arch": "fasterrcnn_resnet18_fpn", "model_state_dict": {"x": torch.zeros(1)}},
                w / "det_nometa.pth")
+    # Detector descriptions: check_metadata refuses them before any weight is looked at, so a
+    # placeholder state dict stands in for the 17 M weights.
+    det_meta = {**train_detector.detector_meta(), "model_state_dict": {"x": torch.zeros(1)}}
+    for name, changes in (("det_fpn_negative", {"fpn_channels": -64}),
+                          ("det_thresh_text", {"score_thresh": "0.5"}),
+                          ("det_anchors_empty", {"anchor_sizes": []}),
+                          ("det_anchors_3", {"anchor_sizes": [[16], [32], [64]]}),
+                          ("det_std_tensor", {"std": torch.tensor([0.2, 0.2, 0.2])}),
+                          ("det_classes_int", {"classes": 11})):
+        torch.save({**det_meta, **changes}, w / f"{name}.pth")
     Image.new("RGB", (40, 30), (200, 30, 30)).save(w / "good.png")
     (w / "text.png").write_text("not an image\n")
     (w / "truncated.png").write_bytes((w / "good.png").read_bytes()[:60])
