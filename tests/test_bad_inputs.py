@@ -158,6 +158,14 @@ CASES: list[tuple[str, str, int, str]] = [
     ("make-scenes-into-file", "--make_scenes {w}/afile", BAD, "--make_scenes"),
     ("det-weights-scene-without-meta",
      "--det_img {w}/good.png --det_weights {w}/det_nometa.pth", BAD, "cannot be rebuilt"),
+    # ---- round two: datasets and images
+    ("idx-6-bytes", "--data_dir {w}/fm_6bytes", BAD, "truncated"),
+    ("idx-dims-overflow", "--data_dir {w}/fm_overflow", BAD, "truncated or corrupt"),
+    ("idx-20x20", "--data_dir {w}/fm_20px", BAD, "28x28"),
+    ("idx-20x20-train", "--mode train --dataset fashion_mnist --data_dir {w}/fm_20px", BAD,
+     "28x28"),
+    ("image-lab-tiff", "--image {w}/lab.tif", BAD, "L*a*b*"),
+    ("det-img-lab-tiff", "--det_img {w}/lab.tif", BAD, "L*a*b*"),
     # ---- round two: one rule for outputs (a regular file or nothing yet, in a folder that can
     # be created), refused before any work with the flag named
     ("save-path-dev-full", "--mode train --save_path /dev/full", BAD, "--save_path /dev/full"),
@@ -322,6 +330,7 @@ def world(tmp_path_factory) -> Path:
     nan = np.full((20, 20), 0.5, dtype=np.float32)
     nan[3, 3] = np.nan
     Image.fromarray(nan).save(w / "float_nan.tif")
+    Image.new("RGB", (20, 20), (10, 200, 10)).convert("LAB").save(w / "lab.tif")
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
@@ -338,6 +347,14 @@ def world(tmp_path_factory) -> Path:
                      ("images-idx3-ubyte", lambda b: gzip.compress(b"\x01\x02" +
                                                                    gzip.decompress(b)[2:])))
     _fashion_variant(w, "fm_label10", images, label10)
+    _fashion_variant(w, "fm_6bytes", images, labels,
+                     ("images-idx3-ubyte", lambda b: gzip.compress(b"\0\0\x08\x03\0\0")))
+    # dims whose product is 2**64: an int64 product wraps to 0, the size of the data
+    _fashion_variant(w, "fm_overflow", images, labels,
+                     ("images-idx3-ubyte", lambda b: gzip.compress(
+                         b"\0\0\x08\x03" + struct.pack(">3I", 2**31, 2**31, 4))))
+    _fashion_variant(w, "fm_20px", rng.integers(0, 256, size=(40, 20, 20), dtype=np.uint8),
+                     labels)
     _fashion_variant(w, "fm_count", images, labels[:39])
     return w
 
