@@ -88,9 +88,11 @@ def remove_stale_temporaries(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic(path: str | os.PathLike) -> Iterator[Path]:
+def atomic(path: str | os.PathLike, fresh: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; on success it replaces ``path``
-    (and is recorded for this run), on failure it is removed and ``path`` is untouched."""
+    (and is recorded for this run), on failure it is removed and ``path`` is untouched.
+    ``fresh``: the folder is one this run fills from empty, so there are no temporaries of
+    killed runs to look for (thousands of files then cost no folder scan each)."""
     path = Path(path)
     refused = writable_target(path)
     if refused:
@@ -98,7 +100,8 @@ def atomic(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _temporary(path, os.getpid())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path)
+        if not fresh:
+            remove_stale_temporaries(path)
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:

@@ -38,6 +38,8 @@ from validation import NUMBERS
 
 BAD = 2
 STOPPED = 3
+ROOT = Path(__file__).resolve().parent.parent
+SCENES = ROOT / "data" / "fashion_scenes"
 
 CASES: list[tuple[str, str, int, str]] = [
     # ---- flags: parse errors are one line pointing to --help, not argparse's usage block
@@ -166,6 +168,13 @@ CASES: list[tuple[str, str, int, str]] = [
      "28x28"),
     ("image-lab-tiff", "--image {w}/lab.tif", BAD, "L*a*b*"),
     ("det-img-lab-tiff", "--det_img {w}/lab.tif", BAD, "L*a*b*"),
+    # ---- round two: a VOC-style set's image list names files inside the set, as UTF-8
+    ("voc-id-escapes-the-set", "--det_vis --voc_path {w}/voc_escape --det_weights {w}/det.pth",
+     BAD, "'../../outside/stolen' is not an image id"),
+    ("voc-list-not-utf8", "--det_vis --voc_path {w}/voc_latin1 --det_weights {w}/det.pth", BAD,
+     "not UTF-8"),
+    ("voc-listed-id-missing", "--det_vis --voc_path {w}/voc_missing --det_weights {w}/det.pth",
+     BAD, "without an annotation or an image"),
     # ---- round two: one rule for outputs (a regular file or nothing yet, in a folder that can
     # be created), refused before any work with the flag named
     ("save-path-dev-full", "--mode train --save_path /dev/full", BAD, "--save_path /dev/full"),
@@ -331,6 +340,22 @@ def world(tmp_path_factory) -> Path:
     nan[3, 3] = np.nan
     Image.fromarray(nan).save(w / "float_nan.tif")
     Image.new("RGB", (20, 20), (10, 200, 10)).convert("LAB").save(w / "lab.tif")
+
+    # VOC-style sets made of two shipped scenes, with a bad image list each; the shipped
+    # scene detector (linked, not copied) reads them.
+    (w / "det.pth").symlink_to(ROOT / "checkpoints" / "fasterrcnn_fashion_scenes.pth")
+    (w / "outside").mkdir()
+    for name, listed in (("voc_escape", b"000000\n../../outside/stolen\n"),
+                         ("voc_latin1", "000000\nsc\u00e8ne\n".encode("latin-1")),
+                         ("voc_missing", b"000000\n000001\n000123\n")):
+        for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+            (w / name / sub).mkdir(parents=True)
+        for image_id in ("000000", "000001"):
+            for sub, suffix in (("JPEGImages", "png"), ("Annotations", "xml")):
+                shutil.copy(SCENES / sub / f"{image_id}.{suffix}", w / name / sub)
+        (w / name / "ImageSets" / "Main" / "test.txt").write_bytes(listed)
+    shutil.copy(SCENES / "Annotations" / "000000.xml", w / "outside" / "stolen.xml")
+    shutil.copy(SCENES / "JPEGImages" / "000000.png", w / "outside" / "stolen.png")
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
