@@ -33,6 +33,7 @@ from PIL import Image
 
 import main
 import train_detector
+import validation
 from tinydata import idx_bytes, random_checkpoint, write_fashion_mnist
 from validation import NUMBERS
 
@@ -473,3 +474,37 @@ def test_a_flag_error_is_not_argparse_usage_block(capfd):
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and "usage:" not in err and err.startswith("error: argument --mode")
     assert isinstance(main.build_parser(), argparse.ArgumentParser)
+
+
+def test_every_flag_is_read_by_some_job_or_shared():
+    """A new flag needs its place in validation.JOBS (or SHARED), or it is refused everywhere."""
+    flags = {a.dest for a in main.build_parser()._actions if a.dest != "help"}
+    read = set(validation.SHARED).union(*(reads for _, reads in validation.JOBS.values()))
+    assert flags == read, flags ^ read
+
+
+@pytest.mark.parametrize("argv, job", [
+    ([], "test"), (["--mode", "train"], "train"), (["--mode", "train", "--det_vis"],
+                                                   "train_detector"),
+    (["--make_scenes", "x"], "make_scenes"), (["--det_img", "x.png"], "det_image"),
+    (["--det_vis"], "det_voc"), (["--sanity"], "sanity"), (["--sanity", "--image", "x"],
+                                                          "sanity_images"),
+    (["--image", "x"], "images"), (["--vis", "cam", "--hidden_strategy", "zero"], "evaluate"),
+    (["--vis", "cam"], "vis"),
+])
+def test_defaults_never_count_as_unused_flags(argv, job):
+    """Only a flag given with another value than its default is checked: every job with its
+    own flags alone passes, and the same flag given at its default value passes too."""
+    args = main.build_parser().parse_args(argv)
+    assert validation.job_of(args) == job
+    validation.check_unused(args)
+    args = main.build_parser().parse_args(argv + ["--lr", "0.1", "--vis_num", "20"])
+    validation.check_unused(args)   # both at their defaults
+
+
+def test_an_unused_flag_names_the_job_that_ignores_it():
+    args = main.build_parser().parse_args(["--mode", "train", "--image", "x.png", "--vis",
+                                           "cam"])
+    with pytest.raises(validation.FlagError, match=r"arguments --vis, --image: not used by "
+                                                   r"classifier training"):
+        validation.check_unused(args)
