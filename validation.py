@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 import outputs
 from errors import FlagError, UserError
 from runtime import resolve_device
@@ -307,3 +309,41 @@ def check_args(args: Namespace) -> None:
     check_unused(args)
     resolve_device(args.device)
     check_paths(args)
+
+
+# --------------------------------------------------------------------------------------------
+# Layers, once the model is loaded and before any work
+
+
+def check_target_layers(model: torch.nn.Module, names: list[str], input_size: int,
+                        flag: str = "--target_layer") -> None:
+    """Every layer in ``names`` exists and gives a ``[B, K, h, w]`` map with more than one
+    location, for an input of ``input_size`` pixels: one forward pass on a blank image, so
+    that ``--target_layer layer3,fc`` is refused before the first layer's work starts. A
+    1x1 map (``avgpool``) explains nothing: it only gives constant heatmaps."""
+    from cam import map_layers, resolve_layer  # the model side stays out of the parse step
+
+    layers = {name: resolve_layer(model, name) for name in names}
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = [layer.register_forward_hook(
+        lambda module, inputs, output, name=name: shapes.__setitem__(
+            name, tuple(output.shape) if isinstance(output, torch.Tensor) else ()))
+        for name, layer in layers.items()]
+    device = next(model.parameters()).device
+    blank = torch.zeros(1, 3, input_size, input_size, device=device)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            model(blank)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    for name in names:
+        shape = shapes.get(name, ())
+        if len(shape) != 4 or shape[2] * shape[3] <= 1:
+            what = "a single location" if len(shape) == 4 else f"shape {list(shape) or 'none'}"
+            raise UserError(f"{flag} {name} gives {what}, not a [B, K, h, w] map with more "
+                            f"than one location; layers that work: "
+                            f"{', '.join(map_layers(model, blank))}")
