@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+import outputs
 from data import open_image
 from errors import UserError, note, reason
 
@@ -154,6 +155,8 @@ class VOCReader:
             self._root = self._folder_root()
         elif self.path.is_file():
             self._root = self._open_tar()
+        elif (kind := outputs.path_kind(self.path)) != outputs.MISSING:
+            raise UserError(f"--voc_path {self.path} is {kind}, not a VOC tar or folder")
         else:
             raise UserError(f"VOC 2007 test not found at {self.path}: download {VOC_URL} and "
                             f"pass it (no need to extract it) with --voc_path")

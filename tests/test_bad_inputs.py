@@ -174,6 +174,8 @@ CASES: list[tuple[str, str, int, str]] = [
      BAD, "'../../outside/stolen' is not an image id"),
     ("voc-list-not-utf8", "--det_vis --voc_path {w}/voc_latin1 --det_weights {w}/det.pth", BAD,
      "not UTF-8"),
+    ("voc-path-fifo", "--det_vis --voc_path {w}/fifo", BAD, "--voc_path"),
+    ("voc-path-link-loop", "--det_vis --voc_path {w}/loop", BAD, "loop of symbolic links"),
     ("voc-listed-id-missing", "--det_vis --voc_path {w}/voc_missing --det_weights {w}/det.pth",
      BAD, "without an annotation or an image"),
     # ---- round two: one rule for outputs (a regular file or nothing yet, in a folder that can
