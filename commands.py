@@ -78,6 +78,10 @@ def _dispatch(args: Namespace) -> int:
     from model import load_model
     model, meta = load_model(args.save_path, device)
     info = info_from_meta(meta, args.dataset, num_outputs=model.fc.out_features)
+    if args.vis != "none" or args.sanity:   # every named layer, before any work
+        from explain import probe_layers
+        probe_layers(model, parse_layers(args.target_layer),
+                     torch.zeros(1, 3, info.input_size, info.input_size, device=device))
     if args.sanity and args.image:
         return sanity(args, model, info, None, device)
     if args.image:
@@ -346,6 +350,7 @@ def detect(args: Namespace, device: torch.device) -> int:
         del photo
         return detect_image(args, detector, image, layers, device)
     with VOCReader(args.voc_path) as reader:
+        reader.ids()   # a bad list of ids is refused before the weights are loaded
         detector = load_detector(args.det_weights, device, args.det_min_size, floor)
         print(f"Detector: {detector.description}, {_precision_line(device, None)}")
         reader.classes = detector.classes
@@ -386,9 +391,10 @@ def detect_image(args: Namespace, detector, image, layers: list[str],
                                       args.det_max, None)
     names = detector.names
     if len(result.explained) == 0:
-        best = (f"; best score {float(result.scores[0]):.2f} "
-                f"({names[int(result.labels[0])]})" if len(result.scores) else "")
-        print(f"{path}: no detection with score >= {thresh:.2f}{best}; nothing to explain")
+        shown, top = (outputs.distinct(thresh, float(result.scores[0])) if len(result.scores)
+                      else (f"{thresh:.2f}", ""))
+        best = f"; best score {top} ({names[int(result.labels[0])]})" if len(result.scores) else ""
+        print(f"{path}: no detection with score >= {shown}{best}; nothing to explain")
         return 0
     found = ", ".join(visualize.caption(names, int(result.labels[i]), float(result.scores[i]))
                       for i in result.explained.tolist())
@@ -435,6 +441,7 @@ def detect_voc(args: Namespace, detector, reader, layers: list[str],
     print(format_table(report.summary, DET_TITLES[args.det_method]))
     report.settings.update({
         "weights": args.det_weights or WEIGHTS_FILE,
+        "annotation_problems": reader.problems(),
         **({"drise": {"masks": args.det_masks, "grid": DRISE_GRID, "keep": 0.5,
                       "seed": args.seed}} if args.det_method == "drise" else {}),
         "ap_method": "VOC2007 11-point, difficult objects ignored, detections with score > "

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import struct
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,9 +26,10 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from errors import UserError, reason
+from errors import UserError, note, reason
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_SIDE = (28, 28)
 
 
 @dataclass(frozen=True)
@@ -161,9 +164,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 4:
         raise UserError(f"{path} is not a uint8 idx file (bad header)")
     ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     offset = 4 + 4 * ndim
-    if len(raw) - offset != int(np.prod(dims)):
+    if len(raw) < offset:
+        raise UserError(f"{path} is truncated: {len(raw)} bytes, less than its own header "
+                        f"({offset} bytes for {ndim} dimensions)")
+    dims = struct.unpack(f">{ndim}I", raw[4:offset])
+    if len(raw) - offset != math.prod(dims):   # Python integers: a header cannot overflow
         raise UserError(f"{path} is truncated or corrupt: header says {dims}, "
                         f"{len(raw) - offset} bytes of data")
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
@@ -220,6 +226,9 @@ def load_fashion_mnist(data_dir: str | os.PathLike, train: bool) -> ImageSplit:
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise UserError(f"{paths[0].parent}: images {images.shape} and labels {labels.shape} "
                         f"do not belong together")
+    if images.shape[1:] != FASHION_MNIST_SIDE:
+        raise UserError(f"{paths[0]} holds {images.shape[1]}x{images.shape[2]} images; "
+                        f"Fashion-MNIST's are 28x28 (is it another dataset?)")
     info = DATASETS["fashion_mnist"]
     tensor = torch.from_numpy(images.copy()).unsqueeze(1)
     tensor = F.pad(tensor, (info.pad,) * 4).expand(-1, 3, -1, -1).contiguous()
@@ -343,13 +352,49 @@ def open_image(source: str | os.PathLike | io.BytesIO, name: str | None = None) 
     if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
         raise UserError(f"image not found: {source}")
     try:
-        with Image.open(source) as img:
-            upright = ImageOps.exif_transpose(img)
-            bits = _integer_bits(img)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                if img.mode not in READABLE_MODES:
+                    raise UserError(f"image {name} has colour mode {img.mode}"
+                                    f"{MODE_NAMES.get(img.mode, '')}, which cannot be turned "
+                                    f"into RGB without a colour profile; save it as RGB")
+                large = any(issubclass(w.category, Image.DecompressionBombWarning)
+                            for w in caught)
+                original = img.size
+                if large:
+                    img.draft(img.mode, _shrunk_size(img.size))   # JPEG: decode smaller
+                upright = ImageOps.exif_transpose(img)
+                bits = _integer_bits(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError,
             Image.DecompressionBombError) as exc:
         raise UserError(f"cannot read image {name}: {reason(exc)}") from None
+    if large:
+        upright = _shrink(upright, original, name)
     return to_8bit(upright, bits, name)
+
+
+# Colour modes whose conversion to RGB (or grey) PIL knows; others, such as CIE L*a*b* or HSV,
+# need a colour profile and are refused rather than shown in false colours.
+READABLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX",
+                            "CMYK", "YCbCr", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+MODE_NAMES = {"LAB": " (CIE L*a*b*)", "HSV": " (hue, saturation, value)"}
+LARGEST_SIDE = 4096   # a very large image is shrunk to this (the models see far less)
+
+
+def _shrunk_size(size: tuple[int, int]) -> tuple[int, int]:
+    scale = LARGEST_SIDE / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _shrink(img: Image.Image, original: tuple[int, int], name: str) -> Image.Image:
+    """An image beyond PIL's decompression-bomb warning (89 megapixels), shrunk to
+    ``LARGEST_SIDE`` pixels on its longer side, with one note instead of PIL's warning."""
+    if max(img.size) > LARGEST_SIDE:
+        img = img.resize(_shrunk_size(img.size), Image.Resampling.BOX)
+    note(f"image {name} has {original[0] * original[1] / 1e6:.0f} megapixels ({original[0]}x"
+         f"{original[1]}); shrunk to {img.size[0]}x{img.size[1]} to be read")
+    return img
 
 
 def _integer_bits(img: Image.Image) -> int | None:

@@ -53,7 +53,7 @@ from cam import capture_activation, normalize_heatmaps, resolve_layer
 from data import open_image
 from errors import UserError, reason
 from gradcam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
-from model import check_finite, check_metadata, read_checkpoint
+from model import check_finite, check_metadata, check_weight_types, read_checkpoint
 from runtime import eval_mode
 from voc import POINTING_TOLERANCE, VOC_CLASSES
 
@@ -142,6 +142,7 @@ def build_scene_detector(meta: dict) -> FasterRCNN:
 def _load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str,
                 layout: str = "Faster R-CNN ResNet-50 FPN with 91 COCO classes") -> None:
     """Load weights, turning a mismatch into one line that says what does not fit."""
+    check_weight_types(state_dict, model.state_dict(), source)
     try:
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as exc:  # shape mismatches are raised even when strict=False
@@ -202,7 +203,9 @@ def scene_detector(ckpt: dict, source: str) -> tuple[FasterRCNN, dict]:
         raise UserError(f"{source} are a '{SCENE_ARCH}' checkpoint without "
                         f"{', '.join(missing)}; it cannot be rebuilt")
     scores = ckpt["model_state_dict"].get("roi_heads.box_predictor.cls_score.weight")
-    check_metadata(ckpt, source, len(scores) if scores is not None else len(ckpt["classes"]))
+    classes = ckpt["classes"]
+    check_metadata(ckpt, source, len(scores) if scores is not None else
+                   len(classes) if isinstance(classes, (list, tuple)) else 0)
     check_finite(ckpt["model_state_dict"], source)
     try:
         model = build_scene_detector(ckpt)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ from torch import nn
 from errors import UserError, reason
 
 DEFAULT_TIMEOUT_S = 600.0
+MAX_TIMEOUT_S = 7 * 24 * 3600.0   # a week: beyond that a hung peer is never noticed
+_joined = False                   # whether this process entered :func:`session` yet
 
 # Messages of the errors that collectives raise when a peer died or hung; gloo raises plain
 # RuntimeErrors, so the type alone does not tell a lost peer from a bug.
@@ -89,10 +92,23 @@ def _timeout() -> datetime.timedelta:
     try:
         seconds = float(value)
     except ValueError:
-        raise UserError(f"DIST_TIMEOUT_S must be a number of seconds, got '{value}'") from None
-    if seconds <= 0:
-        raise UserError(f"DIST_TIMEOUT_S must be positive, got '{value}'")
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_TIMEOUT_S):
+        raise UserError(f"DIST_TIMEOUT_S must be a finite number of seconds > 0 and <= "
+                        f"{MAX_TIMEOUT_S:g}, got '{value}'")
     return datetime.timedelta(seconds=seconds)
+
+
+def quiet_before_join() -> bool:
+    """Whether this process should leave a user error to local rank 0: under ``torchrun``,
+    before the processes joined, an error (a flag, a path, the environment) is the same on every
+    process of a machine, so one line is enough. Errors after joining are each rank's own."""
+    try:
+        here = _from_environment()
+    except UserError:
+        here = World()
+    return here.distributed and not _joined and not dist.is_initialized() \
+        and here.local_rank != 0
 
 
 def _wants_cuda(device_name: str) -> bool:
@@ -115,10 +131,13 @@ def session(device_name: str = "auto") -> Iterator[World]:
     block come out as one :class:`UserError` naming this rank: its own user error, or a peer
     that died or timed out. One process: nothing is initialised and nothing is changed.
     """
+    global _joined
     here = _from_environment()
     if not here.distributed:
         yield World()
         return
+    timeout = _timeout()   # a bad DIST_TIMEOUT_S is the same on every rank: before joining
+    _joined = True
     if not dist.is_available():
         raise UserError(f"{here.label()}this PyTorch build has no torch.distributed, so it "
                         f"cannot run as one of {here.size} processes")
@@ -126,7 +145,7 @@ def session(device_name: str = "auto") -> Iterator[World]:
     if cuda:
         torch.cuda.set_device(here.local_rank % torch.cuda.device_count())
     try:
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=_timeout())
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
     except (RuntimeError, ValueError) as exc:
         raise UserError(f"{here.label()}could not join the other processes: {reason(exc)} "
                         f"(start with torchrun, see README 'Several GPUs or machines')") from None

@@ -2,7 +2,8 @@
 as one line and exits with their ``exit_code``.
 
 Exit codes: 0 done, 2 bad input (a flag, a path, a file's content, no data and no network),
-3 training stopped because the loss or the weights stopped being finite, 130 interrupted.
+3 training stopped because the loss or the weights stopped being finite, 130 interrupted
+(Ctrl-C, or SIGTERM once :func:`install_signal_handlers` ran).
 
 Library functions name their own parameters (``layer``, ``methods``) through
 :class:`ParamError`; the command layer rewords a parameter as the flag that set it, so a Python
@@ -10,6 +11,9 @@ caller reads ``layer`` and a terminal user reads ``--target_layer``.
 """
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 from collections.abc import Mapping
 
 EXIT_BAD_INPUT = 2
@@ -51,3 +55,25 @@ def reason(exc: BaseException, limit: int = 120) -> str:
     characters: enough to say why, short enough for a one-line error."""
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:limit]
+
+
+def note(message: str) -> None:
+    """One ``note:`` line on stderr: something was skipped or changed on purpose, and the run
+    goes on. Sent through ``logging`` (a warning of the ``notes`` logger): the command line
+    prints it on stderr without tearing a progress bar, a script can silence or capture it."""
+    logging.getLogger("notes").warning(f"note: {message}")
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def install_signal_handlers() -> None:
+    """Treat SIGTERM (``kill``, a job scheduler, ``torchrun`` stopping its workers) like Ctrl-C:
+    it raises ``KeyboardInterrupt`` in the main thread, so temporary files are removed by the
+    writers' clean-up and ``main`` ends with ``error: interrupted`` and exit status 130,
+    instead of dying at once with 143 and a half-written temporary file. Call it once, first
+    thing in ``main``; outside the main thread (where signals cannot be handled) it does
+    nothing."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)

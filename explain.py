@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import distributed
+from cam import map_layers, resolve_layer
 from data import DatasetInfo, ImageSplit, normalize
 from errors import ParamError
 from registry import CHUNKED, METHODS, TITLES, parse_layers, parse_methods
@@ -70,6 +71,34 @@ def make_explainer(name: str, model: nn.Module, target_layer: str = "layer4",
         return EXPLAINERS[name](model, target_layer=target_layer, batch_size=batch_size,
                                 dtype=dtype)
     return EXPLAINERS[name](model, target_layer=target_layer)
+
+
+def probe_layers(model: nn.Module, layers: Sequence[str], image: torch.Tensor) -> None:
+    """Every layer of ``layers`` exists and gives a ``[B, K, h, w]`` map with more than one
+    location for ``image`` ``[1, 3, H, W]``: one forward pass before any work, so that
+    ``layer3,fc`` is refused before ``layer3`` is evaluated. A 1x1 map (``avgpool``) explains
+    nothing: it only gives constant heatmaps. The error names the layers that work."""
+    modules = [resolve_layer(model, name) for name in layers]
+    shapes: dict[str, tuple] = {}
+
+    def keep(name: str, output: object) -> None:   # a hook returning None changes nothing
+        shapes.setdefault(name, tuple(output.shape) if isinstance(output, torch.Tensor) else ())
+
+    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: keep(name, out))
+               for name, m in zip(layers, modules)]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(image)
+    finally:
+        for h in handles:
+            h.remove()
+    for name in layers:
+        shape = shapes.get(name, ())
+        if len(shape) != 4 or shape[2] * shape[3] <= 1:
+            what = "a single location" if len(shape) == 4 else f"shape {list(shape) or 'none'}"
+            raise ParamError("layers", f"{{param}} {name} gives {what}, not a [B, K, h, w] map "
+                                       f"with more than one location; layers that work: "
+                                       f"{', '.join(map_layers(model, image))}")
 
 
 def explain_batched(explainer: Explainer, images: torch.Tensor, targets: torch.Tensor,

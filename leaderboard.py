@@ -35,8 +35,7 @@ from evaluate import (
     select_correct,
     title,
 )
-from explain import Explainer, explain_batched, make_explainer
-from runtime import eval_mode
+from explain import Explainer, explain_batched, make_explainer, probe_layers
 from stats import Spread, mean_spread, proportion_spread, small_sample_note
 
 log = logging.getLogger(__name__)
@@ -135,31 +134,6 @@ def select_images(model: nn.Module, split: ImageSplit, device: torch.device, n: 
         log.warning(f"warning: only {found} of the {len(split)} test images are classified "
                     f"correctly; evaluating those {found} instead of the {n} asked for")
     return selection
-
-
-def probe_layers(model: nn.Module, layers: Sequence[str], image: torch.Tensor) -> None:
-    """Every layer of ``layers`` exists and gives a ``[B, K, h, w]`` map with more than one
-    location for ``image`` ``[1, 3, H, W]``: checked in one forward pass, before any work."""
-    modules = [resolve_layer(model, name) for name in layers]
-    shapes: dict[str, tuple] = {}
-
-    def keep(name: str, output: object) -> None:  # a hook that returns None changes nothing
-        shapes.setdefault(name, tuple(output.shape) if isinstance(output, torch.Tensor) else ())
-
-    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: keep(name, out))
-               for name, m in zip(layers, modules)]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(image)
-    finally:
-        for h in handles:
-            h.remove()
-    for name in layers:
-        shape = shapes.get(name, ())
-        if len(shape) != 4 or shape[2] * shape[3] < 2:
-            raise ParamError("layers", f"{{param}} {name} gives {list(shape) or None}, not a "
-                                       f"[B, K, h, w] map with more than one location; it "
-                                       f"cannot rank pixels")
 
 
 def explainers_by_layer(model: nn.Module, methods: list[str], layers: list[str],

@@ -6,9 +6,17 @@ OpenCV) are imported, so ``--help`` and every flag error answer at once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, FlagError, UserError, reason
+from errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    FlagError,
+    UserError,
+    install_signal_handlers,
+    reason,
+)
 from registry import DET_LAYERS, DET_METHODS, FILL_STRATEGIES, METHODS
 from validation import Parser, check_args
 
@@ -150,10 +158,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def report_error(line: str, code: int) -> int:
+    """Print a user error ``line`` on stderr and return its exit status. Under ``torchrun`` an
+    error before the processes joined (a flag, a path) is the same on every process of a
+    machine: local rank 0 alone prints it, the others exit 0, so the user reads it once and
+    ``torchrun`` reports one failed process. After joining every rank prints its own."""
+    joined = sys.modules.get("distributed")   # imported only once the flags were good
+    if joined is not None:
+        quiet = joined.quiet_before_join()
+    else:
+        quiet = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 \
+            and os.environ.get("LOCAL_RANK", "0") != "0"
+    if quiet:
+        return 0
+    print(line, file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, check every flag and path, run; a user error is one ``error:`` line on stderr
     and its exit code (see ``errors.py``), never a traceback. The heavy modules are imported
     only once the flags are known to be good."""
+    install_signal_handlers()   # SIGTERM ends like Ctrl-C: temporaries removed, one line
     try:
         args = build_parser().parse_args(argv)
         check_args(args)
@@ -168,11 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                                announce=distributed.world().is_main)
             return code
     except FlagError as exc:
-        print(f"error: {exc} (see python main.py --help)", file=sys.stderr)
-        return exc.exit_code
+        return report_error(f"error: {exc} (see python main.py --help)", exc.exit_code)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report_error(f"error: {exc}", exc.exit_code)
     except OSError as exc:   # reading or writing failed where no module named the file
         print(f"error: {exc.filename or 'a file'}: {exc.strerror or reason(exc)}",
               file=sys.stderr)

@@ -10,6 +10,7 @@ import io
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 import outputs
-from errors import TrainingStopped, UserError, reason
+from errors import TrainingStopped, UserError, note, reason
 
 ARCH = "resnet18_cifar"
 
@@ -46,7 +47,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     except UserError as exc:   # a diverged model never replaces a good checkpoint
         raise TrainingStopped(str(exc)) from None
     if half:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        state = half_state(state, path)
     payload = {"arch": ARCH, "model_state_dict": state, **meta}
     if optimizer is not None:
         payload["optimizer_state_dict"] = optimizer.state_dict()
@@ -58,6 +59,30 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
         tmp.write_bytes(buffer.getbuffer())
 
 
+_told_fp32: set[str] = set()   # files whose fp32 tensors were already noted in this process
+
+
+def half_state(state: dict[str, torch.Tensor], path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``--save_half``: floating-point tensors in fp16, except those that fp16 cannot hold
+    (a value beyond +-65504, such as a large BatchNorm ``running_var``, would become inf and
+    the file unloadable): they stay fp32, said once per file in a ``note:``. The fp16 copy is
+    checked, not the fp32 weights, and before anything is written."""
+    halved, kept = {}, []
+    for key, value in state.items():
+        if value.is_floating_point():
+            small = value.half()
+            if torch.isfinite(small).all():
+                value = small
+            else:
+                kept.append(key)
+        halved[key] = value
+    if kept and str(path) not in _told_fp32:
+        _told_fp32.add(str(path))
+        note(f"{len(kept)} tensor{'s' * (len(kept) > 1)} of {path} exceed fp16's range and "
+             f"stay fp32 (--save_half), e.g. {kept[0]}")
+    return halved
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint file into a dict, naming the problem in one line when it cannot.
 
@@ -65,9 +90,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     wrapped as ``{"model_state_dict": ...}`` without metadata.
     """
     path = Path(path)
-    if not path.is_file():
+    kind = outputs.path_kind(path)
+    if kind == outputs.MISSING:
         raise UserError(f"checkpoint not found: {path} (train one with --mode train, "
                         f"or pass --save_path PATH)")
+    if kind != outputs.REGULAR:
+        raise UserError(f"checkpoint {path} is {kind}, not a checkpoint file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -112,34 +140,132 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@dataclass(frozen=True)
+class Field:
+    """What one field of a checkpoint's description must be.
+
+    ``kind``: ``name`` (a non-empty string), ``names`` (a list of strings), ``int``, ``number``
+    (int or float), ``numbers`` (a list of ``length`` numbers, any non-empty length when
+    None), ``levels`` (``length`` non-empty lists of ints), ``rows`` (a list of dicts),
+    ``dict``, ``bytes`` (a uint8 tensor). Numbers are finite and lie in ``[low, high]``.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    length: int | None = None
+    why: str = ""
+
+    def _range(self) -> str:
+        if self.low is None and self.high is None:
+            return ""
+        if self.high is None:
+            return f" >= {self.low:g}"
+        return f" between {self.low:g} and {self.high:g}"
+
+    def expected(self) -> str:
+        count = f"{self.length} " if self.length else ""
+        text = {
+            "name": "a name", "names": "a list of names",
+            "int": f"an integer{self._range()}", "number": f"a finite number{self._range()}",
+            "numbers": f"a list of {count}finite numbers{self._range()}",
+            "levels": f"a list of {count}non-empty lists of integers{self._range()}",
+            "rows": "a list of tables", "dict": "a dict", "bytes": "a uint8 tensor"}[self.kind]
+        return text + (f" ({self.why})" if self.why else "")
+
+    def _in_range(self, value: Any, integer: bool = False) -> bool:
+        if integer and not (isinstance(value, int) and not isinstance(value, bool)):
+            return False
+        return (_is_number(value) and (self.low is None or value >= self.low)
+                and (self.high is None or value <= self.high))
+
+    def _sized(self, value: Any) -> bool:
+        return (isinstance(value, (list, tuple)) and len(value) > 0
+                and (self.length is None or len(value) == self.length))
+
+    def accepts(self, value: Any) -> bool:
+        kind = self.kind
+        if kind == "name":
+            return isinstance(value, str) and bool(value.strip())
+        if kind == "names":
+            return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        if kind in ("int", "number"):
+            return self._in_range(value, integer=kind == "int")
+        if kind == "numbers":
+            return self._sized(value) and all(self._in_range(v) for v in value)
+        if kind == "levels":
+            return self._sized(value) and all(
+                isinstance(level, (list, tuple)) and level
+                and all(self._in_range(v, integer=True) for v in level) for level in value)
+        if kind == "rows":
+            return isinstance(value, list) and all(isinstance(v, dict) for v in value)
+        if kind == "dict":
+            return isinstance(value, dict)
+        if kind == "bytes":
+            return torch.is_tensor(value) and value.dtype == torch.uint8
+        raise ValueError(f"unknown field kind {kind}")
+
+
+# One row per field that a checkpoint of any kind of model (the classifier, the scene
+# detector, a detector's training state) describes itself with. A field that is absent is
+# not checked (older files lack some); one that is present must fit its row.
+FIELDS: dict[str, Field] = {
+    "arch": Field("name"),
+    "dataset": Field("name"),
+    "classes": Field("names"),
+    "mean": Field("numbers", -10, 10, 3),
+    "std": Field("numbers", 1e-4, 100, 3, "inputs are divided by it"),
+    "input_size": Field("int", 8, 4096, why="a side length in pixels"),
+    "epoch": Field("int", 0, 10**7),
+    "acc": Field("number", 0, 100, why="a percentage"),
+    "map": Field("number", 0, 1),
+    "seed": Field("int", 0, 2**32 - 1),
+    "scenes_per_epoch": Field("int", 1, 10**7),
+    "batch_size": Field("int", 1, 65536),
+    "step": Field("int", 0, 10**12),
+    "fpn_channels": Field("int", 1, 4096),
+    "head_channels": Field("int", 1, 16384),
+    "anchor_sizes": Field("levels", 1, 4096, 4, "anchor sizes in pixels, one list per FPN "
+                                                "level"),
+    "aspect_ratios": Field("numbers", 0.01, 100),
+    "score_thresh": Field("number", 0, 1),
+    "score_floor": Field("number", 0, 1),
+    "pointing_tolerance": Field("number", 0, 10000, why="pixels"),
+    "history": Field("rows"),
+    "optimizer_state_dict": Field("dict"),
+    "torch_rng": Field("bytes"),
+}
+
+
+def _shown(value: Any) -> str:
+    if torch.is_tensor(value):
+        return f"a tensor ({value.dtype}, shape {tuple(value.shape)})"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def check_metadata(ckpt: dict[str, Any], path: str | os.PathLike, n_classes: int) -> None:
-    """The fields a checkpoint describes itself with have the types and ranges that the rest
-    of the tool relies on: ``classes`` names every output, ``mean`` and ``std`` are three
-    finite numbers (``std`` above 0), ``input_size`` a sensible side length."""
-    for key in ("arch", "dataset"):
-        if key in ckpt and not isinstance(ckpt[key], str):
-            raise UserError(f"checkpoint {path}: '{key}' is {ckpt[key]!r}, not a name")
+    """Every field of ``FIELDS`` that the checkpoint has fits its row (type, range,
+    finiteness), and ``classes`` names every output of the last layer: one table for the
+    classifier's and the detector's checkpoints alike."""
+    for key, rule in FIELDS.items():
+        if key in ckpt and ckpt[key] is not None and not rule.accepts(ckpt[key]):
+            raise UserError(f"checkpoint {path}: '{key}' is {_shown(ckpt[key])}, not "
+                            f"{rule.expected()}")
     classes = ckpt.get("classes")
-    if classes is not None:
-        if not isinstance(classes, (list, tuple)) or not all(isinstance(c, str) for c in classes):
-            raise UserError(f"checkpoint {path}: 'classes' is {classes!r}, not a list of names")
-        if len(classes) != n_classes:
-            raise UserError(f"checkpoint {path} lists {len(classes)} classes but its last layer "
-                            f"has {n_classes} outputs")
-    for key in ("mean", "std"):
-        value = ckpt.get(key)
-        if value is None:
-            continue
-        if (not isinstance(value, (list, tuple)) or len(value) != 3
-                or not all(_is_number(v) for v in value)):
-            raise UserError(f"checkpoint {path}: '{key}' is {value!r}, not three finite numbers")
-        if key == "std" and min(value) <= 0:
-            raise UserError(f"checkpoint {path}: 'std' is {list(value)}; every value must be "
-                            f"above 0 (inputs are divided by it)")
-    size = ckpt.get("input_size")
-    if size is not None and not (isinstance(size, int) and 8 <= size <= 4096):
-        raise UserError(f"checkpoint {path}: 'input_size' is {size!r}, not a side length "
-                        f"between 8 and 4096 pixels")
+    if classes is not None and len(classes) != n_classes:
+        raise UserError(f"checkpoint {path} lists {len(classes)} classes but its last layer "
+                        f"has {n_classes} outputs")
+
+
+def check_weight_types(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                       what: str) -> None:
+    """Every tensor that the model holds in floating point is floating point in the file too:
+    integer weights would be cast without a word (and a NaN cast to an integer is garbage)."""
+    for key, value in expected.items():
+        if key in state and value.is_floating_point() and not state[key].is_floating_point():
+            raise UserError(f"{what}: weight '{key}' is {str(state[key].dtype).replace('torch.', '')}"
+                            f", not floating point; this is not a file that training wrote")
 
 
 def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
@@ -182,6 +308,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
         if state[key].shape != value.shape:
             raise UserError(f"checkpoint {path} does not fit ResNet-18: '{key}' has shape "
                             f"{tuple(state[key].shape)}, expected {tuple(value.shape)}")
+    check_weight_types(state, expected, f"checkpoint {path}")
     check_finite(state, f"checkpoint {path}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     model.to(device).eval()

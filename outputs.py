@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import errno
 import itertools
 import logging
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -23,6 +25,42 @@ from pathlib import Path
 from errors import UserError, reason
 
 written: list[Path] = []   # this process's files, in the order they were completed
+
+MISSING, REGULAR = "missing", "a regular file"
+
+
+def path_kind(path: str | os.PathLike) -> str:
+    """What ``path`` is, in words: ``MISSING`` (nothing there, or under a file), ``REGULAR``,
+    or ``"a folder"``, ``"a FIFO (named pipe)"``, ``"a character device"``, ``"a block
+    device"``, ``"a socket"``, ``"a symbolic link to a missing target"``, ``"a loop of symbolic
+    links"``, ``"a name too long"``. Links are followed, as opening the path would."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a symbolic link to a missing target" if os.path.islink(path) else MISSING
+    except NotADirectoryError:
+        return MISSING
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+        if exc.errno == errno.ENAMETOOLONG:
+            return "a name too long"
+        return f"unreadable ({exc.strerror or reason(exc)})"
+    for test, kind in ((stat.S_ISREG, REGULAR), (stat.S_ISDIR, "a folder"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def writable_target(path: str | os.PathLike) -> str | None:
+    """The one rule for files the tool writes: only a regular file (replaced whole) or a path
+    where nothing is yet. ``None`` when ``path`` may be written, else why not."""
+    kind = path_kind(path)
+    if kind in (MISSING, REGULAR):
+        return None
+    return f"it is {kind}, and only a regular file or a new path is written"
 
 
 def _temporary(path: Path, pid: int) -> Path:
@@ -51,14 +89,20 @@ def remove_stale_temporaries(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic(path: str | os.PathLike) -> Iterator[Path]:
+def atomic(path: str | os.PathLike, fresh: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; on success it replaces ``path``
-    (and is recorded for this run), on failure it is removed and ``path`` is untouched."""
+    (and is recorded for this run), on failure it is removed and ``path`` is untouched.
+    ``fresh``: the folder is one this run fills from empty, so there are no temporaries of
+    killed runs to look for (thousands of files then cost no folder scan each)."""
     path = Path(path)
+    refused = writable_target(path)
+    if refused:
+        raise UserError(f"cannot write {path}: {refused}")
     tmp = _temporary(path, os.getpid())
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path)
+        if not fresh:
+            remove_stale_temporaries(path)
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
@@ -108,3 +152,15 @@ def finish_run(folder: str | os.PathLike, announce: bool = True) -> Path | None:
     if announce:
         logging.getLogger(__name__).info(f"Files of this run: {manifest} ({count} files)")
     return manifest
+
+
+def distinct(value: float, versus: float, digits: int = 2) -> tuple[str, str]:
+    """``value`` and ``versus`` printed with at least ``digits`` decimals and as many more as
+    it takes for two different numbers to read differently (a best score of 0.9996 under a
+    threshold of 1.0 must not read "1.00"): for messages that compare two numbers."""
+    for d in range(digits, 10):
+        a, b = f"{value:.{d}f}", f"{versus:.{d}f}"
+        if a != b or value == versus:
+            return a, b
+    return repr(float(value)), repr(float(versus))
+

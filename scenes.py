@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+import outputs
 from data import DATASETS, load_fashion_mnist
 
 CLASSES: tuple[str, ...] = DATASETS["fashion_mnist"].classes
@@ -173,15 +174,19 @@ def annotation_xml(image_id: str, scene: Scene) -> bytes:
 
 def write_voc(folder: str | os.PathLike, scenes: list[Scene]) -> Path:
     """Write ``scenes`` as ``JPEGImages/<id>.png`` (lossless grey PNG), ``Annotations/<id>.xml``
-    and ``ImageSets/Main/test.txt`` under ``folder``; ids are ``000000``, ``000001``, ..."""
+    and ``ImageSets/Main/test.txt`` under ``folder``; ids are ``000000``, ``000001``, ...
+
+    Every file goes through ``outputs.atomic`` (whole or not at all, listed for the run), and
+    the image list comes last: a full disk or a kill leaves no half file, and no list naming
+    a scene that is not there."""
     folder = Path(folder)
-    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
     ids = [f"{i:06d}" for i in range(len(scenes))]
     for image_id, scene in zip(ids, scenes):
         ok, png = cv2.imencode(".png", scene.image, [cv2.IMWRITE_PNG_COMPRESSION, 9])
         assert ok, "OpenCV failed to encode a PNG"
-        (folder / "JPEGImages" / f"{image_id}.png").write_bytes(png.tobytes())
-        (folder / "Annotations" / f"{image_id}.xml").write_bytes(annotation_xml(image_id, scene))
-    (folder / "ImageSets" / "Main" / "test.txt").write_text("".join(f"{i}\n" for i in ids))
+        with outputs.atomic(folder / "JPEGImages" / f"{image_id}.png", fresh=True) as tmp:
+            tmp.write_bytes(png.tobytes())
+        with outputs.atomic(folder / "Annotations" / f"{image_id}.xml", fresh=True) as tmp:
+            tmp.write_bytes(annotation_xml(image_id, scene))
+    outputs.write_text(folder / "ImageSets" / "Main" / "test.txt", "".join(f"{i}\n" for i in ids))
     return folder

@@ -26,8 +26,8 @@ import scenes
 import visualize
 from detection import SCENE_ARCH, build_scene_detector
 from detmetrics import average_precision
-from errors import TrainingStopped, UserError
-from model import read_checkpoint, save_checkpoint
+from errors import TrainingStopped, UserError, reason
+from model import check_metadata, check_weight_types, read_checkpoint, save_checkpoint
 from runtime import autocast, eval_mode, seed_everything
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,48 @@ class DetectorTrainConfig:
     dtype: torch.dtype | None = None
 
 
+RESUME_KEYS = ("model_state_dict", "optimizer_state_dict", "history", "epoch", "step",
+               "torch_rng", "seed", "scenes_per_epoch")
+# Flags that pick the scenes a run trains on: a resumed run with other values would be neither
+# the run it continues nor a new one. (state key, flag)
+RESUME_MUST_MATCH = (("seed", "seed"), ("scenes_per_epoch", "det_scenes"))
+
+
+def read_resume_state(state_path: Path, args: DetectorTrainConfig) -> dict:
+    """The training state ``--resume`` continues from, checked whole before any training: a
+    scene-detector state with every part (weights, optimizer, history, RNG), fields that fit
+    ``model.FIELDS``, and written with the ``--seed`` and ``--det_scenes`` of this run."""
+    if not state_path.is_file():
+        raise UserError(f"--resume: no training state {state_path} to resume from")
+    state = read_checkpoint(state_path)
+    if state.get("arch") != SCENE_ARCH:
+        raise UserError(f"--resume: {state_path} is not a scene-detector training state")
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise UserError(f"--resume: {state_path} is not a complete training state (no "
+                        f"{', '.join(missing)}); start anew without --resume")
+    scores = state["model_state_dict"].get("roi_heads.box_predictor.cls_score.weight")
+    check_metadata(state, state_path, len(scores) if scores is not None else
+                   len(state.get("classes") or []))
+    for key, flag in RESUME_MUST_MATCH:
+        if state[key] != getattr(args, flag):
+            raise UserError(f"--resume: {state_path} was written with --{flag} {state[key]}, "
+                            f"this run has --{flag} {getattr(args, flag)}; resuming would "
+                            f"train on other scenes than the run it continues (use --{flag} "
+                            f"{state[key]}, or start anew without --resume)")
+    return state
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, source: Path) -> None:
+    """A training state's weights into ``model``, a mismatch in one line."""
+    check_weight_types(state_dict, model.state_dict(), f"--resume: {source}")
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise UserError(f"--resume: {source} does not fit this detector ({reason(exc, 160)})"
+                        ) from None
+
+
 def fit_detector(args: DetectorTrainConfig) -> list[dict]:
     """Train the scene detector, saving the checkpoint and the resume state after every epoch;
     returns the history, one row per epoch (the columns of ``metrics.csv``)."""
@@ -192,13 +234,13 @@ def fit_detector(args: DetectorTrainConfig) -> list[dict]:
     history: list[dict] = []
     start_epoch, step = 1, 0
     if args.resume:
-        if not state_path.is_file():
-            raise UserError(f"--resume: no training state {state_path} to resume from")
-        state = read_checkpoint(state_path)
-        if state.get("arch") != SCENE_ARCH:
-            raise UserError(f"--resume: {state_path} is not a scene-detector training state")
-        model.load_state_dict(state["model_state_dict"])
-        optimizer.load_state_dict(state["optimizer_state_dict"])
+        state = read_resume_state(state_path, args)
+        load_weights(model, state["model_state_dict"], state_path)
+        try:
+            optimizer.load_state_dict(state["optimizer_state_dict"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"--resume: {state_path}: its optimizer state does not fit "
+                            f"({reason(exc, 120)})") from None
         history = list(state["history"])
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
         torch.set_rng_state(state["torch_rng"])

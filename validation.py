@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import time
 from argparse import Namespace
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import outputs
 from errors import FlagError, ParamError, UserError
 
 
@@ -24,6 +26,12 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise FlagError(message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        _DEFAULTS.clear()
+        _DEFAULTS.update({a.dest: a.default for a in self._actions
+                          if a.dest != argparse.SUPPRESS and a.default != argparse.SUPPRESS})
+        return super().parse_known_args(args, namespace)
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,12 @@ def check_combinations(args: Namespace) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Paths
+#
+# One rule for outputs: the tool writes only into folders (existing, or created where a folder
+# can be created) and only to regular files or to paths where nothing is yet
+# (``outputs.writable_target``, applied again at every write). Everything else (a device node,
+# a FIFO, a dangling link, a loop of links, a pseudo file system such as /proc, an empty name)
+# is refused here, with the flag named, before a model is loaded.
 
 
 def _exists(path: Path, flag: str) -> bool:
@@ -118,51 +132,90 @@ def _exists(path: Path, flag: str) -> bool:
         raise UserError(f"{flag} {path}: {exc.strerror or exc}") from None
 
 
+def _probe(folder: Path, flag: str, target: Path) -> None:
+    """Create and remove an empty folder in ``folder``: the one sure test that something can
+    be created there (a pseudo file system like /proc, a read-only mount and a full inode
+    table say no, while ``os.access`` says yes to root)."""
+    probe = folder / f".probe-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        probe.mkdir()
+    except OSError as exc:
+        where = "" if folder == target else f" cannot be created in {folder}"
+        raise UserError(f"{flag} {target}{where}: {exc.strerror or exc}") from None
+    probe.rmdir()
+
+
 def check_output_dir(path: str | os.PathLike, flag: str) -> None:
-    """``path`` is a folder we can write in, or can be created as one; nothing is created."""
+    """``path`` is a folder we can write in, or can be created as one; nothing is left behind
+    (a probe folder is made and removed)."""
+    if not str(path).strip():
+        raise UserError(f"{flag} is empty: name a folder (use . for the current one)")
     path = Path(path)
-    if _exists(path, flag):
-        if not path.is_dir():
-            raise UserError(f"{flag} {path} is a file, not a folder")
+    kind = outputs.path_kind(path)
+    if kind == "a folder":
         if not os.access(path, os.W_OK | os.X_OK):
             raise UserError(f"{flag} {path}: no permission to write there")
+        _probe(path, flag, path)
         return
+    if kind == outputs.REGULAR:
+        raise UserError(f"{flag} {path} is a file, not a folder")
+    if kind != outputs.MISSING:
+        raise UserError(f"{flag} {path} is {kind}, not a folder")
     parent = path.parent
-    while not _exists(parent, flag):
+    while (parent_kind := outputs.path_kind(parent)) == outputs.MISSING and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir():
+    if parent_kind == outputs.REGULAR:
         raise UserError(f"{flag} {path} cannot be created: {parent} is a file, not a folder")
+    if parent_kind != "a folder":
+        raise UserError(f"{flag} {path} cannot be created: {parent} is {parent_kind}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path} cannot be created: no permission to write in {parent}")
+    _probe(parent, flag, path)
 
 
 def check_output_file(path: str, flag: str) -> None:
-    """``path`` names a file (not a folder) whose folder exists or can be created."""
+    """``path`` names a regular file or nothing yet (not a folder, a device, a FIFO, a
+    dangling link), in a folder that exists or can be created."""
     if not path.strip():
         raise UserError(f"{flag} is empty: name the file to write")
-    if path.endswith(os.sep) or (_exists(Path(path), flag) and Path(path).is_dir()):
+    kind = outputs.path_kind(path)
+    if path.endswith(os.sep) or kind == "a folder":
         raise UserError(f"{flag} {path} is a folder; name a file in it, e.g. "
                         f"{Path(path) / 'model.pth'}")
+    refused = outputs.writable_target(path)
+    if refused:
+        raise UserError(f"{flag} {path}: {refused}")
     check_output_dir(Path(path).parent, f"{flag}'s folder")
 
 
 def check_input_file(path: str, what: str) -> None:
-    """``path`` is an existing regular file."""
-    p = Path(path)
-    if not _exists(p, what):
+    """``path`` is an existing regular file (a folder, a FIFO, a device or a loop of links is
+    named as what it is)."""
+    if not path.strip():
+        raise UserError(f"{what}: the path is empty")
+    kind = outputs.path_kind(path)
+    if kind == outputs.MISSING:
         raise UserError(f"{what} not found: {path}")
-    if not p.is_file():
-        raise UserError(f"{what} {path} is not a file")
+    if kind != outputs.REGULAR:
+        raise UserError(f"{what} {path} is {kind}, not a file")
 
 
 def check_paths(args: Namespace) -> None:
     """Outputs creatable and inputs present, for what this run will write and read."""
+    for flag in ("data_dir", "voc_path", "det_img", "det_weights", "make_scenes"):
+        value = getattr(args, flag, None)
+        if value is not None and not value.strip():
+            raise UserError(f"--{flag} is empty: name a path")
     data_dir = Path(args.data_dir)
     if _exists(data_dir, "--data_dir") and not data_dir.is_dir():
         raise UserError(f"--data_dir {data_dir} is a file, not a folder")
     if args.mode == "train":
         check_output_dir(args.log_dir, "--log_dir")
         check_output_file(args.save_path, "--save_path")
+        if args.det_vis:   # detector training also writes its training state beside it
+            state = Path(args.save_path)
+            check_output_file(str(state.with_name(state.stem + ".resume.pth")),
+                              "--save_path's training state")
         return
     if args.make_scenes:
         check_output_dir(args.make_scenes, "--make_scenes")
@@ -176,11 +229,87 @@ def check_paths(args: Namespace) -> None:
         check_input_file(args.det_weights, "detector weights")
 
 
+# --------------------------------------------------------------------------------------------
+# Flags the chosen job does not read
+#
+# A flag that changes nothing is an error: "--mode train --image x.png" must not train and
+# replace a checkpoint while the user waits for a heatmap. ``JOBS`` says which flags each job
+# reads; ``SHARED`` are settings every job takes the same way (where to read and write, which
+# device). A flag counts as given when its value differs from the parser's default.
+
+SHARED = frozenset({"mode", "device", "precision", "data_dir", "out_dir", "log_dir",
+                    "save_path"})
+_CLASSIFIER = {"dataset", "batch_size"}
+_HEATMAPS = _CLASSIFIER | {"vis", "target", "target_layer", "cam_batch_size"}
+_DETECTION = {"det_vis", "det_weights", "det_layer", "det_method", "det_masks", "det_score_thresh", "det_max",
+              "det_per_box", "det_min_size"}
+
+JOBS: dict[str, tuple[str, frozenset[str]]] = {
+    "train": ("classifier training (--mode train)", frozenset(
+        {"dataset", "batch_size", "lr", "num_epochs", "weight_decay", "label_smoothing",
+         "save_half", "seed"})),
+    "train_detector": ("detector training (--mode train --det_vis)", frozenset(
+        {"det_vis", "batch_size", "lr", "num_epochs", "weight_decay", "save_half", "resume",
+         "det_scenes", "det_num", "seed"})),
+    "make_scenes": ("--make_scenes", frozenset({"make_scenes", "det_num"})),
+    "det_image": ("explaining one image's detections (--det_img)",
+                  frozenset(_DETECTION | {"det_img"})),
+    "det_voc": ("explaining detections on a VOC-style set (--det_vis)",
+                frozenset(_DETECTION | {"det_num", "voc_path"})),
+    "sanity": ("the sanity check (--sanity)",
+               frozenset(_HEATMAPS | {"sanity", "vis_num", "seed"})),
+    "sanity_images": ("the sanity check on your images (--sanity --image)",
+                      frozenset(_HEATMAPS | {"sanity", "image", "seed"})),
+    "images": ("explaining your images (--image)", frozenset(_HEATMAPS | {"image"})),
+    "evaluate": ("deletion / insertion (--hidden_strategy)", frozenset(
+        _CLASSIFIER | {"vis", "target_layer", "cam_batch_size", "hidden_strategy", "steps",
+                       "num_eval", "eval_batch_size", "seed"})),
+    "vis": ("heatmaps of test images (--vis)", frozenset(_HEATMAPS | {"vis_num"})),
+    "test": ("test accuracy (--mode test)", frozenset(_CLASSIFIER | {"vis"})),
+}
+
+_DEFAULTS: dict[str, object] = {}   # the flags' defaults, from the parser that parsed last
+
+
+def job_of(args: Namespace) -> str:
+    """Which job of ``JOBS`` the flags ask for (the order in which ``main.dispatch`` looks)."""
+    if args.mode == "train":
+        return "train_detector" if args.det_vis else "train"
+    if args.make_scenes:
+        return "make_scenes"
+    if args.det_vis or args.det_img:
+        return "det_image" if args.det_img else "det_voc"
+    if args.sanity:
+        return "sanity_images" if args.image else "sanity"
+    if args.image:
+        return "images"
+    if args.hidden_strategy != "none":
+        return "evaluate"
+    return "vis" if args.vis != "none" else "test"
+
+
+def check_unused(args: Namespace, defaults: dict[str, object] | None = None) -> None:
+    """Every flag given (not at its default) is one that the chosen job reads."""
+    defaults = _DEFAULTS if defaults is None else defaults
+    if not defaults:
+        return
+    what, reads = JOBS[job_of(args)]
+    unused = [name for name, default in defaults.items()
+              if name not in SHARED and name not in reads and hasattr(args, name)
+              and getattr(args, name) != default]
+    if unused:
+        flags = ", ".join(f"--{name}" for name in unused)
+        raise FlagError(f"argument{'s' * (len(unused) > 1)} {flags}: not used by {what}; "
+                        f"leave {'them' if len(unused) > 1 else 'it'} out")
+
+
 def check_args(args: Namespace) -> None:
-    """All checks that need no model, no data and no torch: numbers, combinations, paths.
+    """All checks that need no model, no data and no torch: numbers, combinations, flags the
+    job does not read, names, paths.
     (The device is checked by the job, the first thing it does, once torch is imported.)"""
     check_numbers(args)
     check_combinations(args)
+    check_unused(args)
     check_names(args)
     check_paths(args)
 

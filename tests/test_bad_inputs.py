@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import os
 import pickle
 import shutil
 import socket
@@ -31,11 +32,15 @@ import torch
 from PIL import Image
 
 import main
+import train_detector
+import validation
 from tinydata import idx_bytes, random_checkpoint, write_fashion_mnist
 from validation import NUMBERS
 
 BAD = 2
 STOPPED = 3
+ROOT = Path(__file__).resolve().parent.parent
+SCENES = ROOT / "data" / "fashion_scenes"
 
 CASES: list[tuple[str, str, int, str]] = [
     # ---- flags: parse errors are one line pointing to --help, not argparse's usage block
@@ -156,6 +161,81 @@ CASES: list[tuple[str, str, int, str]] = [
     ("make-scenes-into-file", "--make_scenes {w}/afile", BAD, "--make_scenes"),
     ("det-weights-scene-without-meta",
      "--det_img {w}/good.png --det_weights {w}/det_nometa.pth", BAD, "cannot be rebuilt"),
+    # ---- round two: datasets and images
+    ("idx-6-bytes", "--data_dir {w}/fm_6bytes", BAD, "truncated"),
+    ("idx-dims-overflow", "--data_dir {w}/fm_overflow", BAD, "truncated or corrupt"),
+    ("idx-20x20", "--data_dir {w}/fm_20px", BAD, "28x28"),
+    ("idx-20x20-train", "--mode train --dataset fashion_mnist --data_dir {w}/fm_20px", BAD,
+     "28x28"),
+    ("image-lab-tiff", "--image {w}/lab.tif", BAD, "L*a*b*"),
+    ("det-img-lab-tiff", "--det_img {w}/lab.tif", BAD, "L*a*b*"),
+    # ---- round two: a VOC-style set's image list names files inside the set, as UTF-8
+    ("voc-id-escapes-the-set", "--det_vis --voc_path {w}/voc_escape --det_weights {w}/det.pth",
+     BAD, "'../../outside/stolen' is not an image id"),
+    ("voc-list-not-utf8", "--det_vis --voc_path {w}/voc_latin1 --det_weights {w}/det.pth", BAD,
+     "not UTF-8"),
+    ("voc-path-fifo", "--det_vis --voc_path {w}/fifo", BAD, "--voc_path"),
+    ("voc-path-link-loop", "--det_vis --voc_path {w}/loop", BAD, "loop of symbolic links"),
+    ("voc-listed-id-missing", "--det_vis --voc_path {w}/voc_missing --det_weights {w}/det.pth",
+     BAD, "without an annotation or an image"),
+    # ---- round two: one rule for outputs (a regular file or nothing yet, in a folder that can
+    # be created), refused before any work with the flag named
+    ("save-path-dev-full", "--mode train --save_path /dev/full", BAD, "--save_path /dev/full"),
+    ("save-path-fifo", "--mode train --save_path {w}/fifo", BAD, "--save_path"),
+    ("save-path-dangling-link", "--mode train --save_path {w}/dangling", BAD, "--save_path"),
+    ("save-path-link-loop", "--mode train --save_path {w}/loop", BAD, "--save_path"),
+    ("det-state-is-folder", "--mode train --det_vis --save_path {w}/det.pth", BAD,
+     "training state"),
+    ("out-dir-proc", "--out_dir /proc/h19_out", BAD, "--out_dir /proc/h19_out"),
+    ("out-dir-dangling-link", "--out_dir {w}/dangling", BAD, "--out_dir"),
+    ("out-dir-link-loop", "--out_dir {w}/loop", BAD, "--out_dir"),
+    ("out-dir-under-link-loop", "--out_dir {w}/loop/sub", BAD, "--out_dir"),
+    ("out-dir-device", "--out_dir /dev/null", BAD, "--out_dir"),
+    ("out-dir-empty", ["--out_dir", ""], BAD, "--out_dir"),
+    ("log-dir-empty", ["--mode", "train", "--log_dir", ""], BAD, "--log_dir"),
+    ("log-dir-dangling-link", "--mode train --log_dir {w}/dangling", BAD, "--log_dir"),
+    ("make-scenes-device", "--make_scenes /dev/null", BAD, "--make_scenes"),
+    ("det-img-empty", ["--det_img", ""], BAD, "--det_img"),
+    ("make-scenes-empty", ["--make_scenes", ""], BAD, "--make_scenes"),
+    # ---- inputs that are not files: said what they are
+    ("ckpt-folder", "--save_path {w}/empty", BAD, "is a folder"),
+    ("ckpt-fifo", "--save_path {w}/fifo", BAD, "FIFO"),
+    ("ckpt-link-loop", "--save_path {w}/loop", BAD, "loop of symbolic links"),
+    ("ckpt-dangling-link", "--save_path {w}/dangling", BAD, "missing target"),
+    ("det-weights-folder", "--det_img {w}/good.png --det_weights {w}/empty", BAD, "a folder"),
+    ("image-fifo", "--image {w}/fifo", BAD, "FIFO"),
+    # ---- one table of checkpoint fields (model.FIELDS), classifier and detector alike
+    ("ckpt-int-weights", "--vis gradcam --save_path {w}/ck_int_weights.pth", BAD,
+     "not floating point"),
+    ("ckpt-std-1e-300", "--vis gradcam --save_path {w}/ck_std_tiny.pth", BAD, "'std'"),
+    ("ckpt-acc-tensor", "--save_path {w}/ck_acc_tensor.pth", BAD, "'acc' is a tensor"),
+    ("ckpt-input-size-tensor", "--save_path {w}/ck_size_tensor.pth", BAD, "'input_size'"),
+    ("ckpt-epoch-float", "--save_path {w}/ck_epoch_float.pth", BAD, "'epoch'"),
+    ("ckpt-mean-nan", "--save_path {w}/ck_mean_nan.pth", BAD, "'mean'"),
+    ("det-fpn-negative", "--det_img {w}/good.png --det_weights {w}/det_fpn_negative.pth", BAD,
+     "'fpn_channels'"),
+    ("det-score-thresh-text", "--det_img {w}/good.png --det_weights {w}/det_thresh_text.pth",
+     BAD, "'score_thresh'"),
+    ("det-anchor-sizes-empty", "--det_img {w}/good.png --det_weights {w}/det_anchors_empty.pth",
+     BAD, "'anchor_sizes'"),
+    ("det-anchor-levels-3", "--det_img {w}/good.png --det_weights {w}/det_anchors_3.pth", BAD,
+     "'anchor_sizes'"),
+    ("det-std-tensor", "--det_img {w}/good.png --det_weights {w}/det_std_tensor.pth", BAD,
+     "'std'"),
+    ("det-classes-count", "--det_img {w}/good.png --det_weights {w}/det_classes_int.pth", BAD,
+     "'classes'"),
+    # ---- one rule for flags the chosen job does not read (validation.JOBS)
+    ("image-with-det-img", "--det_img {w}/good.png --image {w}/good.png", BAD, "--image"),
+    ("image-with-train", "--mode train --image {w}/good.png", BAD, "--image"),
+    ("vis-with-train", "--mode train --vis gradcam", BAD, "--vis"),
+    ("make-scenes-with-train", "--mode train --make_scenes {o}/scenes", BAD, "--make_scenes"),
+    ("voc-path-with-det-img", "--det_img {w}/good.png --voc_path {w}/nope.tar", BAD,
+     "--voc_path"),
+    ("det-layer-with-vis", "--vis gradcam --det_layer layer3", BAD, "--det_layer"),
+    ("lr-with-test", "--lr 0.5", BAD, "--lr"),
+    ("steps-without-strategy", "--vis cam --steps 5", BAD, "--steps"),
+    ("vis-num-with-image", "--image {w}/good.png --vis cam --vis_num 3", BAD, "--vis_num"),
+    ("det-scenes-with-det-img", "--det_img {w}/good.png --det_scenes 10", BAD, "--det_scenes"),
 ]
 
 
@@ -204,6 +284,10 @@ def world(tmp_path_factory) -> Path:
     write_fashion_mnist(w / "fm", n_test=40, n_train=64)
     (w / "afile").write_text("a regular file\n")
     (w / "empty").mkdir()
+    os.mkfifo(w / "fifo")
+    (w / "dangling").symlink_to(w / "nowhere")
+    (w / "loop").symlink_to(w / "loop")
+    (w / "det.resume.pth").mkdir()   # the detector's training state path, taken by a folder
     good = random_checkpoint(w / "ck.pth")
     payload = torch.load(good, weights_only=True)
 
@@ -228,8 +312,27 @@ def world(tmp_path_factory) -> Path:
         state["layer4.1.conv2.weight"][0, 0, 0, 0] = value
         variant(name, model_state_dict=state)
 
+    state = dict(payload["model_state_dict"])
+    state["conv1.weight"] = (state["conv1.weight"].float() * 100).round().long()
+    variant("ck_int_weights.pth", model_state_dict=state)
+    variant("ck_std_tiny.pth", std=[1e-300] * 3)
+    variant("ck_acc_tensor.pth", acc=torch.tensor(91.5))
+    variant("ck_size_tensor.pth", input_size=torch.tensor(32))
+    variant("ck_epoch_float.pth", epoch=2.5)
+    variant("ck_mean_nan.pth", mean=[0.2, float("nan"), 0.2])
+
     torch.save({"arch": "fasterrcnn_resnet18_fpn", "model_state_dict": {"x": torch.zeros(1)}},
                w / "det_nometa.pth")
+    # Detector descriptions: check_metadata refuses them before any weight is looked at, so a
+    # placeholder state dict stands in for the 17 M weights.
+    det_meta = {**train_detector.detector_meta(), "model_state_dict": {"x": torch.zeros(1)}}
+    for name, changes in (("det_fpn_negative", {"fpn_channels": -64}),
+                          ("det_thresh_text", {"score_thresh": "0.5"}),
+                          ("det_anchors_empty", {"anchor_sizes": []}),
+                          ("det_anchors_3", {"anchor_sizes": [[16], [32], [64]]}),
+                          ("det_std_tensor", {"std": torch.tensor([0.2, 0.2, 0.2])}),
+                          ("det_classes_int", {"classes": 11})):
+        torch.save({**det_meta, **changes}, w / f"{name}.pth")
     Image.new("RGB", (40, 30), (200, 30, 30)).save(w / "good.png")
     (w / "text.png").write_text("not an image\n")
     (w / "truncated.png").write_bytes((w / "good.png").read_bytes()[:60])
@@ -239,6 +342,23 @@ def world(tmp_path_factory) -> Path:
     nan = np.full((20, 20), 0.5, dtype=np.float32)
     nan[3, 3] = np.nan
     Image.fromarray(nan).save(w / "float_nan.tif")
+    Image.new("RGB", (20, 20), (10, 200, 10)).convert("LAB").save(w / "lab.tif")
+
+    # VOC-style sets made of two shipped scenes, with a bad image list each; the shipped
+    # scene detector (linked, not copied) reads them.
+    (w / "det.pth").symlink_to(ROOT / "checkpoints" / "fasterrcnn_fashion_scenes.pth")
+    (w / "outside").mkdir()
+    for name, listed in (("voc_escape", b"000000\n../../outside/stolen\n"),
+                         ("voc_latin1", "000000\nsc\u00e8ne\n".encode("latin-1")),
+                         ("voc_missing", b"000000\n000001\n000123\n")):
+        for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+            (w / name / sub).mkdir(parents=True)
+        for image_id in ("000000", "000001"):
+            for sub, suffix in (("JPEGImages", "png"), ("Annotations", "xml")):
+                shutil.copy(SCENES / sub / f"{image_id}.{suffix}", w / name / sub)
+        (w / name / "ImageSets" / "Main" / "test.txt").write_bytes(listed)
+    shutil.copy(SCENES / "Annotations" / "000000.xml", w / "outside" / "stolen.xml")
+    shutil.copy(SCENES / "JPEGImages" / "000000.png", w / "outside" / "stolen.png")
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
@@ -255,6 +375,14 @@ def world(tmp_path_factory) -> Path:
                      ("images-idx3-ubyte", lambda b: gzip.compress(b"\x01\x02" +
                                                                    gzip.decompress(b)[2:])))
     _fashion_variant(w, "fm_label10", images, label10)
+    _fashion_variant(w, "fm_6bytes", images, labels,
+                     ("images-idx3-ubyte", lambda b: gzip.compress(b"\0\0\x08\x03\0\0")))
+    # dims whose product is 2**64: an int64 product wraps to 0, the size of the data
+    _fashion_variant(w, "fm_overflow", images, labels,
+                     ("images-idx3-ubyte", lambda b: gzip.compress(
+                         b"\0\0\x08\x03" + struct.pack(">3I", 2**31, 2**31, 4))))
+    _fashion_variant(w, "fm_20px", rng.integers(0, 256, size=(40, 20, 20), dtype=np.uint8),
+                     labels)
     _fashion_variant(w, "fm_count", images, labels[:39])
     return w
 
@@ -348,3 +476,37 @@ def test_a_flag_error_is_not_argparse_usage_block(capfd):
     err = capfd.readouterr().err
     assert err.count("\n") == 1 and "usage:" not in err and err.startswith("error: argument --mode")
     assert isinstance(main.build_parser(), argparse.ArgumentParser)
+
+
+def test_every_flag_is_read_by_some_job_or_shared():
+    """A new flag needs its place in validation.JOBS (or SHARED), or it is refused everywhere."""
+    flags = {a.dest for a in main.build_parser()._actions if a.dest != "help"}
+    read = set(validation.SHARED).union(*(reads for _, reads in validation.JOBS.values()))
+    assert flags == read, flags ^ read
+
+
+@pytest.mark.parametrize("argv, job", [
+    ([], "test"), (["--mode", "train"], "train"), (["--mode", "train", "--det_vis"],
+                                                   "train_detector"),
+    (["--make_scenes", "x"], "make_scenes"), (["--det_img", "x.png"], "det_image"),
+    (["--det_vis"], "det_voc"), (["--sanity"], "sanity"), (["--sanity", "--image", "x"],
+                                                          "sanity_images"),
+    (["--image", "x"], "images"), (["--vis", "cam", "--hidden_strategy", "zero"], "evaluate"),
+    (["--vis", "cam"], "vis"),
+])
+def test_defaults_never_count_as_unused_flags(argv, job):
+    """Only a flag given with another value than its default is checked: every job with its
+    own flags alone passes, and the same flag given at its default value passes too."""
+    args = main.build_parser().parse_args(argv)
+    assert validation.job_of(args) == job
+    validation.check_unused(args)
+    args = main.build_parser().parse_args(argv + ["--lr", "0.1", "--vis_num", "20"])
+    validation.check_unused(args)   # both at their defaults
+
+
+def test_an_unused_flag_names_the_job_that_ignores_it():
+    args = main.build_parser().parse_args(["--mode", "train", "--image", "x.png", "--vis",
+                                           "cam"])
+    with pytest.raises(validation.FlagError, match=r"arguments --vis, --image: not used by "
+                                                   r"classifier training"):
+        validation.check_unused(args)

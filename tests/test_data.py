@@ -5,6 +5,8 @@ import gzip
 import io
 import itertools
 import socket
+import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -217,3 +219,49 @@ def test_a_corrupt_gzip_stream_is_one_line(tmp_path):
     path.write_bytes(raw[:20] + bytes(255 - b for b in raw[20:]))
     with pytest.raises(UserError, match="cannot read .*t10k-images"):
         read_idx(path)
+
+
+def test_a_very_large_image_is_shrunk_with_one_note_instead_of_pils_warning(tmp_path, capfd,
+                                                                            monkeypatch):
+    """Past PIL's decompression-bomb warning (89 megapixels; lowered here so that a small
+    file stands in for a 100-megapixel one): no warning, one note, a smaller image. Past
+    twice the limit it is still refused."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr(data, "LARGEST_SIDE", 20)
+    for suffix in ("png", "jpg"):
+        Image.new("RGB", (40, 30), (200, 30, 30)).save(tmp_path / f"big.{suffix}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            image = data.open_image(tmp_path / f"big.{suffix}")
+        assert image.size == (20, 15)
+        err = capfd.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("note: image ") and "shrunk to 20x15" in err
+    Image.new("RGB", (50, 50)).save(tmp_path / "bomb.png")
+    with pytest.raises(UserError, match="bomb.png"):
+        data.open_image(tmp_path / "bomb.png")
+
+
+def test_an_image_in_a_colour_space_without_rgb_conversion_is_refused(tmp_path):
+    Image.new("RGB", (8, 8), (10, 200, 10)).convert("LAB").save(tmp_path / "lab.tif")
+    with pytest.raises(UserError, match=r"LAB \(CIE L\*a\*b\*\)"):
+        data.open_image(tmp_path / "lab.tif")
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    (b"\0\0\x08\x03\0\0", "less than its own header"),
+    (b"\0\0\x08\x03" + struct.pack(">3I", 2**31, 2**31, 4), "truncated or corrupt"),
+    (b"\0\0\x08", "bad header"),
+])
+def test_short_or_overflowing_idx_headers_are_one_line(tmp_path, raw, fragment):
+    (tmp_path / "x-idx3-ubyte").write_bytes(raw)
+    with pytest.raises(UserError, match=fragment):
+        data.read_idx(tmp_path / "x-idx3-ubyte")
+
+
+def test_fashion_mnist_of_another_image_size_is_refused(tmp_path):
+    images = np.zeros((4, 20, 20), np.uint8)
+    labels = np.arange(4, dtype=np.uint8)
+    for stem, array in (("t10k-images-idx3-ubyte", images), ("t10k-labels-idx1-ubyte", labels)):
+        (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(array)))
+    with pytest.raises(UserError, match="20x20 images; Fashion-MNIST's are 28x28"):
+        data.load_fashion_mnist(tmp_path, train=False)

@@ -13,8 +13,10 @@ import torch
 from PIL import Image
 
 import distributed
+import main
 from cli import ROOT
 from data import DATASETS, ImageSplit, batches
+from errors import UserError
 from model import load_model, read_checkpoint
 from ranks import run_ranks, run_torchrun
 from tinydata import write_fashion_mnist
@@ -265,3 +267,39 @@ def test_more_ranks_than_images(tmp_path):
     assert [r.returncode for r in ranks] == [0, 0], ranks[1].stderr
     with np.load(tmp_path / "curves_gradcam_zero.npz") as npz:
         assert npz["deletion"].shape == (1, 6)
+
+
+# -- round two: the environment, and errors printed once ---------------------------------------
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "0", "-5", "1e9", "soon", ""])
+def test_a_bad_dist_timeout_is_one_line(monkeypatch, value):
+    monkeypatch.setenv("DIST_TIMEOUT_S", value)
+    with pytest.raises(UserError, match="DIST_TIMEOUT_S must be a finite number of seconds"):
+        distributed._timeout()
+
+
+def test_a_good_dist_timeout_is_taken(monkeypatch):
+    monkeypatch.setenv("DIST_TIMEOUT_S", "90")
+    assert distributed._timeout().total_seconds() == 90
+
+
+@pytest.mark.parametrize("rank, local_rank, joined, printed, code", [
+    (0, 0, False, True, 2), (1, 1, False, False, 0), (3, 0, False, True, 2),  # 2nd machine
+    (1, 1, True, True, 2),   # after joining, every rank's error is its own
+])
+def test_an_error_before_joining_is_printed_once_per_machine(monkeypatch, capsys, rank,
+                                                              local_rank, joined, printed, code):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setattr(distributed, "_joined", joined)
+    assert main.report_error("error: argument --lr: ...", 2) == code
+    assert (capsys.readouterr().err == "error: argument --lr: ...\n") == printed
+
+
+def test_a_bad_flag_under_two_ranks_is_printed_by_rank_0_only(tmp_path):
+    ranks = run_ranks([["--mode", "train", "--lr", "nan"]] * 2, timeout=120)
+    assert [r.returncode for r in ranks] == [2, 0]
+    assert ranks[0].stderr.count("error:") == 1 and "--lr" in ranks[0].stderr
+    assert ranks[1].stderr == "" and "Traceback" not in ranks[0].stderr

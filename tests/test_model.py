@@ -113,3 +113,61 @@ def test_checkpoint_with_a_layer_of_the_wrong_shape(tmp_path):
     torch.save({"model_state_dict": state}, tmp_path / "ck.pth")
     with pytest.raises(UserError, match="layer2.0.conv1.weight"):
         load_model(tmp_path / "ck.pth")
+
+
+def test_save_half_keeps_what_fp16_cannot_hold_in_fp32(tmp_path, capfd):
+    """A BatchNorm running_var beyond fp16's range stays fp32: the file loads, finite."""
+    model = build_resnet18(10)
+    model.bn1.running_var.fill_(1e6)
+    path = tmp_path / "ck.pth"
+    save_checkpoint(path, model, {"dataset": "fashion_mnist"}, half=True)
+    save_checkpoint(path, model, {"dataset": "fashion_mnist"}, half=True)   # noted once
+    state = read_checkpoint(path)["model_state_dict"]
+    assert state["bn1.running_var"].dtype == torch.float32
+    assert state["layer1.0.conv1.weight"].dtype == torch.float16
+    loaded, _ = load_model(path)
+    assert torch.equal(loaded.bn1.running_var, model.bn1.running_var)
+    err = capfd.readouterr().err
+    assert err.count("note:") == 1 and "bn1.running_var" in err and "fp32" in err
+
+
+def test_shipped_checkpoints_fit_the_field_table():
+    from model import FIELDS, check_metadata
+    root = Path(__file__).resolve().parent.parent / "checkpoints"
+    for name in ("resnet18_fashion_mnist.pth", "fasterrcnn_fashion_scenes.pth"):
+        ckpt = read_checkpoint(root / name)
+        check_metadata(ckpt, name, len(ckpt["classes"]))
+        assert set(ckpt) - {"model_state_dict"} <= set(FIELDS), set(ckpt) - set(FIELDS)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("acc", torch.tensor(90.0)), ("epoch", True), ("epoch", -1), ("input_size", 32.0),
+    ("std", [1e-300] * 3), ("mean", [0.1, 0.2]), ("fpn_channels", -8), ("head_channels", 0),
+    ("anchor_sizes", []), ("anchor_sizes", [[16], [], [64], [128]]), ("aspect_ratios", []),
+    ("score_thresh", "0.5"), ("score_thresh", float("nan")), ("seed", 2**40),
+    ("history", {"epoch": 1}), ("optimizer_state_dict", [1, 2]), ("dataset", ""),
+])
+def test_every_field_is_checked_by_type_range_and_finiteness(key, value):
+    from model import check_metadata
+    with pytest.raises(UserError, match=f"'{key}'") as info:
+        check_metadata({key: value}, "ck.pth", 10)
+    assert "\n" not in str(info.value)
+
+
+def test_integer_weights_are_refused(tmp_path):
+    state = build_resnet18(10).state_dict()
+    state["fc.weight"] = state["fc.weight"].long()
+    torch.save({"model_state_dict": state}, tmp_path / "ck.pth")
+    with pytest.raises(UserError, match="'fc.weight' is int64, not floating point"):
+        load_model(tmp_path / "ck.pth")
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: p.mkdir(), "is a folder"),
+    (lambda p: __import__("os").mkfifo(p), "FIFO"),
+    (lambda p: p.symlink_to(p), "loop of symbolic links"),
+])
+def test_a_checkpoint_that_is_no_file_says_what_it_is(tmp_path, make, fragment):
+    make(tmp_path / "ck.pth")
+    with pytest.raises(UserError, match=fragment):
+        read_checkpoint(tmp_path / "ck.pth")

@@ -106,3 +106,62 @@ def test_nothing_written_no_manifest(setup, tmp_path):
                       "--target_layer", "fc", "--out_dir", tmp_path / "out")
     assert_one_line_error(result, "layers that work")
     assert not (tmp_path / "out").exists()
+
+
+def test_only_regular_files_or_new_paths_are_written(tmp_path):
+    """The one rule, at every write: a device, a FIFO or a dangling link is never replaced."""
+    import os as _os
+    _os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for target, kind in (("/dev/full", "character device"), (tmp_path / "fifo", "FIFO"),
+                         (tmp_path / "dangling", "missing target")):
+        with pytest.raises(UserError, match=kind):
+            outputs.write_text(target, "x")
+    assert outputs.path_kind("/dev/full") == "a character device"
+    assert (tmp_path / "dangling").is_symlink() and not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "fifo"]
+    outputs.write_text(tmp_path / "new.txt", "x")   # a new path and a regular file: written
+    outputs.write_text(tmp_path / "new.txt", "y")
+    assert (tmp_path / "new.txt").read_text() == "y"
+
+
+def test_distinct_prints_two_different_numbers_differently():
+    assert outputs.distinct(0.9996, 1.0) == ("0.9996", "1.0000")
+    assert outputs.distinct(0.5, 0.75) == ("0.50", "0.75")
+    assert outputs.distinct(1.0, 1.0) == ("1.00", "1.00")
+    best, thresh = outputs.distinct(0.99999994, 1.0)
+    assert best != thresh
+
+
+def test_sigterm_during_a_write_removes_the_temporary_and_ends_like_ctrl_c(tmp_path,
+                                                                           monkeypatch, capfd):
+    """SIGTERM arrives while a checkpoint is being written: the old file stays, no temporary is
+    left, and main ends with one line and the exit status of Ctrl-C."""
+    import signal
+
+    ckpt = random_checkpoint(tmp_path / "ck.pth")
+    data = write_fashion_mnist(tmp_path / "data", n_test=8, n_train=32)
+    before = ckpt.read_bytes()
+    real = outputs.atomic
+
+    @__import__("contextlib").contextmanager
+    def killed_midway(path):
+        with real(path) as tmp:
+            yield tmp
+            if str(path).endswith(".pth"):
+                assert tmp.stat().st_size > 0          # written, not yet renamed into place
+                os.kill(os.getpid(), signal.SIGTERM)   # the handler raises here
+    monkeypatch.setattr(outputs, "atomic", killed_midway)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main.main(["--mode", "train", "--dataset", "fashion_mnist", "--data_dir",
+                          str(data), "--num_epochs", "1", "--batch_size", "32", "--precision",
+                          "fp32", "--save_path", str(ckpt), "--log_dir", str(tmp_path / "logs")])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    err = capfd.readouterr().err
+    assert code == 130 and "Traceback" not in err
+    shown = [line.split("\r")[-1] for line in err.split("\n")]   # progress bars erase
+    assert [line for line in shown if line.strip()] == ["error: interrupted"], err
+    assert ckpt.read_bytes() == before
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]

@@ -100,3 +100,33 @@ def test_scenes_written_in_the_voc_layout_read_back(tmp_path: Path) -> None:
             assert truth.boxes.tolist() == scene.boxes.tolist()
             assert truth.labels.tolist() == scene.labels.tolist()
             assert not truth.difficult.any()
+
+
+def test_writing_scenes_on_a_full_disk_leaves_no_half_file(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The third file fails half-written (as on a full disk): one line naming it, no half
+    file and no temporary left, no image list naming scenes that are not there."""
+    import outputs
+    from errors import UserError
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
+    made = list(scenes.scene_stream(images, np.arange(20) % 10, (0,), 3))
+    real = Path.write_bytes
+    calls = []
+
+    def full_disk(self: Path, data: bytes) -> int:
+        calls.append(self)
+        if len(calls) == 3:
+            real(self, bytes(data)[:10])
+            raise OSError(28, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    outputs.written.clear()
+    with pytest.raises(UserError, match=r"cannot write .*000001\.png: No space left on device"):
+        scenes.write_voc(tmp_path / "scenes", made)
+    left = sorted(str(p.relative_to(tmp_path / "scenes")) for p in (tmp_path / "scenes").rglob("*")
+                  if p.is_file())
+    assert left == ["Annotations/000000.xml", "JPEGImages/000000.png"]
+    assert [p.name for p in outputs.written] == ["000000.png", "000000.xml"]
+    outputs.written.clear()

@@ -88,3 +88,54 @@ def test_resume_without_state_gives_one_line(data_dir: Path, tmp_path: Path) -> 
     result = train(data_dir, tmp_path, 1, "--resume")
     assert_one_line_error(result, "--resume", "det.resume.pth")
     assert not (tmp_path / "det.pth").exists()
+
+
+@pytest.fixture(scope="module")
+def resume_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete training state of a run with --seed 0 --det_scenes 4 (untrained weights),
+    and copies with a part missing."""
+    from model import save_checkpoint
+    folder = tmp_path_factory.mktemp("resume")
+    meta = train_detector.detector_meta()
+    model = det.build_scene_detector(meta)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    extra = {"epoch": 1, "map": 0.0, "seed": 0, "scenes_per_epoch": 4, "batch_size": 2,
+             "step": 2, "history": [{"epoch": 1, "test_map": 0.0}],
+             "torch_rng": torch.get_rng_state()}
+    save_checkpoint(folder / "det.resume.pth", model, {**meta, **extra}, optimizer=optimizer,
+                    half=True)
+    full = torch.load(folder / "det.resume.pth", weights_only=True)
+    (folder / "no_optimizer").mkdir()
+    torch.save({k: v for k, v in full.items() if k != "optimizer_state_dict"},
+               folder / "no_optimizer" / "det.resume.pth")
+    (folder / "text_step").mkdir()
+    torch.save({**full, "step": "2"}, folder / "text_step" / "det.resume.pth")
+    return folder
+
+
+@pytest.mark.parametrize("where, extra, fragments", [
+    ("no_optimizer", (), ("not a complete training state", "optimizer_state_dict")),
+    ("text_step", (), ("'step'",)),
+    (".", ("--seed", 1), ("--seed 0", "this run has --seed 1")),
+    (".", ("--det_scenes", 8), ("--det_scenes 4", "this run has --det_scenes 8")),
+])
+def test_resume_refuses_a_state_that_does_not_continue_this_run(
+        data_dir: Path, resume_folder: Path, tmp_path: Path, capfd: pytest.CaptureFixture,
+        where: str, extra: tuple, fragments: tuple) -> None:
+    """One line before any training: a state without a part, a field of the wrong type, or
+    written with another --seed or --det_scenes (the run would be neither the old nor a new
+    one); nothing is written."""
+    folder = resume_folder / where
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    argv = [str(a) for a in (*TINY, "--num_epochs", 2, "--data_dir", data_dir, "--save_path",
+                             folder / "det.pth", "--log_dir", tmp_path / "logs", "--resume",
+                             *extra)]
+    code = main.main(argv)
+    err = capfd.readouterr().err
+    lines = [line for line in err.split("\n") if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "det.resume.pth" in lines[0], lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    assert not (tmp_path / "logs").exists()
