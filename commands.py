@@ -432,7 +432,7 @@ def detect_voc(args: Namespace, detector, reader, layers: list[str],
             tqdm.write(f"{image_id}: no {kind} with score >= {thresh:.2f}; skipped")
             return
         visualize.save_panels(image, result, visualize.slug(image_id), folder, names,
-                              args.det_per_box)
+                              args.det_per_box, truth_boxes=truth.boxes.tolist())
 
     report = score_voc(detector, reader, layers, args.det_method, thresh, args.det_max,
                        args.det_num, device, on_image=draw, explain=_explainer(args, layers))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import matplotlib
@@ -18,6 +19,9 @@ import torch
 
 import outputs
 from errors import UserError
+
+if TYPE_CHECKING:
+    from detection import DetectionResult
 
 
 def slug(text: str) -> str:
@@ -216,7 +220,7 @@ def plot_deletion_insertion(fractions: np.ndarray,
 
 
 # --------------------------------------------------------------------------------------------
-# Detection panels (``result`` is a ``detection.DetectionResult``)
+# Detection panels
 
 _PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (0, 160, 160), (240, 50, 230), (128, 128, 0), (170, 110, 40), (0, 0, 128))
@@ -231,19 +235,72 @@ def _text_scale(image: np.ndarray) -> float:
 def draw_box(image: np.ndarray, box: Sequence[float], text: str, color: tuple[int, int, int],
              thickness: int | None = None) -> None:
     """Draw ``box`` with a filled label ``text`` (none when empty) on ``image`` (RGB uint8),
-    in place."""
+    in place; the label stays inside the image."""
+    draw_boxes(image, [box], [text], [color], thickness)
+
+
+Rect = tuple[int, int, int, int]   # x1, y1, x2, y2 (exclusive)
+
+
+def _overlap(a: Rect, b: Rect) -> int:
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def place_labels(sizes: Sequence[tuple[int, int]], boxes: Sequence[Sequence[float]],
+                 shape: tuple[int, int]) -> list[Rect]:
+    """Where each box's label ``(width, height)`` goes: inside the image, never over a label
+    placed before it (the first boxes, the most confident, choose first). Tried in order: above
+    the box, inside its top, below it, inside its bottom; then further down or up in steps of
+    one label until a free place is found; an image too small for all labels gets the place
+    that overlaps least."""
+    h, w = shape
+    placed: list[Rect] = []
+    for (tw, th), box in zip(sizes, boxes):
+        x1, y1, _, y2 = (round(float(v)) for v in box)
+        left = min(max(0, x1), max(0, w - tw))
+        tops = [y1 - th, y1, y2, y2 - th]
+        tops += [t + k * th * sign for t in (y2, y1 - th) for sign in (1, -1)
+                 for k in range(1, max(1, h // max(th, 1)) + 1)]
+        best, best_cost = None, None
+        for top in tops:
+            top = min(max(0, top), max(0, h - th))
+            rect = (left, top, left + tw, top + th)
+            cost = sum(_overlap(rect, other) for other in placed)
+            if best_cost is None or cost < best_cost:
+                best, best_cost = rect, cost
+            if cost == 0:
+                break
+        placed.append(best)
+    return placed
+
+
+def draw_boxes(image: np.ndarray, boxes: Sequence[Sequence[float]], texts: Sequence[str],
+               colors: Sequence[tuple[int, int, int]], thickness: int | None = None) -> None:
+    """Draw every box, then every non-empty label at :func:`place_labels`'s place, in place:
+    labels never cover one another or leave the image."""
     h, w = image.shape[:2]
     thickness = thickness or max(2, round(min(h, w) / 250))
-    x1, y1, x2, y2 = (round(float(v)) for v in box)
-    cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
-    if not text:
+    for box, color in zip(boxes, colors):
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        cv2.rectangle(image, (x1, y1), (x2, y2), color, thickness)
+    labelled = [(box, text, color) for box, text, color in zip(boxes, texts, colors) if text]
+    if not labelled:
         return
     scale = _text_scale(image)
-    (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
-    top = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else y1 + thickness
-    cv2.rectangle(image, (x1, top), (x1 + tw + 4, top + th + base + 2), color, -1)
-    cv2.putText(image, text, (x1 + 2, top + th + 1), _FONT, scale, (255, 255, 255), 1,
-                cv2.LINE_AA)
+    sizes, fits = [], []
+    for _, text, _ in labelled:
+        fit = scale
+        (tw, th), base = cv2.getTextSize(text, _FONT, fit, 1)
+        while tw + 4 > w and fit > 0.2:           # a label wider than the image gets smaller
+            fit *= 0.8
+            (tw, th), base = cv2.getTextSize(text, _FONT, fit, 1)
+        sizes.append((tw + 4, th + base + 2))
+        fits.append((fit, th))
+    rects = place_labels(sizes, [b for b, _, _ in labelled], (h, w))
+    for (x1, y1, x2, y2), (_, text, color), (fit, th) in zip(rects, labelled, fits):
+        cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), color, -1)
+        cv2.putText(image, text, (x1 + 2, y1 + th + 1), _FONT, fit, (255, 255, 255), 1,
+                    cv2.LINE_AA)
 
 
 def _titled(image: np.ndarray, title: str) -> np.ndarray:
@@ -276,13 +333,14 @@ def _scale_for(image_rgb: np.ndarray) -> int:
     return max(1, int(np.ceil(DETECTION_MIN_SIDE / min(image_rgb.shape[:2]))))
 
 
-def _box(result: object, index: int, scale: int) -> list[float]:
+def _box(result: DetectionResult, index: int, scale: int) -> list[float]:
     return [float(v) * scale for v in result.boxes[index]]
 
 
-def detection_panel(image_rgb: np.ndarray, result: object, layer: str,
-                    names: Mapping[int, str]) -> np.ndarray:
-    """``original | Grad-CAM overlay | boxes with class and score`` for the explained detections.
+def detection_panel(image_rgb: np.ndarray, result: DetectionResult, layer: str,
+                    names: Mapping[int, str], truth_boxes: Sequence | None = None) -> np.ndarray:
+    """``original | Grad-CAM overlay | boxes with class and score`` for the explained detections,
+    and the ground truth (thin, white) where it is given.
 
     The overlay shows the pixel-wise maximum of the detections' own heatmaps, brought to the
     image one at a time.
@@ -293,11 +351,8 @@ def detection_panel(image_rgb: np.ndarray, result: object, layer: str,
     scale = _scale_for(image_rgb)
     image_rgb = enlarge(image_rgb, DETECTION_MIN_SIDE)
     boxes = image_rgb.copy()
-    for index in result.explained.tolist():
-        label = int(result.labels[index])
-        draw_box(boxes, _box(result, index, scale),
-                 caption(names, label, float(result.scores[index])),
-                 _PALETTE[label % len(_PALETTE)])
+    _draw_truth(boxes, truth_boxes, scale)
+    _draw_detections(boxes, result, names, scale)
     n = len(result.explained)
     return _side_by_side([_titled(image_rgb, "original"),
                           _titled(overlay(image_rgb, heat),
@@ -305,7 +360,7 @@ def detection_panel(image_rgb: np.ndarray, result: object, layer: str,
                           _titled(boxes, f"{n} detection{'s' * (n != 1)}")])
 
 
-def box_panel(image_rgb: np.ndarray, result: object, rank: int, layer: str,
+def box_panel(image_rgb: np.ndarray, result: DetectionResult, rank: int, layer: str,
               names: Mapping[int, str], title: str | None = None) -> np.ndarray:
     """One explained detection: its own heatmap with its box."""
     index = int(result.explained[rank])
@@ -317,7 +372,7 @@ def box_panel(image_rgb: np.ndarray, result: object, rank: int, layer: str,
     return _titled(panel, title or f"#{rank + 1} {text}, {result.method_title} {layer}")
 
 
-def boxes_by_layer_panel(image_rgb: np.ndarray, result: object, names: Mapping[int, str]
+def boxes_by_layer_panel(image_rgb: np.ndarray, result: DetectionResult, names: Mapping[int, str]
                          ) -> np.ndarray:
     """One row per explained detection, one column per layer: each detection's own map."""
     rows = [_side_by_side([box_panel(image_rgb, result, rank, layer, names,
@@ -326,18 +381,28 @@ def boxes_by_layer_panel(image_rgb: np.ndarray, result: object, names: Mapping[i
     return _stacked(rows)
 
 
-def ground_truth_panel(image_rgb: np.ndarray, result: object, truth_boxes: Sequence,
+def _draw_truth(panel: np.ndarray, truth_boxes: Sequence | None, scale: int) -> None:
+    for box in truth_boxes if truth_boxes is not None else ():
+        draw_box(panel, [float(v) * scale for v in box], "", (255, 255, 255), thickness=1)
+
+
+def _draw_detections(panel: np.ndarray, result: DetectionResult, names: Mapping[int, str],
+                     scale: int) -> None:
+    """Every explained detection's box and label, the labels placed together."""
+    indices = result.explained.tolist()
+    labels = [int(result.labels[i]) for i in indices]
+    draw_boxes(panel, [_box(result, i, scale) for i in indices],
+               [caption(names, lab, float(result.scores[i])) for i, lab in zip(indices, labels)],
+               [_PALETTE[lab % len(_PALETTE)] for lab in labels])
+
+
+def ground_truth_panel(image_rgb: np.ndarray, result: DetectionResult, truth_boxes: Sequence,
                        truth_names: Sequence[str], names: Mapping[int, str]) -> np.ndarray:
     """The image with its ground-truth boxes (thin, white) and every explained detection."""
     scale = _scale_for(image_rgb)
     panel = enlarge(image_rgb, DETECTION_MIN_SIDE).copy()
-    for box in truth_boxes:
-        draw_box(panel, [float(v) * scale for v in box], "", (255, 255, 255), thickness=1)
-    for index in result.explained.tolist():
-        label = int(result.labels[index])
-        draw_box(panel, _box(result, index, scale),
-                 caption(names, label, float(result.scores[index])),
-                 _PALETTE[label % len(_PALETTE)])
+    _draw_truth(panel, truth_boxes, scale)
+    _draw_detections(panel, result, names, scale)
     return _titled(panel, f"truth: {', '.join(truth_names) or 'none'}"[:48])
 
 
@@ -351,15 +416,16 @@ def save_panel_grid(panels: Sequence[np.ndarray], path: str | Path, columns: int
     save_rgb(_stacked(rows), path)
 
 
-def save_panels(image_rgb: np.ndarray, result: object, stem: str, folder: Path,
-                names: Mapping[int, str], per_box: bool) -> list[Path]:
+def save_panels(image_rgb: np.ndarray, result: DetectionResult, stem: str, folder: Path,
+                names: Mapping[int, str], per_box: bool,
+                truth_boxes: Sequence | None = None) -> list[Path]:
     """``<stem>_<method>_<layer>.png`` per layer and, with ``per_box``,
     ``<stem>_<layer>_boxes/<rank>_<class>.png`` per detection and ``<stem>_boxes_by_layer.png``
     (every detection's own map at every layer); returns the main panels."""
     written = []
     for layer in result.maps:
         path = folder / f"{stem}_{result.method}_{layer}.png"
-        save_rgb(detection_panel(image_rgb, result, layer, names), path)
+        save_rgb(detection_panel(image_rgb, result, layer, names, truth_boxes), path)
         written.append(path)
         if per_box:
             for rank, index in enumerate(result.explained.tolist()):
