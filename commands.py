@@ -423,7 +423,46 @@ def detect_voc(args: Namespace, detector, reader, layers: list[str],
     grid = []
     kind = "VOC-class detection" if reader.classes == VOC_CLASSES else "detection"
 
+    to_label = {c: label for label, c in detector.label_map.items()}
+    missed: list[dict] = []
+
+    def explain_missed(image_id, image, truth, result) -> None:
+        from detection import to_tensor
+        from misses import explain_misses, explain_misses_drise
+        known = [i for i, c in enumerate(truth.labels.tolist()) if c in to_label]
+        boxes = truth.boxes[known]
+        labels = torch.tensor([to_label[c] for c in truth.labels[known].tolist()],
+                              dtype=torch.long)
+        tensor = to_tensor(image, device)
+        if args.det_method == "drise":
+            found = explain_misses_drise(detector.model, tensor, result, boxes, labels, thresh,
+                                         masks=args.det_masks, grid=DRISE_GRID,
+                                         batch_size=DRISE_BATCH, seed=args.seed)
+        else:
+            found = explain_misses(detector.model, tensor, result, boxes, labels, thresh, layers,
+                                   args.det_method)
+        for k, miss in enumerate(found, 1):
+            name = names.get(miss.label, str(miss.label))
+            winner = ("background" if miss.winner == 0 else
+                      "its own class, under the threshold" if miss.winner == miss.label else
+                      names.get(miss.winner, "?"))
+            other = None if miss.detected_as is None else names.get(miss.detected_as, "?")
+            missed.append({"image": image_id, "class": name, "kind": miss.kind,
+                           "best_iou": round(miss.iou, 4), "score": round(miss.score, 4),
+                           "won_by": winner, "detected_as": other or ""})
+            for layer, heat in miss.maps.items():
+                text = f"best proposal {name} {miss.score:.2f}" + (
+                    f", detected as {other}" if other else "")
+                visualize.save_rgb(visualize.miss_panel(
+                    image, heat, miss.box.tolist(), miss.proposal_box.tolist(),
+                    (f"missed {name}", text),
+                    f"{miss.kind} miss, IoU {miss.iou:.2f}, {DET_TITLES[args.det_method]} "
+                    f"{layer}"), folder / "misses" /
+                    f"{visualize.slug(image_id)}_{k:02d}_{visualize.slug(name)}_{layer}.png")
+
     def draw(image_id, image, truth, result) -> None:
+        if args.det_explain_missed:
+            explain_missed(image_id, image, truth, result)
         if len(grid) < GRID_IMAGES:
             grid.append(visualize.ground_truth_panel(
                 image, result, truth.boxes.tolist(),
@@ -446,6 +485,11 @@ def detect_voc(args: Namespace, detector, reader, layers: list[str],
                       "seed": args.seed}} if args.det_method == "drise" else {}),
         "ap_method": "VOC2007 11-point, difficult objects ignored, detections with score > "
                      f"{score_floor(thresh)}"})
+    if args.det_explain_missed:
+        report.settings["misses"] = miss_summary(missed)
+        outputs.write_csv(folder / "misses.csv", MISS_FIELDS, missed)
+        print(miss_table(report.settings["misses"]))
+        print(f"wrote {folder / 'misses.csv'} and {len(missed)} panels in {folder / 'misses'}")
     if grid:
         visualize.save_panel_grid(grid, folder / "detections_grid.png")
         print(f"wrote {folder / 'detections_grid.png'}")
@@ -453,3 +497,36 @@ def detect_voc(args: Namespace, detector, reader, layers: list[str],
     outputs.write_text(path, json.dumps(report.as_dict(), indent=2))
     print(f"wrote {path}")
     return 0
+
+
+MISS_FIELDS = ("image", "class", "kind", "best_iou", "score", "won_by", "detected_as")
+
+
+def miss_summary(missed: list[dict]) -> dict:
+    """Misses counted by class and kind, and which classes won the classification misses."""
+    from collections import Counter
+
+    from misses import KINDS
+    by_class: dict[str, dict] = {}
+    for row in missed:
+        entry = by_class.setdefault(row["class"], {k: 0 for k in KINDS} | {"won_by": Counter()})
+        entry[row["kind"]] += 1
+        if row["kind"] == "classification":
+            entry["won_by"][row["won_by"]] += 1
+    return {"total": len(missed), "by_kind": dict(Counter(r["kind"] for r in missed)),
+            "by_class": {c: {**{k: v for k, v in e.items() if k != "won_by"},
+                             "won_by": dict(e["won_by"].most_common())}
+                         for c, e in sorted(by_class.items())}}
+
+
+def miss_table(summary: dict) -> str:
+    """The misses as a text table: one row per class."""
+    from misses import KINDS
+    head = (f"Missed objects: {summary['total']} (no detection of their class at IoU >= 0.5 "
+            f"and the score threshold)")
+    lines = [head,
+             f"{'class':<12} " + " ".join(f"{k:>14}" for k in KINDS) + "  classification won by"]
+    for name, e in summary["by_class"].items():
+        won = ", ".join(f"{c} {n}" for c, n in e["won_by"].items())
+        lines.append(f"{name:<12} " + " ".join(f"{e[k]:>14}" for k in KINDS) + f"  {won}")
+    return "\n".join(lines)

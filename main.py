@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "activation with the detection score's gradient; drise (D-RISE) weights "
                         "random masks of the input by how well the masked image's detections "
                         "match the detection (no layer, no gradient; --det_masks passes)")
+    g.add_argument("--det_explain_missed", action="store_true",
+                   help="VOC-style runs: explain every ground-truth object that no detection "
+                        "found (its best proposal's score, and whether the miss is one of "
+                        "localisation, classification or suppression)")
     g.add_argument("--det_masks", type=int, default=1000,
                    help="D-RISE: random masks per image (16 masked copies per detector pass)")
     g.add_argument("--det_score_thresh", type=float, default=None,

@@ -104,6 +104,9 @@ COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
      "--hidden_strategy evaluates test images, --image explains your own: use one or the other"),
     (lambda a: a.det_method == "drise" and a.det_layer != "layer4",
      "--det_layer has no meaning for --det_method drise, which explains from the input pixels"),
+    (lambda a: a.det_explain_missed and a.det_img is not None,
+     "--det_explain_missed needs ground truth: use it on a VOC-style set (--voc_path), not "
+     "--det_img"),
     (lambda a: a.det_method != "drise" and a.det_masks != 1000,
      "--det_masks sets D-RISE's masks: use it with --det_method drise"),
 ]
@@ -255,7 +258,7 @@ JOBS: dict[str, tuple[str, frozenset[str]]] = {
     "det_image": ("explaining one image's detections (--det_img)",
                   frozenset(_DETECTION | {"det_img"})),
     "det_voc": ("explaining detections on a VOC-style set (--det_vis)",
-                frozenset(_DETECTION | {"det_num", "voc_path"})),
+                frozenset(_DETECTION | {"det_num", "voc_path", "det_explain_missed"})),
     "sanity": ("the sanity check (--sanity)",
                frozenset(_HEATMAPS | {"sanity", "vis_num", "seed"})),
     "sanity_images": ("the sanity check on your images (--sanity --image)",

@@ -299,8 +299,9 @@ def draw_boxes(image: np.ndarray, boxes: Sequence[Sequence[float]], texts: Seque
     rects = place_labels(sizes, [b for b, _, _ in labelled], (h, w))
     for (x1, y1, x2, y2), (_, text, color), (fit, th) in zip(rects, labelled, fits):
         cv2.rectangle(image, (x1, y1), (x2 - 1, y2 - 1), color, -1)
-        cv2.putText(image, text, (x1 + 2, y1 + th + 1), _FONT, fit, (255, 255, 255), 1,
-                    cv2.LINE_AA)
+        bright = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 160
+        cv2.putText(image, text, (x1 + 2, y1 + th + 1), _FONT, fit,
+                    (0, 0, 0) if bright else (255, 255, 255), 1, cv2.LINE_AA)
 
 
 def _titled(image: np.ndarray, title: str) -> np.ndarray:
@@ -404,6 +405,17 @@ def ground_truth_panel(image_rgb: np.ndarray, result: DetectionResult, truth_box
     _draw_truth(panel, truth_boxes, scale)
     _draw_detections(panel, result, names, scale)
     return _titled(panel, f"truth: {', '.join(truth_names) or 'none'}"[:48])
+
+
+def miss_panel(image_rgb: np.ndarray, heat: torch.Tensor, box: Sequence[float],
+               proposal: Sequence[float], texts: tuple[str, str], title: str) -> np.ndarray:
+    """A missed object: the map of its best proposal's score over the image, the object's box
+    (white) and the proposal's box (yellow), each with its label."""
+    scale = _scale_for(image_rgb)
+    panel = overlay(enlarge(image_rgb, DETECTION_MIN_SIDE), heat.numpy())
+    draw_boxes(panel, [[float(v) * scale for v in box], [float(v) * scale for v in proposal]],
+               list(texts), [(255, 255, 255), (255, 210, 0)])
+    return _titled(panel, title)
 
 
 def save_panel_grid(panels: Sequence[np.ndarray], path: str | Path, columns: int = 4) -> None:
