@@ -16,7 +16,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cam import capture_activation, check_batch, normalize_heatmaps, not_a_map, resolve_layer
+from cam import (
+    capture_activation,
+    check_batch,
+    is_map,
+    normalize_heatmaps,
+    not_a_map,
+    resolve_layer,
+)
 from runtime import eval_mode
 
 
@@ -43,7 +50,7 @@ class GradCAM:
                 torch.enable_grad():
             logits = self.model(images)
             activation = capture.activation
-            if activation is None or activation.ndim != 4:
+            if not is_map(activation):
                 raise not_a_map(self.model, self.layer, images, activation)
             score = logits.gather(1, targets[:, None]).sum()
             (grad,) = torch.autograd.grad(score, activation)
@@ -60,17 +67,24 @@ class GradCAM:
 
 class GradCAMPlusPlus(GradCAM):
     """Grad-CAM++: pixel-weighted positive gradients, with the closed-form alphas that assume an
-    exponential of the class score (the form used by the paper's code and by its peers)."""
+    exponential of the class score (the form used by the paper's code and by its peers).
+
+    Eq. 19's ``alpha = g^2 / (2 g^2 + S g^3)`` (``S`` the channel's activation sum) is
+    ``1 / (2 + S g)`` wherever ``g != 0``. After a ReLU (``S >= 0``) and where it counts
+    (``g > 0``; the weight multiplies ``relu(g)``) that lies in ``(0, 1/2]``. On a signed layer
+    (a block output without ReLU) ``S g`` can reach ``-2``, where alpha is singular, and go
+    below it, where alpha is negative, and a few such positions then dominate the map. So
+    ``S g`` is clamped at 0: alpha ``= 1 / (2 + max(S g, 0))``, equal to the paper's wherever
+    ``S g >= 0`` (every post-ReLU layer), bounded in ``(0, 1/2]`` and continuous elsewhere.
+    (pytorch-grad-cam adds ``1e-6`` to the denominator instead, which keeps it singular.)
+    """
 
     @staticmethod
     def channel_weights(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        grad2 = grad.pow(2)
-        grad3 = grad2 * grad
         sum_activation = activation.sum(dim=(2, 3), keepdim=True)
-        denominator = 2 * grad2 + sum_activation * grad3
-        alpha = grad2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-        alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
-        return (alpha * grad.clamp(min=0)).sum(dim=(2, 3))
+        alpha = 1.0 / (2.0 + (sum_activation * grad).clamp(min=0))
+        positive = grad.clamp(min=0)
+        return (alpha * positive).sum(dim=(2, 3))
 
 
 class XGradCAM(GradCAM):

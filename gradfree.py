@@ -190,8 +190,13 @@ def _replace_output(layer: nn.Module, output: torch.Tensor) -> Iterator[None]:
 
 class EigenCAM(_GradientFree):
     """Eigen-CAM: the activation ``O`` (``hw x K`` per image) projected on its first right
-    singular vector, ``O v_1``, as the paper writes it (no centring). The singular vector's sign
-    is chosen so that its entries sum to a non-negative number; the map ignores the target.
+    singular vector, ``O v_1``, as the paper writes it (no centring); the map ignores the target.
+
+    A singular vector's sign is arbitrary. It is chosen so that the projection itself, the map,
+    has a non-negative sum (equivalently: at least as much positive mass as negative, so the
+    ReLU keeps the larger part). The older rule, entries of ``v_1`` summing to >= 0, gives a
+    positive map only for non-negative activations; on a signed layer (a block output without
+    ReLU) it can flip the map to all-negative, which the ReLU turns into zeros.
     """
 
     def heatmaps(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -199,8 +204,6 @@ class EigenCAM(_GradientFree):
         b, _k, h, w = activation.shape
         matrix = at_least_fp32(activation).flatten(2).transpose(1, 2)      # [B, hw, K]
         vh = torch.linalg.svd(matrix, full_matrices=False).Vh       # [B, min(hw, K), K]
-        first = vh[:, 0, :]
-        first = first * torch.where(first.sum(1, keepdim=True) < 0, -1.0, 1.0)
-        maps = (matrix @ first[:, :, None]).view(b, h, w)
-        return normalize_heatmaps(maps, tuple(images.shape[-2:]))
-
+        projection = (matrix @ vh[:, 0, :, None])[..., 0]            # [B, hw]
+        projection = projection * torch.where(projection.sum(1, keepdim=True) < 0, -1.0, 1.0)
+        return normalize_heatmaps(projection.view(b, h, w), tuple(images.shape[-2:]))

@@ -180,8 +180,10 @@ def literal_eigencam(model, layer, image, target):
     a, _ = activation_of(model, layer, image)
     o = a.reshape(a.shape[0], -1).T.double().numpy()           # hw x K
     _, _, vt = np.linalg.svd(o, full_matrices=False)
-    v1 = vt[0] if vt[0].sum() >= 0 else -vt[0]
-    raw = torch.from_numpy(o @ v1).view(a.shape[1:])
+    projection = o @ vt[0]
+    if projection.sum() < 0:          # the sign that gives the map a non-negative sum
+        projection = -projection
+    raw = torch.from_numpy(projection).view(a.shape[1:])
     return literal_normalize(raw, image.shape[-2:])
 
 
