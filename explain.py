@@ -19,7 +19,7 @@ import visualize
 from cam import CAM
 from data import DatasetInfo, ImageSplit, load_image, normalize
 from errors import UserError
-from gradcam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from gradcam import GradCAM, GradCAMPlusPlus, GuidedGradCAM, HiResCAM, LayerCAM, XGradCAM
 from gradfree import AblationCAM, EigenCAM, ScoreCAM
 
 Explainer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,11 +34,13 @@ EXPLAINERS: dict[str, Callable[..., Explainer]] = {
     "scorecam": ScoreCAM,
     "ablationcam": AblationCAM,
     "eigencam": EigenCAM,
+    "guidedgradcam": GuidedGradCAM,
 }
 
 TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "xgradcam": "XGrad-CAM",
           "hirescam": "HiResCAM", "layercam": "LayerCAM", "scorecam": "Score-CAM",
           "ablationcam": "Ablation-CAM", "eigencam": "Eigen-CAM"}
+TITLES["guidedgradcam"] = "Guided Grad-CAM"
 
 
 def make_explainer(name: str, model: nn.Module, target_layer: str = "layer4",
