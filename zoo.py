@@ -62,16 +62,18 @@ class Preprocessing:
     def pixels(self, photo: Image.Image | torch.Tensor) -> torch.Tensor:
         """A photo (PIL, any mode; or a ``[3, H, W]`` tensor in ``[0, 1]``) as the model's
         pixels ``[3, S, S]`` in ``[0, 1]`` (before normalization), as torchvision does it."""
-        if isinstance(photo, Image.Image):
+        if isinstance(photo, Image.Image):      # resized as PIL, as torchvision does it
             if photo.mode in ("RGBA", "LA", "P"):
                 rgba = photo.convert("RGBA")
                 photo = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-            photo = TF.pil_to_tensor(photo.convert("RGB")).float().div(255)
+            photo = photo.convert("RGB")
         size = ([self.crop_size, self.crop_size] if self.resize_size is None
                 else [self.resize_size])
         out = TF.resize(photo, size, interpolation=self._mode, antialias=True)
         if self.resize_size is not None:
             out = TF.center_crop(out, [self.crop_size, self.crop_size])
+        if isinstance(out, Image.Image):
+            return TF.pil_to_tensor(out).float().div(255)
         return out.clamp(0, 1)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -111,14 +113,24 @@ class Preprocessing:
 @dataclass(frozen=True)
 class LoadedModel:
     """A classifier ready to explain: ``module`` in eval mode on its device, how its inputs are
-    made, its class names, the layer explained by default, and a line describing it all."""
+    made, its class names, the layer explained by default (None: the model has no layer with
+    a spatial map, which only matters once something is to be explained), and a line
+    describing it all."""
 
     module: nn.Module
     preprocessing: Preprocessing
     classes: tuple[str, ...]
     arch: str
-    default_layer: str
+    default_layer: str | None
     description: str
+
+    def layer(self, name: str = "auto") -> str:
+        """``name``, with ``auto`` resolved to the default layer (one line when there is none)."""
+        if name != "auto":
+            return name
+        if self.default_layer is None:
+            auto_layer(self.module, self.input_size)      # raises the one-line reason
+        return self.default_layer
 
     @property
     def input_size(self) -> int:
@@ -457,6 +469,13 @@ def load_classifier(arch: str | None = None, weights: str | None = None,
     return loaded
 
 
+def _default_layer(module: nn.Module, size: int) -> str | None:
+    try:
+        return auto_layer(module, size)
+    except UserError:
+        return None
+
+
 def _override(prep: Preprocessing, input_size: int | None,
               mean: tuple[float, float, float] | None,
               std: tuple[float, float, float] | None) -> Preprocessing:
@@ -540,7 +559,7 @@ def _load_torchvision(arch: str, weights: str | None, ckpt: dict[str, Any] | Non
                      else tuple(f"class {i}" for i in range(outputs))))
         prep = _override(_preprocessing_from_meta(meta, base), input_size, mean, std)
         source = str(weights) if weights is not None else "random weights"
-    layer = auto_layer(module, prep.crop_size)
+    layer = _default_layer(module, prep.crop_size)
     return LoadedModel(module, prep, tuple(names), arch, layer,
                        f"{arch} ({source}), {len(names)} classes, {prep.crop_size} px, "
                        f"layer {layer}")
@@ -565,7 +584,7 @@ def _load_factory_model(spec: str, weights: str | None, input_size: int | None,
     if len(names) != outputs:
         raise UserError(f"weights={weights} lists {len(names)} classes but model={spec} has "
                         f"{outputs} outputs")
-    layer = auto_layer(module, prep.crop_size)
+    layer = _default_layer(module, prep.crop_size)
     return LoadedModel(module, prep, tuple(names), spec, layer,
                        f"{spec}{f' ({weights})' if weights else ''}, {len(names)} classes, "
                        f"{prep.crop_size} px, layer {layer}")
