@@ -1,0 +1,136 @@
+"""folders.py: photos and ImageFolder trees streamed from disk, and maps back on the photo."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from errors import UserError
+from folders import (
+    NO_LABEL,
+    PhotoDataset,
+    heatmap_on_photo,
+    image_folder,
+    list_images,
+    load_photo,
+    photo_batches,
+    photo_loader,
+)
+from zoo import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+PREP = Preprocessing(32, 36, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def write_image(path, size=(40, 30), colour=(200, 10, 10), fmt=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A photo tree: nested folders, PNG and JPEG, a text file and a hidden file to ignore."""
+    root = tmp_path / "photos"
+    write_image(root / "b.png")
+    write_image(root / "a" / "z.JPG", (30, 50), (10, 200, 10))
+    write_image(root / "a" / "deeper" / "y.jpeg", (64, 64))
+    (root / "notes.txt").write_text("not an image")
+    write_image(root / "._hidden.jpg")
+    return root
+
+
+def test_list_images_is_sorted_recursive_and_skips_other_files(tree):
+    assert [p.relative_to(tree).as_posix() for p in list_images(tree)] == [
+        "a/deeper/y.jpeg", "a/z.JPG", "b.png"]
+
+
+def test_a_folder_without_images_is_one_line(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "x.txt").write_text("x")
+    with pytest.raises(UserError, match="holds no images"):
+        list_images(tmp_path / "empty")
+    with pytest.raises(UserError, match="no such folder"):
+        list_images(tmp_path / "missing")
+
+
+def test_dataset_streams_pixels_through_the_preprocessing(tree):
+    dataset = PhotoDataset(list_images(tree), PREP)
+    item = dataset[1]                                       # a/z.JPG, 30 x 50, green
+    assert item.pixels.shape == (3, 32, 32) and item.label == NO_LABEL and item.index == 1
+    assert item.size == (30, 50) and item.error == ""
+    assert item.pixels[1].mean() > 0.7 and item.pixels[0].mean() < 0.1
+
+
+def test_loader_with_workers_gives_the_same_batches_in_order(tree):
+    dataset = PhotoDataset(list_images(tree), PREP)
+    serial = list(photo_batches(photo_loader(dataset, batch_size=2, workers=0)))
+    parallel = list(photo_batches(photo_loader(dataset, batch_size=2, workers=2)))
+    assert [b.indices.tolist() for b in parallel] == [[0, 1], [2]]
+    for a, b in zip(serial, parallel):
+        assert torch.equal(a.pixels, b.pixels) and a.sizes == b.sizes
+
+
+def test_a_corrupt_image_is_one_line_in_the_main_process(tree):
+    (tree / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    dataset = PhotoDataset(list_images(tree), PREP)
+    with pytest.raises(UserError, match="broken.png") as exc:
+        list(photo_batches(photo_loader(dataset, batch_size=2, workers=1)))
+    assert "\n" not in str(exc.value) and "Traceback" not in str(exc.value)
+
+
+def test_image_folder_matches_class_folders_by_name(tmp_path):
+    root = tmp_path / "val"
+    write_image(root / "tiger_cat" / "1.jpg")
+    write_image(root / "Goldfish" / "2.png")
+    write_image(root / "Goldfish" / "sub" / "3.png")
+    (root / "tench").mkdir()                                   # an empty class is skipped
+    paths, labels = image_folder(root, ("tench", "goldfish", "tiger cat"))
+    assert [p.name for p in paths] == ["2.png", "3.png", "1.jpg"] and labels == [1, 1, 2]
+    dataset = PhotoDataset(paths, PREP, labels)
+    assert dataset[2].label == 2
+
+
+def test_image_folder_refuses_a_folder_that_is_no_class(tmp_path):
+    root = tmp_path / "val"
+    write_image(root / "goldfsh" / "1.jpg")
+    with pytest.raises(UserError, match="'goldfsh' is not among .* \\(close: goldfish\\)") as e:
+        image_folder(root, ("tench", "goldfish"))
+    assert "\n" not in str(e.value)
+    (tmp_path / "flat").mkdir()
+    write_image(tmp_path / "flat" / "x.png")
+    with pytest.raises(UserError, match="no class subfolders"):
+        image_folder(tmp_path / "flat", ("a",))
+    (tmp_path / "hollow" / "a").mkdir(parents=True)
+    with pytest.raises(UserError, match="hold no images"):
+        image_folder(tmp_path / "hollow", ("a",))
+
+
+def test_heatmap_lands_on_the_centre_crop_of_the_photo():
+    """A 300 x 200 photo at resize 256 / crop 224: the model saw the centre 175 x 175 square.
+    A map that is 1 on the model's left half covers the left half of that square only."""
+    prep = Preprocessing(224, 256, IMAGENET_MEAN, IMAGENET_STD)
+    heatmap = torch.zeros(224, 224)
+    heatmap[:, :112] = 1.0
+    photo_map, box = heatmap_on_photo(heatmap, (300, 200), prep)
+    assert photo_map.shape == (200, 300)
+    assert box == (62, 12, 238, 188)
+    assert photo_map[:, :62].max() == 0 and photo_map[:, 238:].max() == 0
+    assert photo_map[:12].max() == 0 and photo_map[188:].max() == 0
+    assert photo_map[100, 70] == 1.0 and photo_map[100, 230] == 0.0
+    small, small_box = heatmap_on_photo(heatmap, (150, 100), prep, original_size=(300, 200))
+    assert small.shape == (100, 150) and small_box == (31, 6, 119, 94)
+
+
+def test_a_squashed_model_sees_the_whole_photo():
+    prep = Preprocessing(32, None, IMAGENET_MEAN, IMAGENET_STD)
+    photo_map, box = heatmap_on_photo(torch.ones(32, 32), (60, 20), prep)
+    assert box == (0, 0, 60, 20)
+    torch.testing.assert_close(photo_map, torch.ones(20, 60))
+
+
+def test_load_photo_keeps_the_aspect_ratio(tmp_path):
+    path = write_image(tmp_path / "wide.png", (400, 100))
+    pixels = load_photo(path, max_side=200)
+    assert pixels.shape == (3, 50, 200) and pixels.max() <= 1
+    assert np.isclose(float(pixels[0].mean()), 200 / 255, atol=1e-3)
