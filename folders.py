@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
 
 from data import open_image
 from errors import UserError
@@ -105,15 +107,19 @@ class PhotoItem:
 
 
 class PhotoDataset(Dataset):
-    """Images read from disk as they are asked for, through a model's preprocessing."""
+    """Images read from disk as they are asked for, through a model's preprocessing (or
+    ``transform``, a PIL image -> pixels ``[3, S, S]`` in ``[0, 1]``, such as
+    :func:`training_pixels`)."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], preprocessing: Preprocessing,
-                 labels: Sequence[int] | None = None):
+                 labels: Sequence[int] | None = None,
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None):
         self.paths = [Path(p) for p in paths]
         if labels is not None and len(labels) != len(self.paths):
             raise ValueError(f"{len(self.paths)} paths but {len(labels)} labels")
         self.labels = list(labels) if labels is not None else [NO_LABEL] * len(self.paths)
         self.preprocessing = preprocessing
+        self.transform = transform or preprocessing.pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -121,7 +127,7 @@ class PhotoDataset(Dataset):
     def __getitem__(self, index: int) -> PhotoItem:
         try:
             photo = open_image(self.paths[index])
-            pixels = self.preprocessing.pixels(photo)
+            pixels = self.transform(photo)
             return PhotoItem(pixels, self.labels[index], index, photo.size)
         except UserError as exc:
             side = self.preprocessing.crop_size
@@ -173,6 +179,65 @@ def photo_batches(loader: DataLoader) -> Iterator[PhotoBatch]:
             if error:
                 raise UserError(error)
         yield batch
+
+
+# --------------------------------------------------------------------------------------------
+# Training on a folder
+
+
+class _TrainingPixels:
+    """RandomResizedCrop to the model's size and a horizontal flip, as torchvision's reference
+    classification recipe trains; a class (not a lambda) so worker processes can pickle it."""
+
+    def __init__(self, preprocessing: Preprocessing):
+        mode = TF.InterpolationMode(preprocessing.interpolation)
+        self.augment = transforms.Compose([
+            transforms.RandomResizedCrop(preprocessing.crop_size, interpolation=mode,
+                                         antialias=True),
+            transforms.RandomHorizontalFlip()])
+
+    def __call__(self, photo: Image.Image) -> torch.Tensor:
+        if photo.mode in ("RGBA", "LA", "P"):
+            rgba = photo.convert("RGBA")
+            photo = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+        return TF.pil_to_tensor(self.augment(photo.convert("RGB"))).float().div(255)
+
+
+def training_pixels(preprocessing: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
+    """The augmenting transform for fine-tuning at ``preprocessing``'s size (random in each
+    worker: PyTorch seeds every worker's generator differently)."""
+    return _TrainingPixels(preprocessing)
+
+
+def train_val_folders(root: str | os.PathLike) -> tuple[Path, Path] | None:
+    """``root/train`` and ``root/val`` when both exist (the ImageNet layout), else None (then
+    split one tree with :func:`seeded_split`)."""
+    root = Path(root)
+    train, val = root / "train", root / "val"
+    return (train, val) if train.is_dir() and val.is_dir() else None
+
+
+def seeded_split(labels: Sequence[int], val_fraction: float, seed: int
+                 ) -> tuple[list[int], list[int]]:
+    """Indices of a train / validation split, stratified by class and the same for a seed:
+    each class keeps ``round(val_fraction * n)`` of its images for validation, at least one
+    when it has two or more."""
+    if not 0 < val_fraction < 1:
+        raise UserError(f"val_fraction={val_fraction}: must lie between 0 and 1")
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    train: list[int] = []
+    val: list[int] = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        order = [members[j] for j in torch.randperm(len(members), generator=generator).tolist()]
+        n_val = round(val_fraction * len(order))
+        n_val = max(n_val, 1) if len(order) >= 2 else 0
+        val += order[:n_val]
+        train += order[n_val:]
+    return sorted(train), sorted(val)
 
 
 # --------------------------------------------------------------------------------------------

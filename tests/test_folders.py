@@ -16,6 +16,9 @@ from folders import (
     load_photo,
     photo_batches,
     photo_loader,
+    seeded_split,
+    train_val_folders,
+    training_pixels,
 )
 from zoo import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
@@ -134,3 +137,31 @@ def test_load_photo_keeps_the_aspect_ratio(tmp_path):
     pixels = load_photo(path, max_side=200)
     assert pixels.shape == (3, 50, 200) and pixels.max() <= 1
     assert np.isclose(float(pixels[0].mean()), 200 / 255, atol=1e-3)
+
+
+def test_training_pixels_augment_at_the_model_size(tmp_path):
+    path = write_image(tmp_path / "x.png", (80, 50))
+    dataset = PhotoDataset([path], PREP, [0], transform=training_pixels(PREP))
+    torch.manual_seed(0)
+    first = dataset[0].pixels
+    assert first.shape == (3, 32, 32) and 0 <= first.min() and first.max() <= 1
+    gradient = Image.fromarray(np.tile(np.arange(80, dtype=np.uint8) * 3, (50, 1)))
+    gradient.convert("RGB").save(path)
+    crops = {tuple(dataset[0].pixels[0, 16].tolist()[:4]) for _ in range(6)}
+    assert len(crops) > 1                                       # random crops and flips
+
+
+def test_train_val_folders_and_a_seeded_stratified_split(tmp_path):
+    assert train_val_folders(tmp_path) is None
+    (tmp_path / "train").mkdir()
+    (tmp_path / "val").mkdir()
+    assert train_val_folders(tmp_path) == (tmp_path / "train", tmp_path / "val")
+    labels = [0] * 10 + [1] * 5 + [2]
+    train, val = seeded_split(labels, 0.2, seed=3)
+    assert sorted(train + val) == list(range(16)) and not set(train) & set(val)
+    assert [labels[i] for i in val].count(0) == 2 and [labels[i] for i in val].count(1) == 1
+    assert 15 in train                                          # a lone image trains
+    assert seeded_split(labels, 0.2, seed=3) == (train, val)
+    assert seeded_split(labels, 0.2, seed=4) != (train, val)
+    with pytest.raises(UserError, match="val_fraction"):
+        seeded_split(labels, 1.5, seed=0)
