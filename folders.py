@@ -274,6 +274,9 @@ def heatmap_on_photo(heatmap: torch.Tensor, photo_size: tuple[int, int],
     """
     width, height = photo_size
     ow, oh = original_size or photo_size
+    if preprocessing.pad:          # the border the model's input got around the photo
+        cut = round(preprocessing.pad * heatmap.shape[-1] / preprocessing.crop_size)
+        heatmap = heatmap[cut:heatmap.shape[-2] - cut, cut:heatmap.shape[-1] - cut]
     left, top, right, bottom = preprocessing.crop_box(ow, oh)
     sx, sy = width / ow, height / oh
     box = (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))

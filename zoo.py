@@ -22,6 +22,7 @@ from typing import Any
 from urllib.error import URLError
 
 import torch
+import torch.nn.functional as F
 import torchvision
 import torchvision.transforms.functional as TF
 from PIL import Image
@@ -46,7 +47,9 @@ class Preprocessing:
     ``resize_size`` None: the whole photo is resized to ``crop_size`` x ``crop_size`` (the
     CIFAR model's way, aspect ratio not kept). Otherwise the shorter side is resized to
     ``resize_size`` and the centre ``crop_size`` square is kept (torchvision's
-    ``ImageClassification``). Then ``(x - mean) / std`` on pixels in ``[0, 1]``.
+    ``ImageClassification``). Then ``(x - mean) / std`` on pixels in ``[0, 1]``. ``grayscale``
+    and ``pad`` are the built-in grayscale datasets' way (Fashion-MNIST: one luminance channel
+    resized to 28, zero-padded to 32, repeated to three channels), as ``data.load_image``.
     """
 
     crop_size: int
@@ -54,6 +57,8 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
+    grayscale: bool = False
+    pad: int = 0
 
     @property
     def _mode(self) -> InterpolationMode:
@@ -66,15 +71,18 @@ class Preprocessing:
             if photo.mode in ("RGBA", "LA", "P"):
                 rgba = photo.convert("RGBA")
                 photo = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-            photo = photo.convert("RGB")
-        size = ([self.crop_size, self.crop_size] if self.resize_size is None
-                else [self.resize_size])
+            photo = photo.convert("L" if self.grayscale else "RGB")
+        elif self.grayscale:
+            photo = TF.rgb_to_grayscale(photo)
+        inner = self.crop_size - 2 * self.pad
+        size = [inner, inner] if self.resize_size is None else [self.resize_size]
         out = TF.resize(photo, size, interpolation=self._mode, antialias=True)
         if self.resize_size is not None:
-            out = TF.center_crop(out, [self.crop_size, self.crop_size])
-        if isinstance(out, Image.Image):
-            return TF.pil_to_tensor(out).float().div(255)
-        return out.clamp(0, 1)
+            out = TF.center_crop(out, [inner, inner])
+        out = (TF.pil_to_tensor(out).float().div(255) if isinstance(out, Image.Image)
+               else out.clamp(0, 1))
+        out = F.pad(out, (self.pad,) * 4)
+        return out.expand(3, -1, -1).contiguous() if out.shape[0] == 1 else out
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixel space ``[0, 1]`` (``[..., 3, H, W]``) -> the network's input space."""
@@ -98,7 +106,7 @@ class Preprocessing:
         rather than cropped)."""
         if self.resize_size is None:
             return 0.0, 0.0, float(width), float(height)
-        side = min(width, height) * self.crop_size / self.resize_size
+        side = min(width, height) * (self.crop_size - 2 * self.pad) / self.resize_size
         side_w, side_h = min(side, width), min(side, height)
         left, top = (width - side_w) / 2, (height - side_h) / 2
         return left, top, left + side_w, top + side_h
@@ -349,7 +357,8 @@ def _preprocessing_from_meta(meta: dict[str, Any], base: Preprocessing) -> Prepr
     return Preprocessing(crop_size=size, resize_size=None if resize is None else int(resize),
                          mean=tuple(meta.get("mean") or base.mean),
                          std=tuple(meta.get("std") or base.std),
-                         interpolation=str(meta.get("interpolation") or base.interpolation))
+                         interpolation=str(meta.get("interpolation") or base.interpolation),
+                         grayscale=base.grayscale, pad=base.pad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,7 +494,7 @@ def _override(prep: Preprocessing, input_size: int | None,
     if input_size is not None and input_size != prep.crop_size and resize is not None:
         resize = round(input_size * resize / prep.crop_size)
     return Preprocessing(size, resize, tuple(mean or prep.mean), tuple(std or prep.std),
-                         prep.interpolation)
+                         prep.interpolation, prep.grayscale, prep.pad)
 
 
 def _check_classes(classes: tuple[str, ...] | None, outputs: int, what: str
@@ -515,7 +524,8 @@ def _load_cifar(weights: str | None, ckpt: dict[str, Any] | None,
              or tuple(meta.get("classes") or ()) or
              (info.classes if len(info.classes) == outputs
               else tuple(f"class {i}" for i in range(outputs))))
-    base = Preprocessing(info.input_size, None, info.mean, info.std)
+    base = Preprocessing(info.input_size, None, info.mean, info.std,
+                         grayscale=info.grayscale, pad=info.pad)
     prep = _override(_preprocessing_from_meta(meta, base), input_size, mean, std)
     return LoadedModel(module, prep, names, CIFAR_ARCH, "layer4",
                        f"{CIFAR_ARCH} ({source}), {len(names)} classes, {prep.crop_size} px")

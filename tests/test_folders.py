@@ -165,3 +165,14 @@ def test_train_val_folders_and_a_seeded_stratified_split(tmp_path):
     assert seeded_split(labels, 0.2, seed=4) != (train, val)
     with pytest.raises(UserError, match="val_fraction"):
         seeded_split(labels, 1.5, seed=0)
+
+
+def test_a_padded_input_drops_the_padding_before_the_photo():
+    """Fashion-MNIST's way: the photo fills the inner 28 x 28 of the 32 x 32 input, so the
+    map's 2-pixel border lies outside the photo."""
+    prep = Preprocessing(32, None, (0.2,) * 3, (0.3,) * 3, grayscale=True, pad=2)
+    heatmap = torch.zeros(32, 32)
+    heatmap[2:30, 2:16] = 1.0                     # the photo's left half
+    photo_map, box = heatmap_on_photo(heatmap, (56, 56), prep)
+    assert box == (0, 0, 56, 56)
+    assert photo_map[:, :27].min() > 0.9 and photo_map[:, 29:].max() < 0.1

@@ -67,6 +67,20 @@ def test_preprocessing_matches_torchvisions_transform_on_a_photo():
     torch.testing.assert_close(prep.denormalize(prep.normalize(pixels)), pixels)
 
 
+def test_a_grayscale_checkpoint_reads_photos_as_data_load_image_does(tmp_path):
+    from data import load_image
+    info = DATASETS["fashion_mnist"]
+    path = tmp_path / "f.pth"
+    cifar.save_checkpoint(path, cifar.build_resnet18(10), {**info.as_meta(), "epoch": 0,
+                                                           "acc": 0.1})
+    loaded = load_classifier(weights=str(path))
+    assert loaded.classes == info.classes and loaded.preprocessing.grayscale
+    photo = tmp_path / "p.png"
+    Image.fromarray((torch.rand(40, 50, 3) * 255).byte().numpy()).save(photo)
+    pixels = loaded.preprocessing.pixels(Image.open(photo))
+    torch.testing.assert_close(pixels, load_image(photo, info), rtol=0, atol=2 / 255)
+
+
 def test_crop_box_is_the_region_the_model_sees():
     prep = Preprocessing(224, 256, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD)
     left, top, right, bottom = prep.crop_box(300, 200)        # shorter side 200 -> 256
