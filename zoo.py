@@ -516,7 +516,14 @@ def _load_cifar(weights: str | None, ckpt: dict[str, Any] | None,
                             f"give a checkpoint file")
         module, meta, source = cifar.build_resnet18(len(classes or info.classes)), {}, "random"
     else:
-        module, meta = cifar.load_model(weights)
+        state = ckpt["model_state_dict"]
+        fc = state.get("fc.weight")
+        outputs = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else len(info.classes)
+        cifar.check_metadata(ckpt, weights, outputs)
+        module = cifar.build_resnet18(outputs)
+        fit_state_dict(module, state, f"weights={weights}", CIFAR_ARCH)
+        meta = {k: v for k, v in ckpt.items() if k not in ("model_state_dict",
+                                                           "optimizer_state_dict")}
         source = str(weights)
         info = DATASETS.get(meta.get("dataset") or "cifar10", info)
     outputs = module.fc.out_features

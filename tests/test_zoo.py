@@ -161,6 +161,13 @@ def test_a_cifar_checkpoint_loads_as_before(tmp_path):
     loaded = load_classifier(weights=str(path))
     assert loaded.arch == "resnet18_cifar" and loaded.classes == info.classes
     assert loaded.default_layer == "layer4" and loaded.preprocessing.mean == info.mean
+    torch.save({f"module.{k}": v for k, v in loaded.module.state_dict().items()}, path)
+    again = load_classifier(weights=str(path))                  # a DDP-style state dict
+    assert all(torch.equal(a, b) for a, b in zip(again.module.state_dict().values(),
+                                                 loaded.module.state_dict().values()))
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(UserError, match="does not fit arch=resnet18_cifar: .*'conv1.weight'"):
+        load_classifier(weights=str(path))
 
 
 def test_weights_that_do_not_fit_name_the_keys_or_the_shape(tmp_path):
