@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -94,34 +95,171 @@ def check_batch(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return targets
 
 
-def map_layers(model: nn.Module, images: torch.Tensor) -> list[str]:
-    """The top-level layers whose output for ``images`` is a ``[B, K, h, w]`` map larger than
-    one pixel (a 1x1 map can only give a constant heatmap)."""
+def _example_input(model: nn.Module, input_size: int | tuple[int, int] | torch.Tensor
+                   ) -> torch.Tensor:
+    """One input for a probing forward pass: ``input_size`` itself when it is a tensor, else a
+    seeded random image of that size on the model's device and in its dtype."""
+    if isinstance(input_size, torch.Tensor):
+        return input_size[:1]
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(1, 3, h, w, generator=generator).to(device=device, dtype=dtype)
+
+
+def spatial_layers(model: nn.Module, input_size: int | tuple[int, int] | torch.Tensor = 224
+                   ) -> list[tuple[str, tuple[int, int, int]]]:
+    """Every module whose output is a ``[B, K, h, w]`` map, with ``(K, h, w)``, in the order
+    they run, for one input of ``input_size`` (a side, ``(H, W)``, or an example batch).
+
+    Found with forward hooks on one probing pass (no grad, eval mode, hooks always removed).
+    A module that runs more than once per forward pass (a shared ReLU) is left out: a hook on
+    it sees several maps, so no explainer can say which one it explains. 1x1 maps are listed
+    (``auto_layer`` and the explainers refuse them).
+    """
+    calls: dict[str, int] = {}
+    order: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...]] = {}
-    handles = [child.register_forward_hook(
-        lambda module, inputs, output, name=name: shapes.__setitem__(
-            name, tuple(output.shape) if isinstance(output, torch.Tensor) else ()))
-        for name, child in model.named_children()]
+
+    def record(module: nn.Module, inputs: tuple, output: object, name: str) -> None:
+        calls[name] = calls.get(name, 0) + 1
+        order[name] = len(order) + sum(calls.values())  # grows with every call: running order
+        shapes[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else ()
+
+    handles = [module.register_forward_hook(
+        lambda m, i, o, name=name: record(m, i, o, name))
+        for name, module in model.named_modules() if name]
     try:
         with torch.no_grad(), eval_mode(model):
-            model(images[:1])
+            model(_example_input(model, input_size))
     finally:
         for handle in handles:
             handle.remove()
-    return [name for name, shape in shapes.items() if len(shape) == 4 and shape[2] * shape[3] > 1]
+    names = sorted((n for n in calls if calls[n] == 1 and len(shapes[n]) == 4), key=order.get)
+    return [(n, tuple(shapes[n][1:])) for n in names]
+
+
+def map_layers(model: nn.Module, images: torch.Tensor) -> list[str]:
+    """The layers whose output for ``images`` is a ``[B, K, h, w]`` map larger than one pixel
+    (a 1x1 map can only give a constant heatmap): the top-level ones, or all of them when the
+    model's top level has none (a model wrapping its whole network in one child)."""
+    found = [n for n, (_, h, w) in spatial_layers(model, images) if h * w > 1]
+    top = [n for n in found if "." not in n]
+    return top or found
+
+
+# Pooling to a fixed size (VGG's 7x7 ``avgpool``) belongs to the head: at a small input it only
+# repeats the last map's pixels, at the model's own size it is that map.
+_FIXED_SIZE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def auto_layer(model: nn.Module, input_size: int | tuple[int, int] | torch.Tensor = 224) -> str:
+    """The last module whose output is a ``[B, K, h, w]`` map with ``h * w > 1`` (as torchcam's
+    ``locate_candidate_layer``, but never an adaptive pooling): for most CNNs the block just
+    before global pooling."""
+    modules = dict(model.named_modules())
+    found = [n for n, (_, h, w) in spatial_layers(model, input_size) if h * w > 1
+             and not isinstance(modules[n], _FIXED_SIZE_POOLS)]
+    if not found:
+        size = (tuple(input_size.shape[-2:]) if isinstance(input_size, torch.Tensor)
+                else input_size)
+        raise UserError(f"target_layer=auto: no module of the model outputs a [B, K, h, w] map "
+                        f"larger than 1x1 for a {size} input, so there is no layer to explain")
+    return found[-1]
+
+
+@dataclass(frozen=True)
+class CamHead:
+    """Where CAM is defined: ``layers`` (in running order; ``layer`` is the last) have maps
+    whose global average is exactly the input of ``linear``, whose output is the logits."""
+
+    layer: str
+    linear: str
+    layers: tuple[str, ...]
+
+
+def cam_head(model: nn.Module, input_size: int | tuple[int, int] | torch.Tensor = 224
+             ) -> CamHead:
+    """Find "global average pooling + one linear layer" at the end of ``model``, or raise a
+    one-line ``UserError`` saying why CAM is not defined for it.
+
+    Checked numerically on one probing pass rather than by the names of modules: the last
+    ``nn.Linear`` must give the logits, and the global average of some module's map must be its
+    input. That also catches functional operations between them (DenseNet's ``F.relu``), which
+    make ``sum_k w_k A_k`` something other than the class score's decomposition.
+    """
+    pooled: dict[str, torch.Tensor] = {}
+    calls: dict[str, int] = {}
+    linears: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+    last: list[str] = []
+
+    def record(module: nn.Module, inputs: tuple, output: object, name: str) -> None:
+        calls[name] = calls.get(name, 0) + 1
+        if not any(True for _ in module.children()):
+            last[:] = [name]
+        if isinstance(module, nn.Linear) and isinstance(output, torch.Tensor) and inputs:
+            linears.append((name, inputs[0].detach().flatten(1).double(),
+                            output.detach().double()))
+        if (isinstance(output, torch.Tensor) and output.ndim == 4
+                and output.shape[2] * output.shape[3] > 1):
+            pooled.pop(name, None)
+            pooled[name] = output.detach().double().mean(dim=(2, 3))
+
+    handles = [module.register_forward_hook(lambda m, i, o, name=name: record(m, i, o, name))
+               for name, module in model.named_modules() if name]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            logits = model(_example_input(model, input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not isinstance(logits, torch.Tensor):
+        raise UserError(f"CAM needs a model that returns a logits tensor; it returned "
+                        f"{type(logits).__name__}. Use gradcam")
+    logits = logits.detach().double()
+    linear = next((n for n, _, out in reversed(linears) if out.shape == logits.shape
+                   and torch.allclose(out, logits, rtol=1e-6, atol=1e-9)), None)
+    if linear is None:
+        what = f"'{last[0]}' ({type(dict(model.named_modules())[last[0]]).__name__})" \
+            if last else "no module"
+        raise UserError(f"CAM is not defined for this model: its logits do not come from an "
+                        f"nn.Linear layer (the last module to run is {what}); use gradcam, "
+                        f"which works at any layer")
+    features = next(x for n, x, _ in reversed(linears) if n == linear)
+    scale = features.abs().max().clamp(min=1.0)
+    layers = tuple(n for n, avg in pooled.items() if calls[n] == 1 and avg.shape == features.shape
+                   and torch.allclose(avg, features, rtol=1e-5, atol=1e-6 * float(scale)))
+    if not layers or calls[linear] != 1:
+        raise UserError(f"CAM is not defined for this model: the input of its last linear layer "
+                        f"'{linear}' is not the global average of any layer's feature map (the "
+                        f"head does more than average pooling + one linear layer); use gradcam, "
+                        f"which works at any layer")
+    return CamHead(layer=layers[-1], linear=linear, layers=layers)
 
 
 def not_a_map(model: nn.Module, layer: nn.Module, images: torch.Tensor,
               activation: torch.Tensor | None) -> UserError:
     """The one-line error for a target layer whose output is no ``[B, K, h, w]`` map (``fc``,
-    a pooling to a vector), naming the layers that work."""
+    a pooling to a vector) or a 1x1 map (one location explains nothing), naming the layers
+    that work."""
     names = {id(m): n for n, m in model.named_modules()}
     shape = None if activation is None else list(activation.shape)
+    what = "a 1x1 map (a single location explains nothing)" if (
+        activation is not None and activation.ndim == 4) else "not a [B, K, h, w] map"
+    working = map_layers(model, images)
+    shown = working if len(working) <= 8 else ["..."] + working[-8:]
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     example = f", or a convolution inside them such as {convs[-1]}" if convs else ""
-    return UserError(f"--target_layer {names.get(id(layer), '?')} gives {shape}, not a "
-                     f"[B, K, h, w] map; layers that work: "
-                     f"{', '.join(map_layers(model, images))}{example}")
+    return UserError(f"target_layer={names.get(id(layer), '?')} gives {shape}, {what}; "
+                     f"layers that work: {', '.join(shown)}{example}")
+
+
+def is_map(activation: torch.Tensor | None) -> bool:
+    """Whether a layer's output is a ``[B, K, h, w]`` map with more than one location."""
+    return (activation is not None and activation.ndim == 4
+            and activation.shape[2] * activation.shape[3] > 1)
 
 
 def layer_activation(model: nn.Module, layer: nn.Module, images: torch.Tensor
@@ -134,7 +272,7 @@ def layer_activation(model: nn.Module, layer: nn.Module, images: torch.Tensor
     with torch.inference_mode(), eval_mode(model), capture_activation(layer) as capture:
         logits = model(images)
     activation = capture.activation
-    if activation is None or activation.ndim != 4:
+    if not is_map(activation):
         raise not_a_map(model, layer, images, activation)
     return activation, logits
 
@@ -152,30 +290,37 @@ class CAM:
     """CAM: ``M_c = sum_k w_k^c A_k`` over the feature maps that feed global average pooling.
 
     Defined only for a network whose head is global average pooling followed by one linear
-    layer, at the layer just before that pooling (``layer4`` of a ResNet).
+    layer, at the layer just before that pooling (``layer4`` of a ResNet, ``features`` of a
+    MobileNet v2). The head is found on the first batch (:func:`cam_head`); ``target_layer``
+    None or ``auto`` means that layer, any other must give the same map.
     """
 
-    def __init__(self, model: nn.Module, target_layer: str = "layer4", fc_layer: str = "fc"):
+    def __init__(self, model: nn.Module, target_layer: str | None = None):
         self.model = model
-        self.layer = resolve_layer(model, target_layer)
-        fc = resolve_layer(model, fc_layer)
-        if not isinstance(fc, nn.Linear):
-            raise UserError(f"CAM needs a linear classifier layer; '{fc_layer}' is "
-                            f"{type(fc).__name__}")
-        self.fc = fc
-        self.target_layer = target_layer
+        self.target_layer = None if target_layer in (None, "auto") else target_layer
+        if self.target_layer is not None:
+            resolve_layer(model, self.target_layer)     # an unknown name fails now, not later
+        self.head: CamHead | None = None
+
+    def _layers(self, images: torch.Tensor) -> tuple[nn.Module, nn.Linear]:
+        if self.head is None:
+            self.head = cam_head(self.model, images[:1])
+        head = self.head
+        if self.target_layer is not None and self.target_layer not in head.layers:
+            raise UserError(f"CAM needs the feature maps that feed the linear layer "
+                            f"'{head.linear}' through global average pooling "
+                            f"(target_layer={head.layer}); '{self.target_layer}' gives another "
+                            f"map. Use gradcam for other layers")
+        linear = resolve_layer(self.model, head.linear)
+        return resolve_layer(self.model, self.target_layer or head.layer), linear
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets = check_batch(images, targets)
-        with eval_mode(self.model), capture_activation(self.layer) as capture:
+        layer, linear = self._layers(images)
+        with eval_mode(self.model), capture_activation(layer) as capture:
             self.model(images)
         features = capture.activation
-        if features is None or features.ndim != 4 or features.shape[1] != self.fc.in_features:
-            shape = None if features is None else tuple(features.shape)
-            raise UserError(f"CAM needs the feature maps that feed the linear layer "
-                            f"({self.fc.in_features} channels); '{self.target_layer}' gave "
-                            f"{shape}. Use gradcam for other layers")
-        weights = self.fc.weight[targets].to(features.dtype)          # [B, K]
+        weights = linear.weight[targets].to(features.dtype)           # [B, K]
         maps = torch.einsum("bk,bkhw->bhw", weights, features)
         return normalize_heatmaps(maps, tuple(images.shape[-2:]))

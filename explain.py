@@ -64,9 +64,6 @@ def make_explainer(name: str, model: nn.Module, target_layer: str = "layer4",
         raise ParamError("layer", f"{{param}} '{target_layer}' names several layers; a comma "
                                   f"list works with --hidden_strategy and --sanity, heatmap "
                                   f"panels take one")
-    if name == "cam" and target_layer != "layer4":
-        raise ParamError("layer", "CAM is defined at the layer before global pooling (layer4) "
-                                  "only; use --vis gradcam for other layers")
     if name in CHUNKED:
         return EXPLAINERS[name](model, target_layer=target_layer, batch_size=batch_size,
                                 dtype=dtype)

@@ -9,14 +9,27 @@ activation holds each sample's own gradient in its own slice. The gradient is ta
 computed and the parameters' ``.grad`` stay untouched.
 
 Each method supplies only what differs: channel weights (Grad-CAM, Grad-CAM++, XGrad-CAM) or an
-element-wise combination of gradient and activation (HiResCAM, LayerCAM).
+element-wise combination of gradient and activation (HiResCAM, LayerCAM). Guided Grad-CAM
+(the Grad-CAM paper's own high-resolution map) multiplies Grad-CAM by Guided Backpropagation.
 """
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from cam import capture_activation, check_batch, normalize_heatmaps, not_a_map, resolve_layer
+from cam import (
+    at_least_fp32,
+    capture_activation,
+    check_batch,
+    is_map,
+    normalize_heatmaps,
+    not_a_map,
+    resolve_layer,
+    upsample,
+)
 from runtime import eval_mode
 
 
@@ -43,7 +56,7 @@ class GradCAM:
                 torch.enable_grad():
             logits = self.model(images)
             activation = capture.activation
-            if activation is None or activation.ndim != 4:
+            if not is_map(activation):
                 raise not_a_map(self.model, self.layer, images, activation)
             score = logits.gather(1, targets[:, None]).sum()
             (grad,) = torch.autograd.grad(score, activation)
@@ -62,17 +75,24 @@ class GradCAM:
 
 class GradCAMPlusPlus(GradCAM):
     """Grad-CAM++: pixel-weighted positive gradients, with the closed-form alphas that assume an
-    exponential of the class score (the form used by the paper's code and by its peers)."""
+    exponential of the class score (the form used by the paper's code and by its peers).
+
+    Eq. 19's ``alpha = g^2 / (2 g^2 + S g^3)`` (``S`` the channel's activation sum) is
+    ``1 / (2 + S g)`` wherever ``g != 0``. After a ReLU (``S >= 0``) and where it counts
+    (``g > 0``; the weight multiplies ``relu(g)``) that lies in ``(0, 1/2]``. On a signed layer
+    (a block output without ReLU) ``S g`` can reach ``-2``, where alpha is singular, and go
+    below it, where alpha is negative, and a few such positions then dominate the map. So
+    ``S g`` is clamped at 0: alpha ``= 1 / (2 + max(S g, 0))``, equal to the paper's wherever
+    ``S g >= 0`` (every post-ReLU layer), bounded in ``(0, 1/2]`` and continuous elsewhere.
+    (pytorch-grad-cam adds ``1e-6`` to the denominator instead, which keeps it singular.)
+    """
 
     @staticmethod
     def channel_weights(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        grad2 = grad.pow(2)
-        grad3 = grad2 * grad
         sum_activation = activation.sum(dim=(2, 3), keepdim=True)
-        denominator = 2 * grad2 + sum_activation * grad3
-        alpha = grad2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
-        alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
-        return (alpha * grad.clamp(min=0)).sum(dim=(2, 3))
+        alpha = 1.0 / (2.0 + (sum_activation * grad).clamp(min=0))
+        positive = grad.clamp(min=0)
+        return (alpha * positive).sum(dim=(2, 3))
 
 
 class XGradCAM(GradCAM):
@@ -103,3 +123,86 @@ class LayerCAM(GradCAM):
     @classmethod
     def combine(cls, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         return (grad.clamp(min=0) * activation).sum(dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Guided Grad-CAM
+
+GUIDED_ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
+
+
+class _GuidedGradient(torch.autograd.Function):
+    """Identity on a ReLU's output whose backward keeps only the positive part of the incoming
+    gradient; composed with the ReLU's own backward (which zeroes it where the input was not
+    positive) that is Guided Backpropagation's rule."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, output: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(output)
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (output > 0)
+
+
+def _guide(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor) and output.requires_grad:
+        return _GuidedGradient.apply(output)
+    return None
+
+
+@contextlib.contextmanager
+def guided_relus(model: nn.Module) -> Iterator[int]:
+    """Within the block, backward passes through ``model``'s ``nn.ReLU`` / ``nn.ReLU6`` modules
+    follow Guided Backpropagation; yields how many modules were guided.
+
+    A forward hook wraps each one's output (in place or not) in :class:`_GuidedGradient`, so
+    no full backward hooks are needed; the hooks are removed when the block ends, also on an
+    exception. Functional ``F.relu`` calls, and activations that are not ReLUs (SiLU, GELU,
+    Hardswish), keep their ordinary gradient: there Guided Backpropagation has no definition.
+    """
+    handles = [m.register_forward_hook(_guide) for m in model.modules()
+               if isinstance(m, GUIDED_ACTIVATIONS)]
+    try:
+        yield len(handles)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def guided_backprop(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
+                    ) -> torch.Tensor:
+    """Guided Backpropagation (Springenberg et al., 2015): the gradient of each target score
+    with respect to its input image, ``[B, 3, H, W]``, with guided ReLUs. The input is not
+    changed; no weight gradients are computed."""
+    targets = check_batch(images, targets)
+    inputs = images.detach().clone().requires_grad_(True)
+    with eval_mode(model), guided_relus(model), torch.enable_grad():
+        logits = model(inputs)
+        score = logits.gather(1, targets[:, None]).sum()
+        (grad,) = torch.autograd.grad(score, inputs)
+    return grad
+
+
+class GuidedGradCAM(GradCAM):
+    """Guided Grad-CAM (Selvaraju et al., 2017): Guided Backpropagation multiplied by the
+    Grad-CAM map, ReLU'd and upsampled bilinearly to the input.
+
+    The paper shows the product as a colour image ``[3, H, W]``; the explainer contract wants
+    ``[B, H, W]`` in ``[0, 1]``. The product's largest magnitude over the colour channels is
+    taken, then min-max scaled: the magnitude, not the positive part, because a negative input
+    gradient (darkening this pixel raises the score) is evidence too, and Simonyan et al.'s
+    saliency maps reduce colour the same way. Guided only where the model uses ``nn.ReLU`` /
+    ``nn.ReLU6`` modules (:func:`guided_relus`); on SiLU / GELU / Hardswish families the input
+    gradient there is the plain one.
+    """
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        size = tuple(images.shape[-2:])
+        maps, _ = self.raw_maps(images, targets)
+        cam = upsample(maps.clamp(min=0), size)                     # [B, H, W]
+        guided = guided_backprop(self.model, images, targets)
+        product = at_least_fp32(guided).abs().amax(dim=1) * cam
+        return normalize_heatmaps(product)

@@ -11,7 +11,8 @@ only through the layers after the target layer when torch.fx can cut the network
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import itertools
+from collections.abc import Callable, Hashable, Iterator
 
 import torch
 import torch.fx
@@ -74,8 +75,18 @@ def network_after(model: nn.Module, layer_name: str) -> nn.Module | None:
     return module
 
 
+def _weights_key(model: nn.Module) -> Hashable:
+    """Changes whenever a parameter or buffer of ``model`` is replaced or modified in place
+    (every in-place op bumps a tensor's version counter): when a derived copy is stale."""
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device)
+                 for t in itertools.chain(model.parameters(), model.buffers()))
+
+
 class _GradientFree:
-    """What the three share: the target layer, the chunk size, the argument checks."""
+    """What the three share: the target layer, the chunk size, the argument checks, and the
+    derived networks (BatchNorm-folded copy, torch.fx tail), built once per explainer and
+    rebuilt only when the model's weights change: tracing a DenseNet or an EfficientNet takes
+    longer than explaining a small batch."""
 
     def __init__(self, model: nn.Module, target_layer: str = "layer4", batch_size: int = 256,
                  dtype: torch.dtype | None = None):
@@ -86,6 +97,17 @@ class _GradientFree:
         self.target_layer = target_layer
         self.batch_size = batch_size
         self.dtype = dtype      # autocast dtype of the per-channel forward passes (None: fp32)
+        self._derived: dict[str, tuple[Hashable, object]] = {}
+
+    def derived(self, what: str, build: Callable[[], object]) -> object:
+        """``build()``'s result, kept while the model's weights stay as they are."""
+        key = _weights_key(self.model)
+        hit = self._derived.get(what)
+        if hit is None or hit[0] != key:
+            with eval_mode(self.model):   # traced in eval mode, whatever the model's own mode
+                hit = (key, build())
+            self._derived[what] = hit
+        return hit[1]
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets = check_batch(images, targets)
@@ -113,7 +135,7 @@ class ScoreCAM(_GradientFree):
         varying = flat.amax(2) > flat.amin(2)                     # [B, K]
         image_of, channel_of = varying.nonzero(as_tuple=True)
         weights = torch.zeros(activation.shape[:2], dtype=activation.dtype, device=images.device)
-        net = inference_copy(self.model)
+        net = self.derived("folded", lambda: inference_copy(self.model))
         with eval_mode(net), autocast(images.device, self.dtype):
             for part in _chunks(len(image_of), self.batch_size):
                 b, k = image_of[part], channel_of[part]
@@ -162,9 +184,12 @@ class AblationCAM(_GradientFree):
                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``score(image_index, activations)``: the target logits after the layer's output is
         replaced by ``activations``, through the network's tail when it can be cut there."""
-        tail = network_after(self.model, self.target_layer)
-        if tail is not None:
-            net = inference_copy(tail)
+        def folded_tail() -> nn.Module | None:
+            tail = network_after(self.model, self.target_layer)
+            return None if tail is None else inference_copy(tail)
+
+        net = self.derived("tail", folded_tail)
+        if net is not None:
 
             def run_tail(b: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
                 with eval_mode(net):
@@ -190,8 +215,13 @@ def _replace_output(layer: nn.Module, output: torch.Tensor) -> Iterator[None]:
 
 class EigenCAM(_GradientFree):
     """Eigen-CAM: the activation ``O`` (``hw x K`` per image) projected on its first right
-    singular vector, ``O v_1``, as the paper writes it (no centring). The singular vector's sign
-    is chosen so that its entries sum to a non-negative number; the map ignores the target.
+    singular vector, ``O v_1``, as the paper writes it (no centring); the map ignores the target.
+
+    A singular vector's sign is arbitrary. It is chosen so that the projection itself, the map,
+    has a non-negative sum (equivalently: at least as much positive mass as negative, so the
+    ReLU keeps the larger part). The older rule, entries of ``v_1`` summing to >= 0, gives a
+    positive map only for non-negative activations; on a signed layer (a block output without
+    ReLU) it can flip the map to all-negative, which the ReLU turns into zeros.
     """
 
     def heatmaps(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -199,8 +229,6 @@ class EigenCAM(_GradientFree):
         b, _k, h, w = activation.shape
         matrix = at_least_fp32(activation).flatten(2).transpose(1, 2)      # [B, hw, K]
         vh = torch.linalg.svd(matrix, full_matrices=False).Vh       # [B, min(hw, K), K]
-        first = vh[:, 0, :]
-        first = first * torch.where(first.sum(1, keepdim=True) < 0, -1.0, 1.0)
-        maps = (matrix @ first[:, :, None]).view(b, h, w)
-        return normalize_heatmaps(maps, tuple(images.shape[-2:]))
-
+        projection = (matrix @ vh[:, 0, :, None])[..., 0]            # [B, hw]
+        projection = projection * torch.where(projection.sum(1, keepdim=True) < 0, -1.0, 1.0)
+        return normalize_heatmaps(projection.view(b, h, w), tuple(images.shape[-2:]))

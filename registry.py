@@ -22,6 +22,7 @@ METHODS: dict[str, tuple[str, str, str]] = {
     "scorecam": ("gradfree", "ScoreCAM", "Score-CAM"),
     "ablationcam": ("gradfree", "AblationCAM", "Ablation-CAM"),
     "eigencam": ("gradfree", "EigenCAM", "Eigen-CAM"),
+    "guidedgradcam": ("gradcam", "GuidedGradCAM", "Guided Grad-CAM"),
 }
 TITLES: dict[str, str] = {name: title for name, (_, _, title) in METHODS.items()}
 

@@ -105,8 +105,7 @@ COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
     (lambda a: a.det_method == "drise" and a.det_layer != "layer4",
      "--det_layer has no meaning for --det_method drise, which explains from the input pixels"),
     (lambda a: a.det_explain_missed and a.det_img is not None,
-     "--det_explain_missed needs ground truth: use it on a VOC-style set (--voc_path), not "
-     "--det_img"),
+     "--det_explain_missed needs ground truth: use it on a VOC-style set, not --det_img"),
     (lambda a: a.det_method != "drise" and a.det_masks != 1000,
      "--det_masks sets D-RISE's masks: use it with --det_method drise"),
 ]

@@ -180,8 +180,10 @@ def literal_eigencam(model, layer, image, target):
     a, _ = activation_of(model, layer, image)
     o = a.reshape(a.shape[0], -1).T.double().numpy()           # hw x K
     _, _, vt = np.linalg.svd(o, full_matrices=False)
-    v1 = vt[0] if vt[0].sum() >= 0 else -vt[0]
-    raw = torch.from_numpy(o @ v1).view(a.shape[1:])
+    projection = o @ vt[0]
+    if projection.sum() < 0:          # the sign that gives the map a non-negative sum
+        projection = -projection
+    raw = torch.from_numpy(projection).view(a.shape[1:])
     return literal_normalize(raw, image.shape[-2:])
 
 
@@ -342,3 +344,20 @@ def test_dead_layer_gives_zeros_not_nan(name):
         model.block2[1].bias.fill_(-100.0)     # every unit of block2 is zero after its ReLU
     heatmaps = make_explainer(name, model, "block2")(IMAGES, TARGETS)
     assert torch.equal(heatmaps, torch.zeros(3, 16, 16))
+
+
+@pytest.mark.parametrize("method", [ScoreCAM, AblationCAM])
+def test_derived_networks_are_rebuilt_when_the_weights_change(method):
+    """The folded copy / fx tail is kept between calls, but never outlives the weights it was
+    made from (the sanity check re-initialises layers in place)."""
+    model = TinyNet()
+    explainer = method(model, "block1", batch_size=64)
+    before = explainer(IMAGES, TARGETS)
+    assert torch.equal(explainer(IMAGES, TARGETS), before)
+    with torch.no_grad():
+        model.block2[0].weight.mul_(-1.0)
+        model.block2[1].running_mean.add_(0.5)
+    torch.testing.assert_close(explainer(IMAGES, TARGETS),
+                               method(model, "block1", batch_size=64)(IMAGES, TARGETS),
+                               rtol=0, atol=1e-6)
+    assert not torch.allclose(explainer(IMAGES, TARGETS), before, atol=1e-3)

@@ -1,0 +1,607 @@
+"""Models from anywhere: a torchvision classifier, this tool's CIFAR ResNet-18, or the user's
+own factory, each with the preprocessing and class names it needs.
+
+One function, :func:`load_classifier`, turns ``arch`` / ``weights`` / ``model_spec`` into a
+:class:`LoadedModel`; everything downstream (explainers, evaluation, panels) takes that and
+never asks where the model came from. torchvision's weights enums carry the preprocessing
+(``weights.transforms()``) and the class names (``weights.meta["categories"]``); weights named
+by the enum are read from torch's hub cache and downloaded there only when missing. Errors are
+one-line ``UserError`` s naming this module's parameters (``arch=``, ``weights=``, ...).
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.util
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+
+import torch
+import torch.nn.functional as F
+import torchvision
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch import nn
+from torchvision.transforms import InterpolationMode
+
+import model as cifar
+from cam import auto_layer
+from data import DATASETS, DatasetInfo
+from errors import UserError, reason
+
+CIFAR_ARCH = cifar.ARCH                      # "resnet18_cifar", the default
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_RATIO = 256 / 224                     # torchvision's resize-then-crop convention
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a photo becomes the model's input, for PIL photos and pixel tensors alike.
+
+    ``resize_size`` None: the whole photo is resized to ``crop_size`` x ``crop_size`` (the
+    CIFAR model's way, aspect ratio not kept). Otherwise the shorter side is resized to
+    ``resize_size`` and the centre ``crop_size`` square is kept (torchvision's
+    ``ImageClassification``). Then ``(x - mean) / std`` on pixels in ``[0, 1]``. ``grayscale``
+    and ``pad`` are the built-in grayscale datasets' way (Fashion-MNIST: one luminance channel
+    resized to 28, zero-padded to 32, repeated to three channels), as ``data.load_image``.
+    """
+
+    crop_size: int
+    resize_size: int | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    grayscale: bool = False
+    pad: int = 0
+
+    @property
+    def _mode(self) -> InterpolationMode:
+        return InterpolationMode(self.interpolation)
+
+    def pixels(self, photo: Image.Image | torch.Tensor) -> torch.Tensor:
+        """A photo (PIL, any mode; or a ``[3, H, W]`` tensor in ``[0, 1]``) as the model's
+        pixels ``[3, S, S]`` in ``[0, 1]`` (before normalization), as torchvision does it."""
+        if isinstance(photo, Image.Image):      # resized as PIL, as torchvision does it
+            if photo.mode in ("RGBA", "LA", "P"):
+                rgba = photo.convert("RGBA")
+                photo = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+            photo = photo.convert("L" if self.grayscale else "RGB")
+        elif self.grayscale:
+            photo = TF.rgb_to_grayscale(photo)
+        inner = self.crop_size - 2 * self.pad
+        size = [inner, inner] if self.resize_size is None else [self.resize_size]
+        out = TF.resize(photo, size, interpolation=self._mode, antialias=True)
+        if self.resize_size is not None:
+            out = TF.center_crop(out, [inner, inner])
+        out = (TF.pil_to_tensor(out).float().div(255) if isinstance(out, Image.Image)
+               else out.clamp(0, 1))
+        out = F.pad(out, (self.pad,) * 4)
+        return out.expand(3, -1, -1).contiguous() if out.shape[0] == 1 else out
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel space ``[0, 1]`` (``[..., 3, H, W]``) -> the network's input space."""
+        mean = torch.tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+        return (pixels - mean) / std
+
+    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's input space -> pixel space ``[0, 1]``."""
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+        return (images * std + mean).clamp(0, 1)
+
+    def __call__(self, photo: Image.Image | torch.Tensor) -> torch.Tensor:
+        """A photo -> the normalized input ``[3, S, S]``."""
+        return self.normalize(self.pixels(photo))
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """``(left, top, right, bottom)`` of the region of a ``width`` x ``height`` photo that
+        the model sees, in the photo's pixel coordinates (the whole photo when it is squashed
+        rather than cropped)."""
+        if self.resize_size is None:
+            return 0.0, 0.0, float(width), float(height)
+        side = min(width, height) * (self.crop_size - 2 * self.pad) / self.resize_size
+        side_w, side_h = min(side, width), min(side, height)
+        left, top = (width - side_w) / 2, (height - side_h) / 2
+        return left, top, left + side_w, top + side_h
+
+    def as_meta(self) -> dict[str, Any]:
+        """The fields a checkpoint records so that the preprocessing can be rebuilt."""
+        return {"input_size": self.crop_size, "resize_size": self.resize_size,
+                "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A classifier ready to explain: ``module`` in eval mode on its device, how its inputs are
+    made, its class names, the layer explained by default (None: the model has no layer with
+    a spatial map, which only matters once something is to be explained), and a line
+    describing it all."""
+
+    module: nn.Module
+    preprocessing: Preprocessing
+    classes: tuple[str, ...]
+    arch: str
+    default_layer: str | None
+    description: str
+
+    def layer(self, name: str = "auto") -> str:
+        """``name``, with ``auto`` resolved to the default layer (one line when there is none)."""
+        if name != "auto":
+            return name
+        if self.default_layer is None:
+            auto_layer(self.module, self.input_size)      # raises the one-line reason
+        return self.default_layer
+
+    @property
+    def input_size(self) -> int:
+        """The side of the square input the model is run at."""
+        return self.preprocessing.crop_size
+
+    def info(self, name: str | None = None) -> DatasetInfo:
+        """The model's data description in the form ``data.py`` uses (normalize, checkpoints)."""
+        return DatasetInfo(name=name or self.arch, classes=self.classes,
+                           mean=self.preprocessing.mean, std=self.preprocessing.std,
+                           input_size=self.input_size)
+
+    def as_meta(self) -> dict[str, Any]:
+        """What a checkpoint of this model records besides its weights."""
+        return {"arch": self.arch, "classes": list(self.classes),
+                **self.preprocessing.as_meta()}
+
+    def class_index(self, target: str | int) -> int:
+        """A class given by name or index -> its index; a one-line error when there is none."""
+        if isinstance(target, str) and target in self.classes:
+            return self.classes.index(target)
+        if isinstance(target, int) or target.strip().isdigit():
+            index = int(target)
+            if 0 <= index < len(self.classes):
+                return index
+            raise UserError(f"target={target}: the model has classes 0..{len(self.classes) - 1}")
+        folded = {c.lower(): i for i, c in enumerate(self.classes)}
+        if target.lower() in folded:
+            return folded[target.lower()]
+        close = difflib.get_close_matches(target, self.classes, n=4, cutoff=0.6)
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise UserError(f"target={target!r} is not one of the model's {len(self.classes)} "
+                        f"classes{hint}")
+
+
+# --------------------------------------------------------------------------------------------
+# Names
+
+
+@functools.lru_cache(maxsize=1)
+def torchvision_archs() -> tuple[str, ...]:
+    """Every classification model in torchvision (``list_models(module=torchvision.models)``)."""
+    return tuple(torchvision.models.list_models(module=torchvision.models))
+
+
+def known_archs() -> tuple[str, ...]:
+    """Every ``arch`` this module builds: the CIFAR ResNet-18 first, then torchvision's."""
+    return (CIFAR_ARCH, *torchvision_archs())
+
+
+def _unknown_arch(arch: str) -> UserError:
+    close = difflib.get_close_matches(arch, known_archs(), n=5, cutoff=0.5)
+    hint = (f"close names: {', '.join(close)}" if close
+            else f"e.g. {CIFAR_ARCH}, resnet50, convnext_tiny; {len(known_archs())} in all")
+    return UserError(f"unknown arch={arch!r} ({hint})")
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[str, ...]:
+    """ImageNet's 1,000 class names, as they ship inside torchvision."""
+    return tuple(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def read_classes(path: str | os.PathLike) -> tuple[str, ...]:
+    """A classes file: one name per line, blank lines skipped."""
+    path = Path(path)
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"classes_file={path}: cannot read it ({reason(exc)})") from None
+    names = [n for n in names if n]
+    if not names:
+        raise UserError(f"classes_file={path} names no class (one name per line)")
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"classes_file={path} names '{twice}' twice")
+    return tuple(names)
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision weights
+
+
+def _weights_enum(arch: str, name: str) -> torchvision.models.WeightsEnum | None:
+    """The weights enum member called ``name`` for ``arch`` (``DEFAULT``, ``IMAGENET1K_V2`` or
+    ``ResNet50_Weights.IMAGENET1K_V2``), None when ``name`` is no such member."""
+    enum = torchvision.models.get_model_weights(arch)
+    member = name.split(".", 1)[1] if name.startswith(enum.__name__ + ".") else name
+    for key in (member, member.upper()):
+        if key in enum.__members__:
+            return enum[key]
+    return None
+
+
+def hub_weights_file(weights: torchvision.models.WeightsEnum) -> Path:
+    """The weights' file in torch's hub cache, downloaded there when missing.
+
+    Where there is no network the file can be put there by hand; the error says which file,
+    from which address, into which folder.
+    """
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / os.path.basename(weights.url)
+    if path.is_file():
+        return path
+    match = torch.hub.HASH_REGEX.search(path.name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(weights.url, str(path), match.group(1) if match else None,
+                                       progress=False)
+    except (URLError, OSError, RuntimeError, ValueError) as exc:
+        raise UserError(f"weights={weights}: {path.name} is not in {folder} and downloading it "
+                        f"from {weights.url} failed ({reason(exc, 100)}); put the file in "
+                        f"{folder}") from None
+    return path
+
+
+def _interpolation(transform: Any) -> str:
+    mode = getattr(transform, "interpolation", InterpolationMode.BILINEAR)
+    return mode.value if isinstance(mode, InterpolationMode) else str(mode)
+
+
+def preprocessing_of(weights: torchvision.models.WeightsEnum) -> Preprocessing:
+    """The preprocessing that ``weights.transforms()`` applies, as a :class:`Preprocessing`."""
+    transform = weights.transforms()
+    crop = getattr(transform, "crop_size", [224])
+    resize = getattr(transform, "resize_size", None)
+    return Preprocessing(crop_size=int(crop[0]), resize_size=int(resize[0]) if resize else None,
+                         mean=tuple(float(v) for v in transform.mean),
+                         std=tuple(float(v) for v in transform.std),
+                         interpolation=_interpolation(transform))
+
+
+# Keywords for building a random-weight model that runs as it would with trained weights:
+# GoogLeNet and Inception v3 without the auxiliary heads (used only in training), initialised
+# explicitly (torchvision warns otherwise).
+_RANDOM_KWARGS: dict[str, dict[str, Any]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+_AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+
+
+def _build_torchvision(arch: str, num_classes: int) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes,
+                                            **_RANDOM_KWARGS.get(arch, {}))
+
+
+def _classifier_outputs(state: dict[str, torch.Tensor]) -> tuple[str, int] | None:
+    """The name of the last 2-D (or more) weight of a state dict and its first size: the
+    classifier's weight and class count for every torchvision classifier (a state dict keeps
+    the order in which the model defines its modules)."""
+    for key, value in reversed(list(state.items())):
+        if key.endswith("weight") and value.ndim >= 2:
+            return key, int(value.shape[0])
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Weight files
+
+
+def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str, arch: str
+                   ) -> None:
+    """Load ``state`` into ``model`` exactly, or raise one line naming what does not fit."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise UserError(f"{what} does not fit arch={arch}: {' and '.join(parts)} weights")
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise UserError(f"{what} does not fit arch={arch}: '{key}' has shape "
+                            f"{tuple(state[key].shape)} where the model has {tuple(value.shape)}")
+    cifar.check_finite(state, what)
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys as ``model.state_dict()`` names them: without the ``module.`` of DataParallel /
+    DDP and the ``_orig_mod.`` of ``torch.compile``."""
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _read_weights_file(path: str | os.PathLike, arch: str | None = None) -> dict[str, Any]:
+    """A weights file as a checkpoint dict (``model_state_dict`` plus whatever it records)."""
+    if not Path(path).is_file():
+        names = ""
+        if arch in torchvision_archs():
+            members = ", ".join(torchvision.models.get_model_weights(arch).__members__)
+            names = f" of arch={arch} ({members})"
+        raise UserError(f"weights={path} is neither a file nor a torchvision weights "
+                        f"name{names}")
+    try:
+        ckpt = cifar.read_checkpoint(path)
+    except UserError as exc:
+        raise UserError(f"weights={path}: {exc}") from None
+    ckpt["model_state_dict"] = _strip_prefix(ckpt["model_state_dict"])
+    return ckpt
+
+
+def _preprocessing_from_meta(meta: dict[str, Any], base: Preprocessing) -> Preprocessing:
+    size = int(meta.get("input_size") or base.crop_size)
+    resize = meta.get("resize_size", base.resize_size if size == base.crop_size else "auto")
+    if resize == "auto":
+        resize = None if base.resize_size is None else round(size * RESIZE_RATIO)
+    return Preprocessing(crop_size=size, resize_size=None if resize is None else int(resize),
+                         mean=tuple(meta.get("mean") or base.mean),
+                         std=tuple(meta.get("std") or base.std),
+                         interpolation=str(meta.get("interpolation") or base.interpolation),
+                         grayscale=base.grayscale, pad=base.pad)
+
+
+# --------------------------------------------------------------------------------------------
+# User factories
+
+
+def load_factory(spec: str) -> nn.Module:
+    """``FILE.py:FUNCTION`` -> the module that ``FUNCTION()`` returns. The file's code runs.
+
+    The file is imported under a private name, with its folder on ``sys.path`` while it loads
+    (so it can import its neighbours). Anything it raises, or a return value that is not an
+    ``nn.Module``, is one line naming the spec.
+    """
+    file, sep, function = spec.rpartition(":")
+    if not sep or not file or not function:
+        raise UserError(f"model={spec!r}: expected FILE.py:FUNCTION")
+    path = Path(file)
+    if not path.is_file():
+        raise UserError(f"model={spec}: no file {path}")
+    name = f"_user_model_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise UserError(f"model={spec}: {path} cannot be imported as Python")
+    module = importlib.util.module_from_spec(module_spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        module_spec.loader.exec_module(module)
+        factory = getattr(module, function, None)
+        if not callable(factory):
+            raise UserError(f"model={spec}: {path} defines no function {function}")
+        built = factory()
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
+        raise UserError(f"model={spec} raised {type(exc).__name__}: {reason(exc, 100)}"
+                        ) from None
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+    if not isinstance(built, nn.Module):
+        raise UserError(f"model={spec} returned a {type(built).__name__}, not a torch.nn.Module")
+    return built
+
+
+@torch.no_grad()
+def _output_count(module: nn.Module, size: int, what: str) -> int:
+    """The number of logits ``module`` gives for one input of ``size``, or a one-line error
+    when it does not run or gives no ``[1, C]`` tensor."""
+    param = next(module.parameters(), None)
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        out = module(torch.zeros(1, 3, size, size, dtype=dtype, device=device))
+    except Exception as exc:  # noqa: BLE001 - a model that cannot take this input
+        raise UserError(f"{what} fails on a {size}x{size} input ({type(exc).__name__}: "
+                        f"{reason(exc, 100)}); give its input_size") from None
+    finally:
+        for m, training in was_training:
+            m.training = training
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UserError(f"{what} returns {shape} for one image, not logits [1, classes]")
+    return int(out.shape[1])
+
+
+# --------------------------------------------------------------------------------------------
+# The one entry point
+
+
+def load_classifier(arch: str | None = None, weights: str | None = None,
+                    model_spec: str | None = None, input_size: int | None = None,
+                    mean: tuple[float, float, float] | None = None,
+                    std: tuple[float, float, float] | None = None,
+                    classes_file: str | os.PathLike | None = None,
+                    device: torch.device | str = "cpu") -> LoadedModel:
+    """The classifier to explain, with its preprocessing and class names.
+
+    - ``model_spec`` ``FILE.py:FUNCTION``: the user's factory (its code runs); ``weights`` may
+      then be a state-dict file for it. Input size 224, ImageNet statistics and, for 1,000
+      outputs, ImageNet's class names, unless ``input_size`` / ``mean`` / ``std`` /
+      ``classes_file`` say otherwise.
+    - ``arch`` ``resnet18_cifar`` (the default; also when ``weights`` is a checkpoint of it):
+      this tool's CIFAR ResNet-18, random or from a checkpoint file, explained at ``layer4``.
+    - ``arch`` any torchvision classifier; ``weights`` None (random, for tests), a weights name
+      (``DEFAULT``, ``IMAGENET1K_V2``; from the hub cache, downloaded when missing) or a file
+      (a state dict, or a checkpoint this tool wrote, whose recorded fields are used).
+
+    ``arch`` None means the checkpoint's own arch, else ``resnet18_cifar``. The default target
+    layer is ``auto`` (:func:`cam.auto_layer`) except for ``resnet18_cifar``.
+    """
+    device = torch.device(device)
+    classes = read_classes(classes_file) if classes_file is not None else None
+    if model_spec is not None:
+        return _load_factory_model(model_spec, weights, input_size, mean, std, classes, device)
+    if arch is not None and arch not in known_archs():
+        raise _unknown_arch(arch)
+    ckpt = None
+    if weights is not None and (arch in (None, CIFAR_ARCH) or _weights_enum(arch, weights) is None):
+        ckpt = _read_weights_file(weights, arch)
+        recorded = ckpt.get("arch")
+        if arch is None:
+            arch = recorded or CIFAR_ARCH
+            if arch not in known_archs():
+                raise UserError(f"weights={weights} is a checkpoint of arch={arch}, which this "
+                                f"tool does not build; give model=FILE.py:FUNCTION")
+        elif recorded is not None and recorded != arch:
+            raise UserError(f"weights={weights} is a checkpoint of arch={recorded}, not {arch}")
+    arch = arch or CIFAR_ARCH
+    if arch == CIFAR_ARCH:
+        loaded = _load_cifar(weights, ckpt, classes, input_size, mean, std)
+    else:
+        loaded = _load_torchvision(arch, weights, ckpt, classes, input_size, mean, std)
+    loaded.module.to(device).eval()
+    return loaded
+
+
+def _default_layer(module: nn.Module, size: int) -> str | None:
+    try:
+        return auto_layer(module, size)
+    except UserError:
+        return None
+
+
+def _override(prep: Preprocessing, input_size: int | None,
+              mean: tuple[float, float, float] | None,
+              std: tuple[float, float, float] | None) -> Preprocessing:
+    """``prep`` with what the caller says explicitly (a new size keeps the resize ratio)."""
+    size = input_size or prep.crop_size
+    resize = prep.resize_size
+    if input_size is not None and input_size != prep.crop_size and resize is not None:
+        resize = round(input_size * resize / prep.crop_size)
+    return Preprocessing(size, resize, tuple(mean or prep.mean), tuple(std or prep.std),
+                         prep.interpolation, prep.grayscale, prep.pad)
+
+
+def _check_classes(classes: tuple[str, ...] | None, outputs: int, what: str
+                   ) -> tuple[str, ...] | None:
+    if classes is not None and len(classes) != outputs:
+        raise UserError(f"classes_file names {len(classes)} classes but {what} has {outputs} "
+                        f"outputs")
+    return classes
+
+
+def _load_cifar(weights: str | None, ckpt: dict[str, Any] | None,
+                classes: tuple[str, ...] | None, input_size: int | None,
+                mean: tuple[float, float, float] | None,
+                std: tuple[float, float, float] | None) -> LoadedModel:
+    info = DATASETS["cifar10"]
+    if ckpt is None:
+        if weights is not None:
+            raise UserError(f"weights={weights}: arch={CIFAR_ARCH} has no named weights; "
+                            f"give a checkpoint file")
+        module, meta, source = cifar.build_resnet18(len(classes or info.classes)), {}, "random"
+    else:
+        state = ckpt["model_state_dict"]
+        fc = state.get("fc.weight")
+        outputs = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else len(info.classes)
+        cifar.check_metadata(ckpt, weights, outputs)
+        module = cifar.build_resnet18(outputs)
+        fit_state_dict(module, state, f"weights={weights}", CIFAR_ARCH)
+        meta = {k: v for k, v in ckpt.items() if k not in ("model_state_dict",
+                                                           "optimizer_state_dict")}
+        source = str(weights)
+        info = DATASETS.get(meta.get("dataset") or "cifar10", info)
+    outputs = module.fc.out_features
+    names = (_check_classes(classes, outputs, f"the checkpoint {weights}")
+             or tuple(meta.get("classes") or ()) or
+             (info.classes if len(info.classes) == outputs
+              else tuple(f"class {i}" for i in range(outputs))))
+    base = Preprocessing(info.input_size, None, info.mean, info.std,
+                         grayscale=info.grayscale, pad=info.pad)
+    prep = _override(_preprocessing_from_meta(meta, base), input_size, mean, std)
+    return LoadedModel(module, prep, names, CIFAR_ARCH, "layer4",
+                       f"{CIFAR_ARCH} ({source}), {len(names)} classes, {prep.crop_size} px")
+
+
+def _load_torchvision(arch: str, weights: str | None, ckpt: dict[str, Any] | None,
+                      classes: tuple[str, ...] | None, input_size: int | None,
+                      mean: tuple[float, float, float] | None,
+                      std: tuple[float, float, float] | None) -> LoadedModel:
+    default = torchvision.models.get_model_weights(arch).DEFAULT
+    base = preprocessing_of(default)
+    if weights is not None and ckpt is None:
+        enum = _weights_enum(arch, weights)
+        path = hub_weights_file(enum)
+        categories = tuple(enum.meta["categories"])
+        _check_classes(classes, len(categories), f"{arch} with {enum}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                module = torchvision.models.get_model(arch, weights=enum)
+            except (RuntimeError, OSError, EOFError, ValueError) as exc:
+                raise UserError(f"weights={weights}: {path} is not the file of {enum} "
+                                f"({reason(exc, 100)}); delete it to download it again"
+                                ) from None
+        prep = _override(preprocessing_of(enum), input_size, mean, std)
+        source = f"{enum}, {path}"
+        names = classes or categories
+    else:
+        meta = ckpt or {}
+        state = {k: v for k, v in meta.get("model_state_dict", {}).items()
+                 if not k.startswith(_AUX_PREFIXES)}
+        last = _classifier_outputs(state)
+        outputs = (len(meta["classes"]) if meta.get("classes")
+                   else len(classes) if classes is not None
+                   else last[1] if last is not None else 1000)
+        module = _build_torchvision(arch, outputs)
+        if state:
+            fit_state_dict(module, state, f"weights={weights}", arch)
+        names = (_check_classes(classes, outputs, arch) or tuple(meta.get("classes") or ())
+                 or (imagenet_classes() if outputs == 1000
+                     else tuple(f"class {i}" for i in range(outputs))))
+        prep = _override(_preprocessing_from_meta(meta, base), input_size, mean, std)
+        source = str(weights) if weights is not None else "random weights"
+    layer = _default_layer(module, prep.crop_size)
+    return LoadedModel(module, prep, tuple(names), arch, layer,
+                       f"{arch} ({source}), {len(names)} classes, {prep.crop_size} px, "
+                       f"layer {layer}")
+
+
+def _load_factory_model(spec: str, weights: str | None, input_size: int | None,
+                        mean: tuple[float, float, float] | None,
+                        std: tuple[float, float, float] | None,
+                        classes: tuple[str, ...] | None, device: torch.device) -> LoadedModel:
+    module = load_factory(spec)
+    meta: dict[str, Any] = {}
+    if weights is not None:
+        meta = _read_weights_file(weights)
+        fit_state_dict(module, meta["model_state_dict"], f"weights={weights}", spec)
+    module.to(device).eval()
+    base = Preprocessing(224, round(224 * RESIZE_RATIO), IMAGENET_MEAN, IMAGENET_STD)
+    prep = _override(_preprocessing_from_meta(meta, base), input_size, mean, std)
+    outputs = _output_count(module, prep.crop_size, f"model={spec}")
+    names = (_check_classes(classes, outputs, f"model={spec}") or tuple(meta.get("classes") or ())
+             or (imagenet_classes() if outputs == 1000
+                 else tuple(f"class {i}" for i in range(outputs))))
+    if len(names) != outputs:
+        raise UserError(f"weights={weights} lists {len(names)} classes but model={spec} has "
+                        f"{outputs} outputs")
+    layer = _default_layer(module, prep.crop_size)
+    return LoadedModel(module, prep, tuple(names), spec, layer,
+                       f"{spec}{f' ({weights})' if weights else ''}, {len(names)} classes, "
+                       f"{prep.crop_size} px, layer {layer}")
