@@ -60,6 +60,26 @@ def run(args: Namespace) -> int:
         return _dispatch(args)
     except ParamError as exc:
         raise UserError(exc.worded(names)) from None
+    except UserError as exc:
+        worded = _as_flags(str(exc))
+        if worded == str(exc):
+            raise
+        raise type(exc)(worded) from None
+
+
+# ``name=`` in a library message (zoo.py, cam.py) -> the flag that set it
+_PARAM_FLAGS = {"arch": "--arch", "weights": "--weights", "model": "--model",
+                "model_spec": "--model", "input_size": "--input_size", "mean": "--mean",
+                "std": "--std", "classes_file": "--classes", "target": "--target",
+                "target_layer": "--target_layer", "data_dir": "--data_dir",
+                "image_dir": "--image_dir"}
+
+
+def _as_flags(text: str) -> str:
+    import re
+    text = re.sub(r"\b(" + "|".join(_PARAM_FLAGS) + r")=",
+                  lambda m: _PARAM_FLAGS[m.group(1)] + " ", text)
+    return re.sub(r"\bclasses_file\b", "--classes FILE", text)
 
 
 def _dispatch(args: Namespace) -> int:
@@ -75,6 +95,10 @@ def _dispatch(args: Namespace) -> int:
     device = resolve_device(args.device)
     if args.det_vis or args.det_img:
         return detect(args, device)
+    if from_anywhere(args):
+        return any_model(args, device)
+    if args.target_layer == "auto":
+        args.target_layer = "layer4"    # the CIFAR ResNet-18's layer before global pooling
     from model import load_model
     model, meta = load_model(args.save_path, device)
     info = info_from_meta(meta, args.dataset, num_outputs=model.fc.out_features)
@@ -253,7 +277,7 @@ def explain_images(args: Namespace, model: torch.nn.Module, info: DatasetInfo,
 
 
 def leaderboard(args: Namespace, model: torch.nn.Module, split: ImageSplit,
-                device: torch.device) -> int:
+                device: torch.device, arch: str | None = None) -> int:
     """``--vis METHODS --target_layer LAYERS --hidden_strategy S``: the leaderboard."""
     import leaderboard as board_api
     from model import ARCH
@@ -263,7 +287,8 @@ def leaderboard(args: Namespace, model: torch.nn.Module, split: ImageSplit,
         parse_strategies(args.hidden_strategy), steps=args.steps, num_images=args.num_eval,
         batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         cam_batch_size=args.cam_batch_size, dtype=dtype, seed=args.seed,
-        context={"model": str(args.save_path), "arch": ARCH})
+        context={"model": str(args.model or args.weights or args.save_path),
+                 "arch": arch or ARCH})
     if board is None:  # another rank than 0
         return 0
     for note in [*board.notes, *board.warnings]:
@@ -291,23 +316,26 @@ def sanity(args: Namespace, model: torch.nn.Module, info: DatasetInfo,
     from sanity import predicted_classes, sanity_check, write_sanity
     methods = parse_methods("all" if args.vis == "none" else args.vis)
     layers = parse_layers(args.target_layer)
-    if args.image:
+    if split is None:
         pixels = torch.stack([load_image(path, info) for path in args.image])
         labels = None
         source = f"{len(pixels)} image(s) from --image"
     else:
         part = split.subset(args.vis_num)
         pixels, labels = part.images.float().div(255), part.labels
-        source = f"the first {len(pixels)} {info.name} test images"
+        photos = bool(args.image or args.image_dir)
+        source = (f"{len(pixels)} of your images" if photos else
+                  f"the first {len(pixels)} {info.name} test images")
     images = normalize(pixels, info).to(device)
     dtype = precision_dtype(args.precision, device)
     print(f"Sanity check: {source}, {len(methods)} method(s) at {', '.join(layers)}, "
           f"{_precision_line(device, dtype)} (Score-CAM / Ablation-CAM passes; the rest fp32)")
-    use_true = args.target == "gt" and labels is not None
+    use_true = labels is not None and (args.target == "gt" or args.image or args.image_dir)
     targets = labels.to(device) if use_true else predicted_classes(model, images,
                                                                    args.batch_size)
     report = sanity_check(model, images, targets, methods, layers, args.batch_size,
-                          args.cam_batch_size, dtype, args.seed, source, "true" if use_true else "predicted")
+                          args.cam_batch_size, dtype, args.seed, source,
+                          {"pred": "predicted", "gt": "true"}.get(args.target, args.target))
     for note in [*report.notes, *report.warnings]:
         print(note, file=sys.stderr)
     written = write_sanity(report, pixels, Path(args.out_dir) / "sanity")
@@ -363,7 +391,7 @@ DRISE_BATCH = 16    # masked images per detector pass
 
 def _explainer(args: Namespace, layers: list[str]):
     """``explain(model, image, score_thresh, max_explained, allowed) -> DetectionResult`` for
-    ``--det_method``: a gradient method at ``layers``, or D-RISE with ``--det_masks``."""
+    D-RISE with ``--det_masks``; None for a gradient method (explained at ``layers``)."""
     if args.det_method == "drise":
         from drise import explain_detections_drise
 
@@ -372,23 +400,22 @@ def _explainer(args: Namespace, layers: list[str]):
                                             masks=args.det_masks, grid=DRISE_GRID,
                                             batch_size=DRISE_BATCH, seed=args.seed)
         return explain
-    from detection import explain_detections
-
-    def explain(model, image, thresh, most, allowed):
-        return explain_detections(model, image, layers, thresh, most, allowed=allowed,
-                                  method=args.det_method)
-    return explain
+    return None   # the gradient methods: detmetrics.score_voc's own, at ``layers``
 
 
 def detect_image(args: Namespace, detector, image, layers: list[str],
                  device: torch.device) -> int:
     """``--det_img PATH``: panels for one image. An image without detections is not an error
     (the detector's answer is "nothing here"): one line says so and the exit status is 0."""
-    from detection import to_tensor
+    from detection import explain_detections, to_tensor
     path = args.det_img
     thresh = _score_thresh(args, detector)
-    result = _explainer(args, layers)(detector.model, to_tensor(image, device), thresh,
-                                      args.det_max, None)
+    explain = _explainer(args, layers)
+    if explain is None:
+        result = explain_detections(detector.model, to_tensor(image, device), layers, thresh,
+                                    args.det_max, method=args.det_method)
+    else:
+        result = explain(detector.model, to_tensor(image, device), thresh, args.det_max, None)
     names = detector.names
     if len(result.explained) == 0:
         shown, top = (outputs.distinct(thresh, float(result.scores[0])) if len(result.scores)
@@ -530,3 +557,219 @@ def miss_table(summary: dict) -> str:
         won = ", ".join(f"{c} {n}" for c, n in e["won_by"].items())
         lines.append(f"{name:<12} " + " ".join(f"{e[k]:>14}" for k in KINDS) + f"  {won}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Any CNN: torchvision classifiers, the user's own model, photos and image folders
+
+
+def from_anywhere(args: Namespace) -> bool:
+    """Whether the flags name a model or images beyond the CIFAR checkpoint and test split."""
+    return bool(args.arch or args.weights or args.model or args.image_dir or args.list_layers
+                or (args.image and args.target not in ("pred", "gt")))
+
+
+def _load(args: Namespace, device: torch.device):
+    from validation import rgb
+    from zoo import CIFAR_ARCH, load_classifier
+    weights = args.weights
+    if weights is None and args.model is None and args.arch in (None, CIFAR_ARCH):
+        weights = args.save_path          # this tool's checkpoint, as the original commands
+    loaded = load_classifier(args.arch, weights, args.model, args.input_size,
+                             rgb(args.mean, "--mean"), rgb(args.std, "--std", positive=True),
+                             args.classes, device)
+    return loaded, weights is None and args.model is None
+
+
+def any_model(args: Namespace, device: torch.device) -> int:
+    """The classifier jobs for a model from anywhere: ``--list_layers``; heatmaps, the
+    leaderboard and the sanity check of ``--image`` / ``--image_dir`` photos; and test accuracy,
+    heatmaps, leaderboard and sanity check on an ImageFolder ``--data_dir``."""
+    loaded, random = _load(args, device)
+    print(f"Model: {loaded.description}{' (random weights: no --weights)' * random}, "
+          f"{_precision_line(device, None)}")
+    if args.list_layers:
+        return list_layers(loaded)
+    layers = [loaded.layer(name) for name in parse_layers(args.target_layer)]
+    if args.target_layer == "auto":
+        print(f"target layer: {layers[0]} (auto: the last layer with a spatial map)")
+    args.target_layer = ",".join(layers)
+    if args.vis != "none" or args.sanity:
+        from explain import probe_layers
+        size = loaded.input_size
+        probe_layers(loaded.module, layers, torch.zeros(1, 3, size, size, device=device))
+    if args.image or args.image_dir:
+        from folders import list_images
+        paths = [Path(p) for p in args.image] or list_images(args.image_dir)
+        if args.sanity or args.hidden_strategy != "none":
+            split = _photo_split(args, loaded, paths, device)
+            if args.sanity:
+                return sanity(args, loaded.module, split.info, split, device)
+            return leaderboard(args, loaded.module, split, device, loaded.arch)
+        return explain_photos(args, loaded, paths, device)
+    return _image_folder_job(args, loaded, device)
+
+
+def list_layers(loaded) -> int:
+    """Every module with a spatial output, its map for an input of the model's size, which one
+    ``auto`` picks, and whether CAM is defined."""
+    from cam import cam_head, spatial_layers
+    rows = spatial_layers(loaded.module, loaded.input_size)
+    width = max((len(name) for name, _ in rows), default=5)
+    print(f"{'layer':<{width}}  map (channels x h x w) for a {loaded.input_size} px input")
+    for name, (k, h, w) in rows:
+        mark = "  <- auto" if name == loaded.default_layer else ""
+        print(f"{name:<{width}}  {k} x {h} x {w}{mark}")
+    try:
+        head = cam_head(loaded.module, loaded.input_size)
+        print(f"CAM: defined at {head.layer} (global average pooling + one linear layer)")
+    except UserError as exc:
+        print(f"CAM: not defined: {exc}")
+    return 0
+
+
+def _targets(args: Namespace, loaded, probs: torch.Tensor, labels: torch.Tensor | None
+             ) -> torch.Tensor:
+    if args.target == "pred":
+        return probs.argmax(1)
+    if args.target == "gt":
+        return labels.to(probs.device)
+    return torch.full((len(probs),), loaded.class_index(args.target), device=probs.device)
+
+
+def explain_photos(args: Namespace, loaded, paths: list[Path], device: torch.device) -> int:
+    """Heatmaps of photos at the model's resolution, each panel the photo at its own aspect
+    ratio with the map over the region the model saw. The photos are decoded by two worker
+    processes while the model works, one batch at a time; ``predictions.csv`` lists every
+    photo's top-5 classes."""
+    from explain import heatmaps, probabilities
+    from folders import PhotoDataset, heatmap_on_photo, load_photo, photo_batches, photo_loader
+    methods = [] if args.vis == "none" else parse_methods(args.vis)
+    prep = loaded.preprocessing
+    loader = photo_loader(PhotoDataset(paths, prep), args.batch_size, workers=2)
+    stems = visualize.unique_slugs([p.stem for p in paths])
+    rows = []
+    out = Path(args.out_dir)
+    print(f"{len(paths)} image(s) at {loaded.input_size} px, methods: "
+          f"{', '.join(TITLES[m] for m in methods) or 'none'} at {args.target_layer}")
+    bar = tqdm(total=len(paths), desc="images", unit="img", leave=False, disable=len(paths) < 20)
+    for batch in photo_batches(loader):
+        images = prep.normalize(batch.pixels).to(device)
+        probs = probabilities(loaded.module, images, args.batch_size)
+        targets = _targets(args, loaded, probs, None)
+        top = probs.topk(min(5, probs.shape[1]), dim=1)
+        maps = {m: heatmaps(loaded.module, images, targets, m, args.target_layer,
+                            args.batch_size, args.cam_batch_size).cpu() for m in methods}
+        for j, i in enumerate(batch.indices.tolist()):
+            ranking = ", ".join(f"{loaded.classes[k]} {v:.3f}"
+                                for v, k in zip(top.values[j].tolist(), top.indices[j].tolist()))
+            rows.append({"image": str(paths[i]), "top5": ranking,
+                         "explained": loaded.classes[int(targets[j])]})
+            if len(paths) <= 20:
+                print(f"{paths[i]}: {ranking}")
+            if not methods:
+                continue
+            photo = load_photo(paths[i], max_side=512)
+            for method, heat in maps.items():
+                on_photo, _ = heatmap_on_photo(heat[j], (photo.shape[2], photo.shape[1]), prep,
+                                               batch.sizes[j])
+                panel = visualize.heatmap_panel(photo, on_photo, min_side=224)
+                name = visualize.slug(loaded.classes[int(targets[j])])
+                visualize.save_rgb(panel, out / method / f"{method}_{stems[i]}_{name}.png")
+        bar.update(len(batch.indices))
+    bar.close()
+    outputs.write_csv(out / "predictions.csv", ("image", "top5", "explained"), rows)
+    for method in methods:
+        print(f"{TITLES[method]}: {len(paths)} panels in {out / method}")
+    print(f"Predictions: {out / 'predictions.csv'}")
+    return 0
+
+
+def _photo_split(args: Namespace, loaded, paths: list[Path], device: torch.device):
+    """The first photos as an in-memory split at the model's resolution (for the leaderboard
+    and the sanity check, which score the same few images many times), labelled with the
+    class to explain: predicted, or ``--target CLASS``. Only as many as the job uses are
+    decoded."""
+    from data import ImageSplit
+    from explain import probabilities
+    from folders import PhotoDataset, photo_batches, photo_loader
+    n = args.vis_num if args.sanity else args.num_eval
+    prep = loaded.preprocessing
+    loader = photo_loader(PhotoDataset(paths[:n], prep), args.batch_size, workers=2)
+    pixels, labels = [], []
+    for batch in photo_batches(loader):
+        probs = probabilities(loaded.module, prep.normalize(batch.pixels).to(device),
+                              args.batch_size)
+        labels.append(_targets(args, loaded, probs, None).cpu())
+        pixels.append(batch.pixels.mul(255).round().to(torch.uint8))
+    info = loaded.info()
+    return ImageSplit(torch.cat(pixels), torch.cat(labels), info)
+
+
+def _image_folder_job(args: Namespace, loaded, device: torch.device) -> int:
+    """``--data_dir`` in the ImageFolder layout (a subfolder per class): accuracy, and with
+    ``--vis`` heatmaps, with ``--hidden_strategy`` the leaderboard, with ``--sanity`` the
+    sanity check, of its images."""
+    from folders import image_folder
+    paths, labels = image_folder(args.data_dir, loaded.classes)
+    if args.vis == "none" and not args.sanity:
+        return _folder_accuracy(args, loaded, paths, labels, device)
+    if args.sanity or args.hidden_strategy != "none":
+        split = _labelled_split(args, loaded, paths, labels, device)
+        if args.sanity:
+            return sanity(args, loaded.module, split.info, split, device)
+        return leaderboard(args, loaded.module, split, device, loaded.arch)
+    return explain_photos(args, loaded, [Path(p) for p in paths[:args.vis_num]], device)
+
+
+def _folder_accuracy(args: Namespace, loaded, paths, labels, device: torch.device) -> int:
+    from explain import probabilities
+    from folders import PhotoDataset, photo_batches, photo_loader
+    from train import accuracy_report
+    dtype = precision_dtype(args.precision, device)
+    print(f"Testing on {len(paths)} images of {args.data_dir}, {_precision_line(device, dtype)}")
+    loader = photo_loader(PhotoDataset(paths, loaded.preprocessing, labels), args.batch_size)
+    logits, truth = [], []
+    for batch in tqdm(photo_batches(loader), total=len(loader), desc="test", unit="batch",
+                      leave=False):
+        probs = probabilities(loaded.module, loaded.preprocessing.normalize(batch.pixels)
+                              .to(device), args.batch_size)
+        logits.append(probs.log().cpu())
+        truth.append(batch.labels)
+    acc, per_class, confusion = accuracy_report(torch.cat(logits), torch.cat(truth),
+                                                loaded.classes)
+    print(f"Test Accuracy: {acc:.2f}%")
+    present = confusion.sum(1) > 0
+    width = max(len(c) for c in loaded.classes)
+    for name, value, here in zip(loaded.classes, per_class, present.tolist()):
+        if here:
+            print(f"  {name:<{width}}  {value:6.2f}%")
+    return 0
+
+
+def _labelled_split(args: Namespace, loaded, paths, labels, device: torch.device):
+    """The ImageFolder's images the leaderboard or sanity check uses, in memory at the model's
+    resolution: for the leaderboard the first ``--num_eval`` the model classifies correctly
+    (read batch by batch, stopping once there are enough), for the sanity check the first
+    ``--vis_num``."""
+    from data import ImageSplit
+    from explain import probabilities
+    from folders import PhotoDataset, photo_batches, photo_loader
+    want = args.vis_num if args.sanity else args.num_eval
+    prep = loaded.preprocessing
+    loader = photo_loader(PhotoDataset(paths, prep, labels), args.batch_size)
+    pixels, kept = [], []
+    for batch in photo_batches(loader):
+        keep = torch.ones(len(batch.labels), dtype=torch.bool)
+        if not args.sanity:
+            probs = probabilities(loaded.module, prep.normalize(batch.pixels).to(device),
+                                  args.batch_size)
+            keep = probs.argmax(1).cpu() == batch.labels
+        pixels.append(batch.pixels[keep].mul(255).round().to(torch.uint8))
+        kept.append(batch.labels[keep])
+        if sum(len(k) for k in kept) >= want:
+            break
+    if not kept or sum(len(k) for k in kept) == 0:
+        raise UserError(f"the model classifies none of the images of {args.data_dir} "
+                        f"correctly: nothing to evaluate")
+    return ImageSplit(torch.cat(pixels)[:want], torch.cat(kept)[:want], loaded.info())

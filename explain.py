@@ -15,7 +15,7 @@ from torch import nn
 import distributed
 from cam import map_layers, resolve_layer
 from data import DatasetInfo, ImageSplit, normalize
-from errors import ParamError
+from errors import ParamError, UserError
 from registry import CHUNKED, METHODS, TITLES, parse_layers, parse_methods
 from runtime import eval_mode
 
@@ -96,6 +96,23 @@ def probe_layers(model: nn.Module, layers: Sequence[str], image: torch.Tensor) -
             raise ParamError("layers", f"{{param}} {name} gives {what}, not a [B, K, h, w] map "
                                        f"with more than one location; layers that work: "
                                        f"{', '.join(map_layers(model, image))}")
+
+
+def undefined_reason(name: str, model: nn.Module, layer: str, image: torch.Tensor) -> str | None:
+    """Why method ``name`` is not defined for ``model`` at ``layer`` (probed on ``image``
+    ``[1, 3, H, W]``), or None where it is: CAM needs the maps that feed global average
+    pooling and one linear layer; every other method works at any layer with a spatial map."""
+    if name != "cam":
+        return None
+    from cam import cam_head
+    try:
+        head = cam_head(model, image)
+    except UserError as exc:
+        return str(exc)
+    if layer in head.layers:
+        return None
+    return (f"CAM is defined at the layer before global pooling ({head.layer}) only; use "
+            f"--vis gradcam for other layers")
 
 
 def explain_batched(explainer: Explainer, images: torch.Tensor, targets: torch.Tensor,

@@ -35,7 +35,7 @@ from evaluate import (
     select_correct,
     title,
 )
-from explain import Explainer, explain_batched, make_explainer, probe_layers
+from explain import Explainer, explain_batched, make_explainer, probe_layers, undefined_reason
 from stats import Spread, mean_spread, proportion_spread, small_sample_note
 
 log = logging.getLogger(__name__)
@@ -137,21 +137,26 @@ def select_images(model: nn.Module, split: ImageSplit, device: torch.device, n: 
 
 
 def explainers_by_layer(model: nn.Module, methods: list[str], layers: list[str],
-                        batch_size: int, dtype: torch.dtype | None = None
+                        batch_size: int, dtype: torch.dtype | None = None,
+                        image: torch.Tensor | None = None
                         ) -> tuple[list[tuple[str, str, Explainer]], list[str]]:
-    """``(method, layer, explainer)`` for every method defined at every layer, and a note for
-    each pair left out (CAM anywhere but the layer before global pooling). An unknown layer is
-    an error, not a note."""
+    """``(method, layer, explainer)`` for every method defined at every layer (probed on
+    ``image``), and a note for each pair left out (CAM anywhere but the layer before global
+    pooling). An unknown layer is an error, not a note."""
     for layer in layers:
         resolve_layer(model, layer)
     entries, notes = [], []
     for layer in layers:
         for method in methods:
-            try:
-                entries.append((method, layer,
-                                make_explainer(method, model, layer, batch_size, dtype)))
-            except ParamError as exc:
-                notes.append(f"note: {title(method)} left out at {layer}: {exc.worded({})}")
+            why = None if image is None else undefined_reason(method, model, layer, image)
+            if why is None:
+                try:
+                    entries.append((method, layer,
+                                    make_explainer(method, model, layer, batch_size, dtype)))
+                except ParamError as exc:
+                    why = exc.worded({})
+            if why is not None:
+                notes.append(f"note: {title(method)} left out at {layer}: {why}")
     return entries, notes
 
 
@@ -183,8 +188,10 @@ def leaderboard(model: nn.Module, split: ImageSplit, device: torch.device,
     """
     layers, strategies = list(layers), list(strategies)
     info: DatasetInfo = split.info
-    probe_layers(model, layers, normalize(split.images[:1].float().div(255), info).to(device))
-    entries, notes = explainers_by_layer(model, list(methods), layers, cam_batch_size, dtype)
+    probe = normalize(split.images[:1].float().div(255), info).to(device)
+    probe_layers(model, layers, probe)
+    entries, notes = explainers_by_layer(model, list(methods), layers, cam_batch_size, dtype,
+                                         probe)
     entries += [(name, None, make(seed)) for name, make in BASELINES.items()]
     selection = select_images(model, split, device, num_images, eval_batch_size)
     pixels = split.images[selection.indices].float().div(255).to(device)

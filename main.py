@@ -94,15 +94,47 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--det_scenes", type=int, default=4000,
                    help="detector training: new Fashion-MNIST scenes per epoch")
 
+    g = p.add_argument_group("models from anywhere (default: this tool's CIFAR ResNet-18 in "
+                             "--save_path)")
+    g.add_argument("--arch", default=None, metavar="NAME",
+                   help="any torchvision classifier (resnet50, convnext_tiny, ...) or "
+                        "resnet18_cifar; when not given, the checkpoint's own")
+    g.add_argument("--weights", default=None, metavar="NAME|FILE",
+                   help="a torchvision weights name (DEFAULT, IMAGENET1K_V2, ...; read from "
+                        "torch's hub cache, downloaded there when missing) or a file: a state "
+                        "dict or a checkpoint this tool wrote. --arch without it: random weights")
+    g.add_argument("--model", default=None, metavar="FILE.py:FUNCTION",
+                   help="your own model: FUNCTION() in FILE.py returns the nn.Module (the "
+                        "file's code runs, as with any Python import)")
+    g.add_argument("--input_size", type=int, default=None,
+                   help="the side of the model's square input, when --model or the weights do "
+                        "not say (default: %(default)s, meaning the weights' own, else 224)")
+    g.add_argument("--mean", default=None, metavar="R,G,B",
+                   help="input normalization mean (default: %(default)s, meaning the weights' "
+                        "own, else ImageNet's)")
+    g.add_argument("--std", default=None, metavar="R,G,B",
+                   help="input normalization std (default: %(default)s, meaning the weights' "
+                        "own, else ImageNet's)")
+    g.add_argument("--classes", default=None, metavar="FILE",
+                   help="class names, one per line, in the model's output order (default: "
+                        "%(default)s, meaning the weights' own, ImageNet's for 1,000 outputs)")
+    g.add_argument("--image_dir", default=None, metavar="DIR",
+                   help="explain every image in this folder tree (read as the work goes)")
+    g.add_argument("--list_layers", action="store_true",
+                   help="print every layer with a spatial output and its map size, then stop")
+
     g = p.add_argument_group("heatmaps")
     g.add_argument("--vis", default="none",
                    help=f"none, a method ({', '.join(METHODS)}), a comma list of them, or all")
     g.add_argument("--vis_num", type=int, default=20, help="how many test images to explain")
-    g.add_argument("--target", choices=("pred", "gt"), default="pred",
-                   help="explain the predicted class or the true class")
-    g.add_argument("--target_layer", default="layer4",
-                   help="layer1..layer4 or any module name of the model; with --hidden_strategy "
-                        "or --sanity a comma list such as layer3,layer4")
+    g.add_argument("--target", default="pred", metavar="pred|gt|CLASS",
+                   help="explain the predicted class, the true class, or a class by name or "
+                        "index (with --image / --image_dir)")
+    g.add_argument("--target_layer", default="auto",
+                   help="auto (layer4 for resnet18_cifar, else the last layer with a spatial "
+                        "map), or any module name (layer4, features.denseblock4, "
+                        "layer4.2.conv3; see --list_layers); with --hidden_strategy or --sanity "
+                        "a comma list such as layer3,layer4")
     g.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="explain your own image (repeatable)")
     g.add_argument("--sanity", action="store_true",

@@ -20,9 +20,8 @@ from tqdm import tqdm
 
 import outputs
 import visualize
-from errors import ParamError
 from evaluate import BASELINES, title
-from explain import Explainer, explain_batched, make_explainer
+from explain import Explainer, explain_batched, make_explainer, undefined_reason
 from runtime import eval_mode
 from stats import Spread, mean_spread, small_sample_note
 
@@ -130,11 +129,11 @@ def run_cascade(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     pairs, notes = [], []
     for layer in layers:
         for method in methods:
-            try:
-                make_explainer(method, net, layer, cam_batch_size, dtype)
+            why = undefined_reason(method, net, layer, images[:1])
+            if why is None:
                 pairs.append((method, layer))
-            except ParamError as exc:  # CAM anywhere but the layer before pooling
-                notes.append(f"note: {title(method)} left out at {layer}: {exc.worded({})}")
+            else:   # CAM anywhere but the layer before pooling
+                notes.append(f"note: {title(method)} left out at {layer}: {why}")
     controls = {name: make(seed) for name, make in BASELINES.items()}
     maps: dict[tuple[str, str | None], list[torch.Tensor]] = {}
     torch.manual_seed(seed)

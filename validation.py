@@ -78,6 +78,7 @@ NUMBERS: dict[str, Range] = {
     "det_min_size": Range(32, 1600),             # beyond that only memory grows (torchvision: 800)
     "det_scenes": Range(1, 10**7),
     "det_masks": Range(1, 10**6),
+    "input_size": Range(8, 4096),
 }
 
 
@@ -100,8 +101,12 @@ COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
     (lambda a: a.sanity and a.hidden_strategy != "none",
      "--sanity and --hidden_strategy are two runs: use one or the other"),
     (lambda a: a.sanity and a.mode != "test", "--sanity needs --mode test"),
-    (lambda a: bool(a.image) and a.hidden_strategy != "none",
-     "--hidden_strategy evaluates test images, --image explains your own: use one or the other"),
+    (lambda a: bool(a.image) and bool(a.image_dir),
+     "--image and --image_dir both name the images: use one or the other"),
+    (lambda a: a.target not in ("pred", "gt") and not (a.image or a.image_dir),
+     "--target CLASS explains one class of your images: use it with --image or --image_dir"),
+    (lambda a: a.target == "gt" and bool(a.image_dir),
+     "--target gt needs the true class, which the images of --image_dir do not have"),
     (lambda a: a.det_method == "drise" and a.det_layer != "layer4",
      "--det_layer has no meaning for --det_method drise, which explains from the input pixels"),
     (lambda a: a.det_explain_missed and a.det_img is not None,
@@ -225,6 +230,17 @@ def check_paths(args: Namespace) -> None:
     check_output_dir(args.out_dir, "--out_dir")
     for path in args.image:
         check_input_file(path, "image")
+    if args.image_dir is not None:
+        folder = Path(args.image_dir)
+        if not _exists(folder, "--image_dir") or not folder.is_dir():
+            raise UserError(f"--image_dir {folder}: not a folder")
+    if args.classes is not None:
+        check_input_file(args.classes, "--classes file")
+    if args.model is not None:
+        file, _, function = args.model.rpartition(":")
+        if not file or not function:
+            raise FlagError(f"--model {args.model}: give FILE.py:FUNCTION")
+        check_input_file(file, "--model file")
     if args.det_img:
         check_input_file(args.det_img, "image")
     if args.det_weights:
@@ -241,7 +257,8 @@ def check_paths(args: Namespace) -> None:
 
 SHARED = frozenset({"mode", "device", "precision", "data_dir", "out_dir", "log_dir",
                     "save_path"})
-_CLASSIFIER = {"dataset", "batch_size"}
+_CLASSIFIER = {"dataset", "batch_size", "arch", "weights", "model", "input_size", "mean", "std",
+               "classes"}
 _HEATMAPS = _CLASSIFIER | {"vis", "target", "target_layer", "cam_batch_size"}
 _DETECTION = {"det_vis", "det_weights", "det_layer", "det_method", "det_masks", "det_score_thresh", "det_max",
               "det_per_box", "det_min_size"}
@@ -261,8 +278,16 @@ JOBS: dict[str, tuple[str, frozenset[str]]] = {
     "sanity": ("the sanity check (--sanity)",
                frozenset(_HEATMAPS | {"sanity", "vis_num", "seed"})),
     "sanity_images": ("the sanity check on your images (--sanity --image)",
-                      frozenset(_HEATMAPS | {"sanity", "image", "seed"})),
-    "images": ("explaining your images (--image)", frozenset(_HEATMAPS | {"image"})),
+                      frozenset(_HEATMAPS | {"sanity", "image", "image_dir", "vis_num",
+                                             "seed"})),
+    "images": ("explaining your images (--image, --image_dir)",
+               frozenset(_HEATMAPS | {"image", "image_dir"})),
+    "photo_evaluate": ("deletion / insertion on your images (--hidden_strategy --image)",
+                       frozenset(_CLASSIFIER | {"image", "image_dir", "vis", "target",
+                                                "target_layer", "cam_batch_size",
+                                                "hidden_strategy", "steps", "num_eval",
+                                                "eval_batch_size", "seed"})),
+    "list_layers": ("--list_layers", frozenset(_CLASSIFIER | {"list_layers"})),
     "evaluate": ("deletion / insertion (--hidden_strategy)", frozenset(
         _CLASSIFIER | {"vis", "target_layer", "cam_batch_size", "hidden_strategy", "steps",
                        "num_eval", "eval_batch_size", "seed"})),
@@ -281,10 +306,13 @@ def job_of(args: Namespace) -> str:
         return "make_scenes"
     if args.det_vis or args.det_img:
         return "det_image" if args.det_img else "det_voc"
+    if args.list_layers:
+        return "list_layers"
+    photos = bool(args.image or args.image_dir)
     if args.sanity:
-        return "sanity_images" if args.image else "sanity"
-    if args.image:
-        return "images"
+        return "sanity_images" if photos else "sanity"
+    if photos:
+        return "photo_evaluate" if args.hidden_strategy != "none" else "images"
     if args.hidden_strategy != "none":
         return "evaluate"
     return "vis" if args.vis != "none" else "test"
@@ -313,7 +341,23 @@ def check_args(args: Namespace) -> None:
     check_combinations(args)
     check_unused(args)
     check_names(args)
+    rgb(args.mean, "--mean")
+    rgb(args.std, "--std", positive=True)
     check_paths(args)
+
+
+def rgb(text: str | None, flag: str, positive: bool = False) -> tuple[float, float, float] | None:
+    """``--mean`` / ``--std`` ``R,G,B`` -> three finite numbers (positive for a std)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+        need = "three positive numbers" if positive else "three finite numbers"
+        raise FlagError(f"argument {flag}: {need} R,G,B, got {text!r}")
+    return values
 
 
 def check_names(args: Namespace) -> None:

@@ -14,7 +14,12 @@ _NO_NETWORK = """
 import socket, sys
 def _refuse(*args, **kwargs):
     raise OSError("network disabled for tests")
-socket.socket.connect = _refuse
+_connect = socket.socket.connect
+def _internet_only(self, *args, **kwargs):
+    if self.family == socket.AF_UNIX:   # data-loader workers talk over local sockets
+        return _connect(self, *args, **kwargs)
+    return _refuse()
+socket.socket.connect = _internet_only
 socket.create_connection = _refuse
 socket.getaddrinfo = _refuse
 sys.path.insert(0, {root!r})

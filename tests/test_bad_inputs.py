@@ -236,6 +236,29 @@ CASES: list[tuple[str, str, int, str]] = [
     ("steps-without-strategy", "--vis cam --steps 5", BAD, "--steps"),
     ("vis-num-with-image", "--image {w}/good.png --vis cam --vis_num 3", BAD, "--vis_num"),
     ("det-scenes-with-det-img", "--det_img {w}/good.png --det_scenes 10", BAD, "--det_scenes"),
+    # ---- models from anywhere (issue 17)
+    ("arch-unknown", "--arch resnet5O --image {w}/good.png --vis gradcam", BAD, "resnet50"),
+    ("weights-do-not-fit", "--arch resnet18 --weights {w}/sd_tiny.pth --image {w}/good.png",
+     BAD, "does not fit --arch resnet18"),
+    ("model-raises", "--model {w}/raises.py:build --image {w}/good.png", BAD, "boom"),
+    ("model-not-a-module", "--model {w}/notmodule.py:build --image {w}/good.png", BAD,
+     "not a torch.nn.Module"),
+    ("model-no-function", "--model {w}/raises.py --image {w}/good.png", BAD, "FILE.py:FUNCTION"),
+    ("model-file-missing", "--model {w}/nope.py:build --image {w}/good.png", BAD, "not found"),
+    ("class-folder-unknown", "--arch resnet18 --data_dir {w}/fold", BAD, "'unicorn'"),
+    ("image-dir-empty", "--arch resnet18 --image_dir {w}/empty", BAD, "--image_dir"),
+    ("image-dir-missing", "--arch resnet18 --image_dir {w}/nope", BAD, "--image_dir"),
+    ("target-class-unknown", "--arch resnet18 --image {w}/good.png --vis gradcam --target unicorn",
+     BAD, "'unicorn'"),
+    ("target-class-without-images", "--vis gradcam --target Shirt", BAD, "--target CLASS"),
+    ("target-layer-auto-no-map",
+     "--model {w}/mlp.py:build --input_size 16 --image {w}/good.png --vis gradcam", BAD,
+     "no layer to explain"),
+    ("mean-two-numbers", "--arch resnet18 --image {w}/good.png --mean 0.5,0.5", BAD, "--mean"),
+    ("std-zero", "--arch resnet18 --image {w}/good.png --std 0.2,0,0.2", BAD, "--std"),
+    ("input-size-tiny", "--arch resnet18 --image {w}/good.png --input_size 2", BAD,
+     "--input_size"),
+    ("image-and-image-dir", "--image {w}/good.png --image_dir {w}/fold", BAD, "--image_dir"),
 ]
 
 
@@ -273,7 +296,13 @@ def no_network(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("network disabled for tests")
     for name in ("connect", "connect_ex"):
-        monkeypatch.setattr(socket.socket, name, refuse)
+        original = getattr(socket.socket, name)
+
+        def internet_only(self, *args, _original=original, **kwargs):
+            if self.family == socket.AF_UNIX:   # data-loader workers talk over local sockets
+                return _original(self, *args, **kwargs)
+            return refuse()
+        monkeypatch.setattr(socket.socket, name, internet_only)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
@@ -288,6 +317,14 @@ def world(tmp_path_factory) -> Path:
     (w / "dangling").symlink_to(w / "nowhere")
     (w / "loop").symlink_to(w / "loop")
     (w / "det.resume.pth").mkdir()   # the detector's training state path, taken by a folder
+    (w / "raises.py").write_text('def build():\n    raise RuntimeError("boom")\n')
+    (w / "notmodule.py").write_text("def build():\n    return 3\n")
+    (w / "mlp.py").write_text("import torch\n\ndef build():\n    return torch.nn.Sequential("
+                              "torch.nn.Flatten(), torch.nn.Linear(768, 10))\n")
+    torch.save(torch.nn.Linear(3, 2).state_dict(), w / "sd_tiny.pth")
+    for name in ("unicorn", "goldfish"):
+        (w / "fold" / name).mkdir(parents=True)
+        Image.new("RGB", (50, 40), (90, 30, 200)).save(w / "fold" / name / "a.png")
     good = random_checkpoint(w / "ck.pth")
     payload = torch.load(good, weights_only=True)
 

@@ -86,8 +86,9 @@ def test_registry_and_method_lists():
     assert parse_methods("cam, gradcam") == ["cam", "gradcam"]
     with pytest.raises(UserError):
         parse_methods("cam,nope")
-    with pytest.raises(UserError, match="layer4"):
-        make_explainer("cam", random_resnet(), "layer3")
+    model = random_resnet()
+    with pytest.raises(UserError, match="layer4"):   # CAM finds its head on the first call
+        make_explainer("cam", model, "layer3")(torch.rand(1, 3, 32, 32), torch.tensor([0]))
 
 
 def test_chunked_explanations_equal_one_batch():

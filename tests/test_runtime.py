@@ -34,8 +34,9 @@ def test_inference_copy_keeps_an_untraceable_model_and_its_mode():
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
-    with pytest.raises(UserError, match="unknown --device"):
+    with pytest.raises(UserError, match="unknown device") as caught:   # named by its parameter
         resolve_device("tpu9")
+    assert caught.value.worded({"device": "--device"}).startswith("unknown --device 'tpu9'")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA device"):
             resolve_device("cuda")
