@@ -91,9 +91,8 @@ def test_image_folder_accuracy_streams_every_image(world, capsys) -> None:
                 .rstrip("%"))
     # every image is one flat colour, so any resize and crop gives the same input: the
     # expected accuracy follows from three forward passes here
-    namespace: dict = {}
-    exec((world / "tiny.py").read_text(), namespace)
-    model = namespace["build"]()
+    from zoo import load_factory
+    model = load_factory(f"{world}/tiny.py:build")
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
     right = 0
