@@ -566,7 +566,8 @@ def miss_table(summary: dict) -> str:
 def from_anywhere(args: Namespace) -> bool:
     """Whether the flags name a model or images beyond the CIFAR checkpoint and test split."""
     return bool(args.arch or args.weights or args.model or args.image_dir or args.list_layers
-                or (args.image and args.target not in ("pred", "gt")))
+                or (args.image and (args.target not in ("pred", "gt")
+                                    or args.hidden_strategy != "none")))
 
 
 def _load(args: Namespace, device: torch.device):

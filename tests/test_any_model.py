@@ -115,3 +115,16 @@ def test_leaderboard_and_sanity_on_photos(world, capsys, tmp_path) -> None:
     assert code == 0, err
     assert "3 of your images" in out
     assert (tmp_path / "sanity" / "sanity" / "sanity.json").is_file()
+
+
+def test_the_cifar_checkpoint_ranks_methods_on_a_photo(world, capsys, tmp_path) -> None:
+    """A photo with --hidden_strategy used to be refused; it is now the leaderboard of the
+    photo, with this tool's own checkpoint (the default model)."""
+    from tinydata import random_checkpoint
+    ckpt = random_checkpoint(tmp_path / "ck.pth")
+    code = main.main(["--save_path", str(ckpt), "--image", f"{world}/photos/p0.png", "--vis",
+                      "gradcam", "--hidden_strategy", "zero", "--steps", "4", "--out_dir",
+                      str(tmp_path / "out")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "target layer: layer4" in out and (tmp_path / "out" / "comparison_zero.csv").is_file()

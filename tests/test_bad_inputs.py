@@ -78,8 +78,6 @@ CASES: list[tuple[str, str, int, str]] = [
     # ---- flags that cannot go together
     ("strategy-without-vis", "--hidden_strategy zero", BAD, "--vis"),
     ("image-with-target-gt", "--image {w}/good.png --target gt", BAD, "--target gt"),
-    ("image-with-strategy", "--image {w}/good.png --vis cam --hidden_strategy zero", BAD,
-     "--image"),
     # ---- devices: only what this PyTorch build can use
     ("device-mps", "--device mps", BAD, "--device mps"),
     ("device-meta", "--device meta", BAD, "--device meta"),

