@@ -277,7 +277,8 @@ def explain_images(args: Namespace, model: torch.nn.Module, info: DatasetInfo,
 
 
 def leaderboard(args: Namespace, model: torch.nn.Module, split: ImageSplit,
-                device: torch.device, arch: str | None = None) -> int:
+                device: torch.device, arch: str | None = None, images: str | None = None
+                ) -> int:
     """``--vis METHODS --target_layer LAYERS --hidden_strategy S``: the leaderboard."""
     import leaderboard as board_api
     from model import ARCH
@@ -288,7 +289,7 @@ def leaderboard(args: Namespace, model: torch.nn.Module, split: ImageSplit,
         batch_size=args.batch_size, eval_batch_size=args.eval_batch_size,
         cam_batch_size=args.cam_batch_size, dtype=dtype, seed=args.seed,
         context={"model": str(args.model or args.weights or args.save_path),
-                 "arch": arch or ARCH})
+                 "arch": arch or ARCH, **({"images": images} if images else {})})
     if board is None:  # another rank than 0
         return 0
     for note in [*board.notes, *board.warnings]:
@@ -606,7 +607,9 @@ def any_model(args: Namespace, device: torch.device) -> int:
             split = _photo_split(args, loaded, paths, device)
             if args.sanity:
                 return sanity(args, loaded.module, split.info, split, device)
-            return leaderboard(args, loaded.module, split, device, loaded.arch)
+            which = "predicted class" if args.target == "pred" else f"class {args.target}"
+            return leaderboard(args, loaded.module, split, device, loaded.arch,
+                               f"of your images, each explained for its {which}")
         return explain_photos(args, loaded, paths, device)
     return _image_folder_job(args, loaded, device)
 

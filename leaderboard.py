@@ -39,6 +39,7 @@ from explain import Explainer, explain_batched, make_explainer, probe_layers, un
 from stats import Spread, mean_spread, proportion_spread, small_sample_note
 
 log = logging.getLogger(__name__)
+IMAGES = "correctly classified test images"   # what the images are, unless the context says
 
 
 @dataclass
@@ -104,16 +105,15 @@ class Leaderboard:
 
     def caption(self, strategy: str) -> str:
         c = self.context
-        return (f"{c['dataset']}, hidden: {strategy}, {self.n} correctly classified test "
-                f"images, {c['steps']} steps, {c['precision']}")
+        return (f"{c['dataset']}, hidden: {strategy}, {self.n} {c.get('images', IMAGES)}, "
+                f"{c['steps']} steps, {c['precision']}")
 
     @property
     def header(self) -> str:
         """One line for the whole run, the strategies listed once."""
         c = self.context
-        return (f"Deletion / insertion: {c['dataset']}, {self.n} correctly classified test "
-                f"images, {c['steps']} steps, {c['precision']}, hidden: "
-                f"{', '.join(self.strategies)}")
+        return (f"Deletion / insertion: {c['dataset']}, {self.n} {c.get('images', IMAGES)}, "
+                f"{c['steps']} steps, {c['precision']}, hidden: {', '.join(self.strategies)}")
 
 
 def ranked(results: list[MethodResult]) -> list[MethodResult]:
@@ -130,7 +130,7 @@ def select_images(model: nn.Module, split: ImageSplit, device: torch.device, n: 
         raise ParamError("model", f"the model classifies none of the {len(split)} test images "
                                   f"correctly, so there is nothing to evaluate (is {{param}} "
                                   f"trained on {split.info.name}?)")
-    if found < n:
+    if found < min(n, len(split)):
         log.warning(f"warning: only {found} of the {len(split)} test images are classified "
                     f"correctly; evaluating those {found} instead of the {n} asked for")
     return selection

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detection import detector_pass, gradcam_maps, load_detector, to_tensor  # noqa: E402
-from detmetrics import best_match  # noqa: E402
-from voc import VOCReader  # noqa: E402
+from detection import detector_pass, gradcam_maps, load_detector, to_tensor
+from detmetrics import best_match
+from voc import VOCReader
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ timed() {   # timed NAME COMMAND...: run, then print the part's wall time
     echo "== part '$name' took $(( SECONDS - start )) s"
 }
 
-timed "layers" "$py" main.py "${model[@]}" --list_layers | tee "$out.layers.txt"
+timed "layers" "$py" main.py "${model[0]}" "${model[1]}" --list_layers | tee "$out.layers.txt"
 timed "panels, every method at the auto layer" \
     "$py" main.py "${model[@]}" --vis all --out_dir "$out/panels"
 timed "leaderboard, two layers, blur hiding" \
