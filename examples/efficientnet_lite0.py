@@ -17,7 +17,8 @@ they are:
   would run the whole network per channel. Here it flattens instead.
 
 Inputs: 224 px, resize 256 + centre crop, ImageNet mean and std (the packages' README); the
-TensorFlow original normalizes with mean 127/255 and std 128/255 (``--mean 0.498 --std 0.502``),
+TensorFlow original normalizes with mean 127/255 and std 128/255
+(``--mean 0.498,0.498,0.498 --std 0.502,0.502,0.502``),
 which gives slightly more confident but the same top classes on the sample photos.
 """
 from __future__ import annotations
