@@ -14,6 +14,7 @@ from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from detection import DetectionResult, Detector, explain_detections, to_tensor
+from errors import UserError, note
 from stats import MEAN_INTERVAL, PROPORTION_INTERVAL, mean_spread, wilson
 from voc import IOU_THRESH, POINTING_TOLERANCE, VOC_CLASSES, VOCAnnotation, VOCReader
 
@@ -358,8 +359,15 @@ def score_voc(detector: Detector, reader: VOCReader, layers: Sequence[str],
     score = DetectionScore(layers, reader.classes, detector.pointing_tolerance)
     without = []
     desc = "VOC 2007 test" if reader.classes == VOC_CLASSES else f"test set {reader.path.name}"
+    unreadable: list[str] = []
     for image_id in tqdm(ids, desc=desc, unit="image"):
-        image, truth = reader.image(image_id), reader.annotation(image_id)
+        try:
+            image = reader.image(image_id)
+        except UserError as exc:   # one bad file does not void the set: skipped, said, counted
+            note(f"{image_id} skipped: {exc}")
+            unreadable.append(image_id)
+            continue
+        truth = reader.annotation(image_id)
         tensor = to_tensor(image, torch.device(device))
         if explain is None:
             result = explain_detections(detector.model, tensor, layers, score_thresh,
@@ -372,7 +380,9 @@ def score_voc(detector: Detector, reader: VOCReader, layers: Sequence[str],
             without.append(image_id)
         if on_image is not None:
             on_image(image_id, image, truth, result)
-    return DetectionReport(str(reader.path), ids, without, method, score_thresh, max_explained,
-                           score.summary(), {"detector": detector.description,
+    scored = [i for i in ids if i not in set(unreadable)]
+    return DetectionReport(str(reader.path), scored, without, method, score_thresh,
+                           max_explained, score.summary(), {"unreadable_images": unreadable,
+                                                            "detector": detector.description,
                                              "pointing_tolerance_px": detector.pointing_tolerance,
                                              "detector_min_size": detector.input_fit[0]})

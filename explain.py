@@ -64,9 +64,11 @@ def make_explainer(name: str, model: nn.Module, target_layer: str = "layer4",
         raise ParamError("layer", f"{{param}} '{target_layer}' names several layers; a comma "
                                   f"list works with --hidden_strategy and --sanity, heatmap "
                                   f"panels take one")
-    if name in CHUNKED:
+    if name == "scorecam":      # its per-channel passes run in ``dtype``
         return EXPLAINERS[name](model, target_layer=target_layer, batch_size=batch_size,
                                 dtype=dtype)
+    if name in CHUNKED:         # Ablation-CAM: always fp32
+        return EXPLAINERS[name](model, target_layer=target_layer, batch_size=batch_size)
     return EXPLAINERS[name](model, target_layer=target_layer)
 
 

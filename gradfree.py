@@ -157,10 +157,9 @@ class AblationCAM(_GradientFree):
     a forward pass. The ablated activations go through the rest of the network only.
     """
 
-    def __init__(self, model: nn.Module, target_layer: str = "layer4", batch_size: int = 256,
-                 dtype: torch.dtype | None = None):
-        # Always fp32: the weight is a difference of two close logits, which bf16 rounding
-        # (3 significant digits) turns into noise; the passes are cheap (the network's tail).
+    def __init__(self, model: nn.Module, target_layer: str = "layer4", batch_size: int = 256):
+        # Always fp32 (no dtype parameter): the weight is a difference of two close logits,
+        # which bf16 rounding (3 significant digits) turns into noise; the passes are cheap.
         super().__init__(model, target_layer, batch_size, None)
 
     def heatmaps(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

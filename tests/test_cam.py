@@ -3,60 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import EvidenceNet, evidence_images, random_resnet
 from torch import nn
 
 from cam import CAM, capture_activation, normalize_heatmaps, resolve_layer
 from errors import UserError
 from model import build_resnet18
 from runtime import eval_mode
-
-
-class EvidenceNet(nn.Module):
-    """A hand-built GAP + linear classifier: class 1 is "red light", class 0 its absence.
-
-    ``features`` is a 1x1 convolution that copies the red channel, so the feature map (and
-    with it CAM and Grad-CAM for class 1) is large exactly where the image is red.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Conv2d(3, 2, kernel_size=1, bias=False)
-        self.relu = nn.ReLU(inplace=True)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2, 2)
-        with torch.no_grad():
-            self.features.weight.zero_()
-            self.features.weight[0, 0] = 1.0       # channel 0: red
-            self.features.weight[1, 1] = 1.0       # channel 1: green
-            self.fc.weight.copy_(torch.tensor([[-1.0, 1.0], [1.0, -1.0]]))
-            self.fc.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.relu(self.features(x))).flatten(1))
-
-
-def evidence_images(n: int = 3) -> tuple[torch.Tensor, list[tuple[slice, slice]]]:
-    """Black images, each with a red square at a different known place."""
-    images = torch.zeros(n, 3, 16, 16)
-    regions = []
-    for i in range(n):
-        rows, cols = slice(2 + 3 * i, 6 + 3 * i), slice(9 - 3 * i, 13 - 3 * i)
-        images[i, 0, rows, cols] = 1.0
-        regions.append((rows, cols))
-    return images, regions
-
-
-def random_resnet(num_classes: int = 10, seed: int = 0) -> nn.Module:
-    """A random-weight ResNet-18 with non-trivial BatchNorm statistics, in eval mode."""
-    torch.manual_seed(seed)
-    model = build_resnet18(num_classes)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            nn.init.uniform_(module.weight, 0.5, 1.5)
-            nn.init.normal_(module.bias, 0.0, 0.1)
-            nn.init.normal_(module.running_mean, 0.0, 0.1)
-            nn.init.uniform_(module.running_var, 0.5, 1.5)
-    return model.eval()
 
 
 def test_cam_maximum_lies_in_the_evidence_region():

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_resnet
 
 from errors import ParamError
 from explain import heatmaps
-from test_cam import random_resnet
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND_LAYER = {"main.py", "validation.py", "commands.py"}

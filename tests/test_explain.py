@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import random_resnet
 from PIL import Image
 
 import commands
@@ -14,7 +15,6 @@ import main
 from cli import assert_one_line_error, run_main
 from errors import UserError
 from explain import EXPLAINERS, explain_batched, make_explainer, parse_methods
-from test_cam import random_resnet
 from tinydata import random_checkpoint, write_fashion_mnist
 from visualize import heatmap_panel, overlay, slug, unique_slugs
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import EvidenceNet, evidence_images, random_resnet
 from torch import nn
 
 from cam import CAM
 from gradcam import GradCAM, GradCAMPlusPlus
-from test_cam import EvidenceNet, evidence_images, random_resnet
 
 METHODS = [GradCAM, GradCAMPlusPlus]
 

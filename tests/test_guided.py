@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_methods import activation_and_gradient
+from conftest import activation_and_gradient
 from torch import nn
 
 from gradcam import GuidedGradCAM, guided_backprop, guided_relus

@@ -8,97 +8,24 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import (
+    IMAGES,
+    TARGETS,
+    TinyNet,
+    activation_and_gradient,
+    literal_normalize,
+    random_resnet,
+)
 from torch import nn
 
 import gradfree
 from explain import EXPLAINERS, make_explainer
 from gradcam import GradCAM, HiResCAM, LayerCAM, XGradCAM
 from gradfree import AblationCAM, EigenCAM, ScoreCAM, network_after
-from test_cam import random_resnet
-
-
-class Block(nn.Module):
-    """A residual block, so that a layer inside it cannot be cut out of the network."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        out += x
-        return self.relu(out)
-
-
-class TinyNet(nn.Module):
-    """Stem, a residual block, a strided stage, GAP and one linear layer: small enough that the
-    literal per-channel loops run in milliseconds."""
-
-    def __init__(self, seed: int = 0, classes: int = 5):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6),
-                                  nn.ReLU(inplace=True))
-        self.block1 = Block(6)
-        self.block2 = nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8),
-                                    nn.ReLU(inplace=True))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, classes)
-        for m in self.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                nn.init.uniform_(m.weight, 0.5, 1.5)
-                nn.init.normal_(m.bias, 0.0, 0.2)
-                nn.init.normal_(m.running_mean, 0.0, 0.1)
-                nn.init.uniform_(m.running_var, 0.5, 1.5)
-        self.eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.block2(self.block1(self.stem(x)))).flatten(1))
-
 
 LAYERS = ["block2", "block1", "block1.conv2"]
-IMAGES = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-TARGETS = torch.tensor([0, 3, 4])
-
-
 # --------------------------------------------------------------------------------------------
 # Literal implementations: one image, one channel at a time, plain loops
-
-
-def literal_normalize(raw: torch.Tensor, size: tuple[int, int], relu_first: bool = True
-                      ) -> torch.Tensor:
-    """ReLU, bilinear upsampling, min-max to [0, 1]; a constant map gives zeros."""
-    if relu_first:
-        raw = raw.clamp(min=0)
-    up = F.interpolate(raw[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
-    if not relu_first:
-        up = up.clamp(min=0)
-    if up.max() - up.min() <= 1e-7 * up.max().abs():
-        return torch.zeros_like(up).float()
-    return ((up - up.min()) / (up.max() - up.min())).float()
-
-
-def activation_and_gradient(model, layer_name, image, target):
-    """The layer's activation and the gradient of the target logit, with a tensor hook and a
-    full ``backward()``: another mechanism than the explainers' ``autograd.grad``."""
-    layer = dict(model.named_modules())[layer_name]
-    store = {}
-
-    def keep(module, inputs, output):
-        store["a"] = output.detach().clone()
-        output.register_hook(lambda g: store.__setitem__("g", g.detach().clone()))
-
-    handle = layer.register_forward_hook(keep)
-    try:
-        model(image[None].clone().requires_grad_(True))[0, target].backward()
-    finally:
-        handle.remove()
-    model.zero_grad(set_to_none=True)
-    return store["a"][0], store["g"][0]
 
 
 def activation_of(model, layer_name, image):

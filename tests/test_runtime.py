@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import random_resnet
 from torch import nn
 
 from errors import UserError
 from runtime import inference_copy, resolve_device
-from test_cam import random_resnet
 
 
 def test_inference_copy_folds_batchnorm_and_computes_the_same():

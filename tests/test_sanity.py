@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import IMAGES, TARGETS, TinyNet
 from PIL import Image
-from test_methods import IMAGES, TARGETS, TinyNet
 
 import sanity
 from cli import assert_one_line_error, run_main

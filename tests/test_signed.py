@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from test_methods import IMAGES, TARGETS, TinyNet, activation_and_gradient, literal_normalize
+from conftest import IMAGES, TARGETS, TinyNet, activation_and_gradient, literal_normalize
 from torch import nn
 
 from gradcam import GradCAM, GradCAMPlusPlus
