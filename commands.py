@@ -577,6 +577,9 @@ def _load(args: Namespace, device: torch.device):
     weights = args.weights
     if weights is None and args.model is None and args.arch in (None, CIFAR_ARCH):
         weights = args.save_path          # this tool's checkpoint, as the original commands
+        if not Path(weights).is_file():
+            raise UserError(f"checkpoint not found: {weights} (pass --save_path PATH, or name "
+                            f"a model with --arch / --weights / --model)")
     loaded = load_classifier(args.arch, weights, args.model, args.input_size,
                              rgb(args.mean, "--mean"), rgb(args.std, "--std", positive=True),
                              args.classes, device)
@@ -641,7 +644,8 @@ def _targets(args: Namespace, loaded, probs: torch.Tensor, labels: torch.Tensor 
     return torch.full((len(probs),), loaded.class_index(args.target), device=probs.device)
 
 
-def explain_photos(args: Namespace, loaded, paths: list[Path], device: torch.device) -> int:
+def explain_photos(args: Namespace, loaded, paths: list[Path], device: torch.device,
+                   labels: list[int] | None = None) -> int:
     """Heatmaps of photos at the model's resolution, each panel the photo at its own aspect
     ratio with the map over the region the model saw. The photos are decoded by two worker
     processes while the model works, one batch at a time; ``predictions.csv`` lists every
@@ -650,7 +654,7 @@ def explain_photos(args: Namespace, loaded, paths: list[Path], device: torch.dev
     from folders import PhotoDataset, heatmap_on_photo, load_photo, photo_batches, photo_loader
     methods = [] if args.vis == "none" else parse_methods(args.vis)
     prep = loaded.preprocessing
-    loader = photo_loader(PhotoDataset(paths, prep), args.batch_size, workers=2)
+    loader = photo_loader(PhotoDataset(paths, prep, labels), args.batch_size, workers=2)
     stems = visualize.unique_slugs([p.stem for p in paths])
     rows = []
     out = Path(args.out_dir)
@@ -660,7 +664,7 @@ def explain_photos(args: Namespace, loaded, paths: list[Path], device: torch.dev
     for batch in photo_batches(loader):
         images = prep.normalize(batch.pixels).to(device)
         probs = probabilities(loaded.module, images, args.batch_size)
-        targets = _targets(args, loaded, probs, None)
+        targets = _targets(args, loaded, probs, None if labels is None else batch.labels)
         top = probs.topk(min(5, probs.shape[1]), dim=1)
         maps = {m: heatmaps(loaded.module, images, targets, m, args.target_layer,
                             args.batch_size, args.cam_batch_size).cpu() for m in methods}
@@ -723,7 +727,8 @@ def _image_folder_job(args: Namespace, loaded, device: torch.device) -> int:
         if args.sanity:
             return sanity(args, loaded.module, split.info, split, device)
         return leaderboard(args, loaded.module, split, device, loaded.arch)
-    return explain_photos(args, loaded, [Path(p) for p in paths[:args.vis_num]], device)
+    n = args.vis_num
+    return explain_photos(args, loaded, [Path(p) for p in paths[:n]], device, list(labels[:n]))
 
 
 def _folder_accuracy(args: Namespace, loaded, paths, labels, device: torch.device) -> int:

@@ -128,3 +128,13 @@ def test_the_cifar_checkpoint_ranks_methods_on_a_photo(world, capsys, tmp_path) 
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "target layer: layer4" in out and (tmp_path / "out" / "comparison_zero.csv").is_file()
+
+
+def test_image_folder_heatmaps_for_the_true_class(world, capsys, tmp_path) -> None:
+    code, _, err = run(world, capsys, "--data_dir", f"{world}/tree", "--vis", "gradcam",
+                       "--target", "gt", "--vis_num", "6", "--out_dir", str(tmp_path))
+    assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "gradcam").iterdir())
+    # the tree's folders in sorted order: blue, green, red, two images each
+    assert [n.rsplit("_", 1)[1] for n in names].count("blue.png") == 2
+    assert {n.rsplit("_", 1)[1] for n in names} == {"blue.png", "green.png", "red.png"}

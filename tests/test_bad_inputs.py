@@ -257,6 +257,8 @@ CASES: list[tuple[str, str, int, str]] = [
     ("input-size-tiny", "--arch resnet18 --image {w}/good.png --input_size 2", BAD,
      "--input_size"),
     ("image-and-image-dir", "--image {w}/good.png --image_dir {w}/fold", BAD, "--image_dir"),
+    ("image-dir-without-checkpoint", "--image_dir {w}/fold --save_path {o}/none.pth", BAD,
+     "checkpoint not found"),
 ]
 
 
