@@ -212,8 +212,8 @@ def explain_dataset(args: Namespace, model: torch.nn.Module, split: ImageSplit,
               f"at {args.target_layer}, {_precision_line(device, None)}")
     correct = 0
     grid: dict[str, list[tuple[torch.Tensor, torch.Tensor, str]]] = {m: [] for m in methods}
-    bar = tqdm(total=distributed.shard(n, here).stop - distributed.shard(n, here).start,
-               desc="heatmaps", unit="img", leave=False,
+    mine = distributed.shard(n, here)
+    bar = tqdm(total=mine.stop - mine.start, desc="heatmaps", unit="img", leave=False,
                disable=not here.is_main or n <= args.batch_size)
     for block in explain_split(model, split, methods, args.target_layer, n, device, args.target,
                                args.batch_size, args.cam_batch_size):
