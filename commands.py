@@ -607,7 +607,7 @@ def any_model(args: Namespace, device: torch.device) -> int:
         from folders import list_images
         paths = [Path(p) for p in args.image] or list_images(args.image_dir)
         if args.sanity or args.hidden_strategy != "none":
-            split = _photo_split(args, loaded, paths, device)
+            split = _images_in_memory(args, loaded, paths, device)
             if args.sanity:
                 return sanity(args, loaded.module, split.info, split, device)
             which = "predicted class" if args.target == "pred" else f"class {args.target}"
@@ -693,27 +693,6 @@ def explain_photos(args: Namespace, loaded, paths: list[Path], device: torch.dev
     return 0
 
 
-def _photo_split(args: Namespace, loaded, paths: list[Path], device: torch.device):
-    """The first photos as an in-memory split at the model's resolution (for the leaderboard
-    and the sanity check, which score the same few images many times), labelled with the
-    class to explain: predicted, or ``--target CLASS``. Only as many as the job uses are
-    decoded."""
-    from data import ImageSplit
-    from explain import probabilities
-    from folders import PhotoDataset, photo_batches, photo_loader
-    n = args.vis_num if args.sanity else args.num_eval
-    prep = loaded.preprocessing
-    loader = photo_loader(PhotoDataset(paths[:n], prep), args.batch_size, workers=2)
-    pixels, labels = [], []
-    for batch in photo_batches(loader):
-        probs = probabilities(loaded.module, prep.normalize(batch.pixels).to(device),
-                              args.batch_size)
-        labels.append(_targets(args, loaded, probs, None).cpu())
-        pixels.append(batch.pixels.mul(255).round().to(torch.uint8))
-    info = loaded.info()
-    return ImageSplit(torch.cat(pixels), torch.cat(labels), info)
-
-
 def _image_folder_job(args: Namespace, loaded, device: torch.device) -> int:
     """``--data_dir`` in the ImageFolder layout (a subfolder per class): accuracy, and with
     ``--vis`` heatmaps, with ``--hidden_strategy`` the leaderboard, with ``--sanity`` the
@@ -723,7 +702,7 @@ def _image_folder_job(args: Namespace, loaded, device: torch.device) -> int:
     if args.vis == "none" and not args.sanity:
         return _folder_accuracy(args, loaded, paths, labels, device)
     if args.sanity or args.hidden_strategy != "none":
-        split = _labelled_split(args, loaded, paths, labels, device)
+        split = _images_in_memory(args, loaded, paths, device, labels)
         if args.sanity:
             return sanity(args, loaded.module, split.info, split, device)
         return leaderboard(args, loaded.module, split, device, loaded.arch)
@@ -756,29 +735,37 @@ def _folder_accuracy(args: Namespace, loaded, paths, labels, device: torch.devic
     return 0
 
 
-def _labelled_split(args: Namespace, loaded, paths, labels, device: torch.device):
-    """The ImageFolder's images the leaderboard or sanity check uses, in memory at the model's
-    resolution: for the leaderboard the first ``--num_eval`` the model classifies correctly
-    (read batch by batch, stopping once there are enough), for the sanity check the first
-    ``--vis_num``."""
+def _images_in_memory(args: Namespace, loaded, paths, device: torch.device,
+                      labels: list[int] | None = None):
+    """The images the leaderboard or the sanity check scores, in memory at the model's
+    resolution (they are scored many times): the first ``--vis_num`` for the sanity check,
+    the first ``--num_eval`` for the leaderboard. Photos without labels are labelled with the
+    class to explain (predicted, or ``--target CLASS``); an ImageFolder's images keep their
+    labels, and the leaderboard takes only those the model classifies correctly, read batch by
+    batch until there are enough."""
     from data import ImageSplit
     from explain import probabilities
     from folders import PhotoDataset, photo_batches, photo_loader
     want = args.vis_num if args.sanity else args.num_eval
     prep = loaded.preprocessing
-    loader = photo_loader(PhotoDataset(paths, prep, labels), args.batch_size)
-    pixels, kept = [], []
-    for batch in photo_batches(loader):
+    dataset = PhotoDataset(paths if labels is not None else paths[:want], prep, labels)
+    pixels, kept, have = [], [], 0
+    for batch in photo_batches(photo_loader(dataset, args.batch_size, workers=2)):
         keep = torch.ones(len(batch.labels), dtype=torch.bool)
-        if not args.sanity:
+        truth = batch.labels
+        if labels is None or not args.sanity:
             probs = probabilities(loaded.module, prep.normalize(batch.pixels).to(device),
                                   args.batch_size)
-            keep = probs.argmax(1).cpu() == batch.labels
+            if labels is None:
+                truth = _targets(args, loaded, probs, None).cpu()
+            else:
+                keep = probs.argmax(1).cpu() == truth
         pixels.append(batch.pixels[keep].mul(255).round().to(torch.uint8))
-        kept.append(batch.labels[keep])
-        if sum(len(k) for k in kept) >= want:
+        kept.append(truth[keep])
+        have += int(keep.sum())
+        if have >= want:
             break
-    if not kept or sum(len(k) for k in kept) == 0:
+    if have == 0:
         raise UserError(f"the model classifies none of the images of {args.data_dir} "
                         f"correctly: nothing to evaluate")
     return ImageSplit(torch.cat(pixels)[:want], torch.cat(kept)[:want], loaded.info())

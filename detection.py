@@ -395,9 +395,9 @@ def detector_pass(model: FasterRCNN, image: torch.Tensor, layers: Sequence[str],
 # The gradient-based methods, by --det_method name: each combines a layer's activation and the
 # detection score's gradient in its own way (gradcam.py), from the same backward pass.
 DET_METHODS: dict[str, tuple[type[GradCAM], str]] = {
-    "gradcam": (GradCAM, "Grad-CAM"), "gradcampp": (GradCAMPlusPlus, "Grad-CAM++"),
-    "xgradcam": (XGradCAM, "XGrad-CAM"), "hirescam": (HiResCAM, "HiResCAM"),
-    "layercam": (LayerCAM, "LayerCAM")}
+    name: (cls, registry.DET_TITLES[name]) for name, cls in (
+        ("gradcam", GradCAM), ("gradcampp", GradCAMPlusPlus), ("xgradcam", XGradCAM),
+        ("hirescam", HiResCAM), ("layercam", LayerCAM))}
 
 
 def gradcam_maps(state: DetectorPass, method: str = "gradcam") -> list[torch.Tensor]:
