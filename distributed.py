@@ -23,6 +23,7 @@ import datetime
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from errors import UserError, reason
 DEFAULT_TIMEOUT_S = 600.0
 MAX_TIMEOUT_S = 7 * 24 * 3600.0   # a week: beyond that a hung peer is never noticed
 _joined = False                   # whether this process entered :func:`session` yet
+_left_open = False                # whether a failed block left the process group initialised
 
 # Messages of the errors that collectives raise when a peer died or hung; gloo raises plain
 # RuntimeErrors, so the type alone does not tell a lost peer from a bug.
@@ -149,6 +151,8 @@ def session(device_name: str = "auto") -> Iterator[World]:
     except (RuntimeError, ValueError) as exc:
         raise UserError(f"{here.label()}could not join the other processes: {reason(exc)} "
                         f"(start with torchrun, see README 'Several GPUs or machines')") from None
+    global _left_open
+    _left_open = True   # until the block succeeds: destroying the group with a dead peer can block
     try:
         yield here
     except UserError as exc:  # the same type, so that its exit code stays
@@ -158,7 +162,20 @@ def session(device_name: str = "auto") -> Iterator[World]:
             raise
         raise UserError(f"{here.label()}lost contact with another rank ({_gist(exc)}); "
                         f"the failing rank's own error says why") from None
-    dist.destroy_process_group()  # only after success: with a dead peer this could block
+    dist.destroy_process_group()
+    _left_open = False
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code``. After a failed block the process group is still open,
+    and at interpreter exit gloo's destructor can abort the process (``terminate called
+    without an active exception``, status -6) after the one ``error:`` line was printed; so
+    such a process flushes its streams and leaves without running destructors."""
+    if _left_open:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _gist(exc: BaseException) -> str:

@@ -242,5 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _exit(code: int) -> None:
+    """Leave with ``code``; a rank whose process group a failure left open leaves at once
+    (see ``distributed.exit_now``)."""
+    joined = sys.modules.get("distributed")
+    if joined is not None:
+        joined.exit_now(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
