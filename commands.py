@@ -72,7 +72,7 @@ _PARAM_FLAGS = {"arch": "--arch", "weights": "--weights", "model": "--model",
                 "model_spec": "--model", "input_size": "--input_size", "mean": "--mean",
                 "std": "--std", "classes_file": "--classes", "target": "--target",
                 "target_layer": "--target_layer", "data_dir": "--data_dir",
-                "image_dir": "--image_dir"}
+                "image_dir": "--image_dir", "val_fraction": "--val_fraction"}
 
 
 def _as_flags(text: str) -> str:
@@ -89,7 +89,8 @@ def _dispatch(args: Namespace) -> int:
     if args.mode == "train" and args.det_vis:
         return train_detector(args)
     if args.mode == "train":
-        return train_classifier(args)
+        from validation import fine_tuning
+        return fine_tune(args) if fine_tuning(args) else train_classifier(args)
     if args.make_scenes:
         return make_scenes(args)
     device = resolve_device(args.device)
@@ -131,12 +132,34 @@ def train_classifier(args: Namespace) -> int:
     device = resolve_device(args.device)
     history = fit(TrainConfig(
         dataset=args.dataset or "cifar10", data_dir=args.data_dir, save_path=args.save_path,
-        log_dir=args.log_dir, num_epochs=args.num_epochs, batch_size=args.batch_size, lr=args.lr,
+        log_dir=args.log_dir, num_epochs=args.num_epochs, batch_size=args.batch_size,
+        lr=0.1 if args.lr is None else args.lr,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, seed=args.seed,
         save_half=args.save_half, device=device, dtype=precision_dtype(args.precision, device)))
     if distributed.world().is_main:
         print(f"Best test accuracy: {history.best:.2f}%  (checkpoint {args.save_path}, "
               f"metrics {history.metrics})")
+    return 0
+
+
+def fine_tune(args: Namespace) -> int:
+    """``--mode train --arch/--weights/--model --data_dir FOLDER``: fine-tune on the folder,
+    keep the best checkpoint (with arch, classes, preprocessing), log metrics and curves."""
+    from finetune import DEFAULT_LR, FineTuneConfig
+    from finetune import fine_tune as run_fine_tuning
+    from validation import rgb
+    device = resolve_device(args.device)
+    history = run_fine_tuning(FineTuneConfig(
+        data_dir=args.data_dir, arch=args.arch, weights=args.weights, model_spec=args.model,
+        classes_file=args.classes, input_size=args.input_size, mean=rgb(args.mean, "--mean"),
+        std=rgb(args.std, "--std", positive=True), save_path=args.save_path,
+        log_dir=args.log_dir, num_epochs=args.num_epochs, batch_size=args.batch_size,
+        lr=DEFAULT_LR if args.lr is None else args.lr, weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing, val_fraction=args.val_fraction, seed=args.seed,
+        save_half=args.save_half, device=device, dtype=precision_dtype(args.precision, device)))
+    if distributed.world().is_main:
+        print(f"Best validation accuracy: {history.best:.2f}% at epoch {history.best_epoch} "
+              f"(checkpoint {args.save_path}, metrics {history.metrics})")
     return 0
 
 
@@ -146,7 +169,8 @@ def train_detector(args: Namespace) -> int:
     device = resolve_device(args.device)
     history = fit_detector(DetectorTrainConfig(
         data_dir=args.data_dir, save_path=args.save_path, log_dir=args.log_dir,
-        num_epochs=args.num_epochs, batch_size=args.batch_size, lr=args.lr,
+        num_epochs=args.num_epochs, batch_size=args.batch_size,
+        lr=0.1 if args.lr is None else args.lr,
         weight_decay=args.weight_decay, seed=args.seed, det_scenes=args.det_scenes,
         det_num=args.det_num, save_half=args.save_half, resume=args.resume, device=device,
         dtype=precision_dtype(args.precision, device)))
@@ -697,8 +721,13 @@ def _image_folder_job(args: Namespace, loaded, device: torch.device) -> int:
     """``--data_dir`` in the ImageFolder layout (a subfolder per class): accuracy, and with
     ``--vis`` heatmaps, with ``--hidden_strategy`` the leaderboard, with ``--sanity`` the
     sanity check, of its images."""
-    from folders import image_folder
-    paths, labels = image_folder(args.data_dir, loaded.classes)
+    from folders import image_folder, train_val_folders
+    root = args.data_dir
+    pair = train_val_folders(root)
+    if pair:      # a fine-tuning layout: test on its validation images
+        root = pair[1]
+        print(f"{args.data_dir} has train/ and val/: testing on {root}")
+    paths, labels = image_folder(root, loaded.classes)
     if args.vis == "none" and not args.sanity:
         return _folder_accuracy(args, loaded, paths, labels, device)
     if args.sanity or args.hidden_strategy != "none":

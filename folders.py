@@ -240,6 +240,62 @@ def seeded_split(labels: Sequence[int], val_fraction: float, seed: int
     return sorted(train), sorted(val)
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """The images of a fine-tuning run: paths and labels of the training and validation
+    images, the class names (index order), and a phrase saying where the split came from."""
+
+    train_paths: list[Path]
+    train_labels: list[int]
+    val_paths: list[Path]
+    val_labels: list[int]
+    classes: tuple[str, ...]
+    origin: str
+
+
+def class_folders(root: str | os.PathLike) -> tuple[str, ...]:
+    """The class names an ImageFolder tree defines: its subfolders' names, sorted (as
+    torchvision's ``ImageFolder`` orders them)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"data_dir={root}: no such folder")
+    names = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()
+                         and not p.name.startswith(".")))
+    if len(names) < 2:
+        raise UserError(f"data_dir={root} has {len(names)} class subfolder(s); training needs "
+                        f"at least two (the ImageFolder layout is data_dir/CLASS/image.jpg)")
+    return names
+
+
+def training_data(root: str | os.PathLike, classes: Sequence[str] | None = None,
+                  val_fraction: float = 0.1, seed: int = 0) -> TrainingData:
+    """The training and validation images of ``root``: ``root/train`` and ``root/val`` when
+    both exist, else one ImageFolder tree split by :func:`seeded_split`. The classes are
+    ``classes`` (a classes file's) or the training folder's subfolder names. Every class
+    needs a training image, and there must be validation images; otherwise one line."""
+    pair = train_val_folders(root)
+    train_root = pair[0] if pair else Path(root)
+    names = tuple(classes) if classes is not None else class_folders(train_root)
+    paths, labels = image_folder(train_root, names)
+    if pair:
+        val_paths, val_labels = image_folder(pair[1], names)
+        origin = f"{pair[0]} / {pair[1]}"
+    else:
+        train_idx, val_idx = seeded_split(labels, val_fraction, seed)
+        val_paths, val_labels = [paths[i] for i in val_idx], [labels[i] for i in val_idx]
+        paths, labels = [paths[i] for i in train_idx], [labels[i] for i in train_idx]
+        origin = f"{root}, split {1 - val_fraction:.0%} / {val_fraction:.0%} by seed {seed}"
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
+    empty = [names[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise UserError(f"data_dir={root}: no training image of class {', '.join(empty[:5])}"
+                        f"{' ...' if len(empty) > 5 else ''}; every class needs some")
+    if not val_paths:
+        raise UserError(f"data_dir={root}: no validation images (give each class two images "
+                        f"or more, or a val/ folder beside train/)")
+    return TrainingData(paths, labels, val_paths, val_labels, names, origin)
+
+
 # --------------------------------------------------------------------------------------------
 # Back to the photo
 

@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training")
     g.add_argument("--batch_size", type=int, default=128,
                    help="images per step in training; images per chunk when explaining")
-    g.add_argument("--lr", type=float, default=0.1, help="peak learning rate (one-cycle)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: %(default)s, meaning 0.1 for the CIFAR "
+                        "ResNet-18 (one-cycle) and the scene detector, 0.01 when fine-tuning "
+                        "(warm-up + cosine))")
     g.add_argument("--num_epochs", type=int, default=30, help="epochs of training")
     g.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
     g.add_argument("--label_smoothing", type=float, default=0.1,
@@ -88,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_half", action="store_true",
                    help="store the checkpoint's weights in fp16 without optimizer state")
     g.add_argument("--log_dir", default="./logs", help="metrics.csv and training_curves.png")
+    g.add_argument("--val_fraction", type=float, default=0.1,
+                   help="fine-tuning on a --data_dir without train/ and val/: share of each "
+                        "class held out for validation (split by --seed)")
     g.add_argument("--resume", action="store_true",
                    help="detector training: continue from the last finished epoch's state "
                         "(<save_path stem>.resume.pth)")

@@ -6,9 +6,11 @@ a one-cycle learning rate, label smoothing, and on hardware that has it bf16/fp1
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,15 +65,27 @@ def train_one_epoch(model: nn.Module, split: ImageSplit, optimizer: torch.optim.
     ``augment_generator`` differs per rank), and the returned numbers are over all ranks.
     """
     here = distributed.world()
+    stream = batches(split, batch_size, device, shuffle=True, augment=True,
+                     generator=generator, channels_last=dtype is not None,
+                     shard=(here.rank, here.size), augment_generator=augment_generator)
+    return train_steps(model, stream, len(split) // here.size, optimizer, scheduler, criterion,
+                       device, dtype, desc, scaler)
+
+
+def train_steps(model: nn.Module, stream: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                total: int, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler, criterion: nn.Module,
+                device: torch.device, dtype: torch.dtype | None, desc: str = "train",
+                scaler: torch.amp.GradScaler | None = None) -> EpochStats:
+    """One optimizer step per ``(images, labels)`` batch of ``stream`` (on ``device``, about
+    ``total`` images on this rank), with a progress bar; mean loss and accuracy (%) over all
+    ranks. The one training loop of the built-in datasets and of image folders."""
+    here = distributed.world()
     model.train()
-    channels_last = dtype is not None
     total_loss, correct, seen = 0.0, 0, 0
-    bar = tqdm(total=len(split) // here.size, desc=desc, unit="img", leave=False,
-               dynamic_ncols=True, disable=not here.is_main)
-    for images, labels in batches(split, batch_size, device, shuffle=True, augment=True,
-                                  generator=generator, channels_last=channels_last,
-                                  shard=(here.rank, here.size),
-                                  augment_generator=augment_generator):
+    bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True,
+               disable=not here.is_main)
+    for images, labels in stream:
         with autocast(device, dtype):
             logits = model(images)
             loss = criterion(logits, labels)
@@ -204,10 +218,7 @@ def fit(cfg: TrainConfig) -> History:
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
-    log_dir = Path(cfg.log_dir)   # created with the first epoch's metrics, not before
-    metrics_path = log_dir / "metrics.csv"
-    history: list[dict] = []
-    best, best_epoch = -1.0, 0
+    record = EpochRecorder(cfg.log_dir, cfg.save_path, cfg.save_half, cfg.num_epochs, "test")
     batch = (f"batch {cfg.batch_size}" if not here.distributed else
              f"batch {cfg.batch_size} per process x {here.size} processes = "
              f"{cfg.batch_size * here.size}")
@@ -218,41 +229,76 @@ def fit(cfg: TrainConfig) -> History:
     for epoch in range(1, cfg.num_epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        try:
+        with record.stopping(epoch, cfg.lr):
             stats = train_one_epoch(net, train_split, optimizer, scheduler, criterion, device,
                                     dtype, cfg.batch_size, generator,
                                     desc=f"epoch {epoch}/{cfg.num_epochs}", scaler=scaler,
                                     augment_generator=augment_generator)
-        except NonFiniteLoss as exc:
-            kept = (f"the best checkpoint of this run (epoch {best_epoch}) is in {cfg.save_path}"
-                    if best_epoch else f"{cfg.save_path} was not touched")
-            raise TrainingStopped(f"training stopped in epoch {epoch}, step {exc.step}: the loss "
-                                  f"is not finite ({exc.loss}); {kept}. Try a lower --lr than "
-                                  f"{cfg.lr:g}") from None
         distributed.sync_buffers(model, here)
         logits = predict_sharded(model, test_split, device, dtype,
                                  batch_size=max(cfg.batch_size, 256))
         if logits is None:  # another rank than 0: rank 0 scores, logs and saves
             continue
-        test_loss = F.cross_entropy(logits, test_split.labels.cpu()).item()
-        test_acc, _, _ = accuracy_report(logits, test_split.labels.cpu(), info.classes)
+        record.epoch(epoch, stats, logits, test_split.labels.cpu(), lr, start, model,
+                     info.as_meta(), optimizer)
+    return record.history()
+
+
+class EpochRecorder:
+    """What every classifier training writes after an epoch, on rank 0: a row of
+    ``metrics.csv``, ``training_curves.png``, and the checkpoint when the held-out accuracy
+    is the best so far (atomically, so an interrupted run keeps the previous best).
+    ``held_out`` names the split scored: the test split of the built-in datasets, the
+    validation images of a folder (the CSV's columns keep the ``test_`` names either way)."""
+
+    def __init__(self, log_dir: str | Path, save_path: str | Path, save_half: bool,
+                 num_epochs: int, held_out: str):
+        self.log_dir = Path(log_dir)      # created with the first epoch's metrics, not before
+        self.save_path, self.save_half = Path(save_path), save_half
+        self.num_epochs, self.held_out = num_epochs, held_out
+        self.rows: list[dict] = []
+        self.best, self.best_epoch = -1.0, 0
+
+    @contextlib.contextmanager
+    def stopping(self, epoch: int, lr: float) -> Iterator[None]:
+        """A non-finite loss inside the block ends training with one line saying what was
+        kept."""
+        try:
+            yield
+        except NonFiniteLoss as exc:
+            kept = (f"the best checkpoint of this run (epoch {self.best_epoch}) is in "
+                    f"{self.save_path}" if self.best_epoch else f"{self.save_path} was not touched")
+            raise TrainingStopped(f"training stopped in epoch {epoch}, step {exc.step}: the loss "
+                                  f"is not finite ({exc.loss}); {kept}. Try a lower --lr than "
+                                  f"{lr:g}") from None
+
+    def epoch(self, epoch: int, stats: EpochStats, logits: torch.Tensor, labels: torch.Tensor,
+              lr: float, start: float, model: nn.Module, meta: dict,
+              optimizer: torch.optim.Optimizer) -> dict:
+        """Score the held-out ``logits`` against ``labels``, write the row and the curves, save
+        the checkpoint (``meta`` plus epoch and accuracy) when it is the best; the row."""
+        loss = F.cross_entropy(logits, labels).item()
+        acc = 100.0 * (logits.argmax(1) == labels).float().mean().item()
         row = {"epoch": epoch, "train_loss": stats.loss, "train_acc": stats.acc,
-               "test_loss": test_loss, "test_acc": test_acc, "lr": lr,
+               "test_loss": loss, "test_acc": acc, "lr": lr,
                "seconds": time.perf_counter() - start}
-        history.append(row)
-        outputs.write_csv(metrics_path, FIELDS, history)
-        visualize.plot_training_curves(history, log_dir / "training_curves.png")
+        self.rows.append(row)
+        outputs.write_csv(self.log_dir / "metrics.csv", FIELDS, self.rows)
+        visualize.plot_training_curves(self.rows, self.log_dir / "training_curves.png")
         marker = ""
-        if test_acc > best:
-            best, best_epoch = test_acc, epoch
-            meta = {**info.as_meta(), "epoch": epoch, "acc": test_acc}
-            save_checkpoint(cfg.save_path, model, meta,
-                            optimizer=None if cfg.save_half else optimizer, half=cfg.save_half)
-            marker = f"  -> saved {cfg.save_path}"
-        log.info(f"epoch {epoch:3d}/{cfg.num_epochs}  train loss {stats.loss:.4f} "
-                 f"acc {stats.acc:.2f}%  test loss {test_loss:.4f} acc {test_acc:.2f}%  "
+        if acc > self.best:
+            self.best, self.best_epoch = acc, epoch
+            save_checkpoint(self.save_path, model, {**meta, "epoch": epoch, "acc": acc},
+                            optimizer=None if self.save_half else optimizer, half=self.save_half)
+            marker = f"  -> saved {self.save_path}"
+        log.info(f"epoch {epoch:3d}/{self.num_epochs}  train loss {stats.loss:.4f} "
+                 f"acc {stats.acc:.2f}%  {self.held_out} loss {loss:.4f} acc {acc:.2f}%  "
                  f"({row['seconds']:.0f}s){marker}")
-    return History(history, best, best_epoch, Path(cfg.save_path), metrics_path)
+        return row
+
+    def history(self) -> History:
+        return History(self.rows, self.best, self.best_epoch, self.save_path,
+                       self.log_dir / "metrics.csv")
 
 
 def precision_label(dtype: torch.dtype | None) -> str:

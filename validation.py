@@ -67,6 +67,7 @@ NUMBERS: dict[str, Range] = {
     "num_epochs": Range(1, 100000),
     "weight_decay": Range(0, 1, high_open=True),
     "label_smoothing": Range(0, 1, high_open=True),  # 1 would make every target uniform
+    "val_fraction": Range(0, 1, low_open=True, high_open=True),
     "vis_num": Range(1),                         # capped at the test set's size
     "steps": Range(1, 100000),
     "num_eval": Range(1),                        # capped at the test set's size
@@ -207,6 +208,17 @@ def check_input_file(path: str, what: str) -> None:
         raise UserError(f"{what} {path} is {kind}, not a file")
 
 
+def _check_model_inputs(args: Namespace) -> None:
+    """``--classes`` and ``--model``'s file exist, when given."""
+    if args.classes is not None:
+        check_input_file(args.classes, "--classes file")
+    if args.model is not None:
+        file, _, function = args.model.rpartition(":")
+        if not file or not function:
+            raise FlagError(f"--model {args.model}: give FILE.py:FUNCTION")
+        check_input_file(file, "--model file")
+
+
 def check_paths(args: Namespace) -> None:
     """Outputs creatable and inputs present, for what this run will write and read."""
     for flag in ("data_dir", "voc_path", "det_img", "det_weights", "make_scenes"):
@@ -223,6 +235,7 @@ def check_paths(args: Namespace) -> None:
             state = Path(args.save_path)
             check_output_file(str(state.with_name(state.stem + ".resume.pth")),
                               "--save_path's training state")
+        _check_model_inputs(args)
         return
     if args.make_scenes:
         check_output_dir(args.make_scenes, "--make_scenes")
@@ -234,13 +247,7 @@ def check_paths(args: Namespace) -> None:
         folder = Path(args.image_dir)
         if not _exists(folder, "--image_dir") or not folder.is_dir():
             raise UserError(f"--image_dir {folder}: not a folder")
-    if args.classes is not None:
-        check_input_file(args.classes, "--classes file")
-    if args.model is not None:
-        file, _, function = args.model.rpartition(":")
-        if not file or not function:
-            raise FlagError(f"--model {args.model}: give FILE.py:FUNCTION")
-        check_input_file(file, "--model file")
+    _check_model_inputs(args)
     if args.det_img:
         check_input_file(args.det_img, "image")
     if args.det_weights:
@@ -266,7 +273,11 @@ _DETECTION = {"det_vis", "det_weights", "det_layer", "det_method", "det_masks", 
 JOBS: dict[str, tuple[str, frozenset[str]]] = {
     "train": ("classifier training (--mode train)", frozenset(
         {"dataset", "batch_size", "lr", "num_epochs", "weight_decay", "label_smoothing",
-         "save_half", "seed"})),
+         "save_half", "seed", "arch"})),
+    "finetune": ("fine-tuning on an image folder (--mode train --arch / --weights / --model)",
+                 frozenset(_CLASSIFIER - {"dataset"} | {"lr", "num_epochs", "weight_decay",
+                                                        "label_smoothing", "save_half", "seed",
+                                                        "val_fraction"})),
     "train_detector": ("detector training (--mode train --det_vis)", frozenset(
         {"det_vis", "batch_size", "lr", "num_epochs", "weight_decay", "save_half", "resume",
          "det_scenes", "det_num", "seed"})),
@@ -301,7 +312,9 @@ _DEFAULTS: dict[str, object] = {}   # the flags' defaults, from the parser that 
 def job_of(args: Namespace) -> str:
     """Which job of ``JOBS`` the flags ask for (the order in which ``main.dispatch`` looks)."""
     if args.mode == "train":
-        return "train_detector" if args.det_vis else "train"
+        if args.det_vis:
+            return "train_detector"
+        return "finetune" if fine_tuning(args) else "train"
     if args.make_scenes:
         return "make_scenes"
     if args.det_vis or args.det_img:
@@ -316,6 +329,12 @@ def job_of(args: Namespace) -> str:
     if args.hidden_strategy != "none":
         return "evaluate"
     return "vis" if args.vis != "none" else "test"
+
+
+def fine_tuning(args: Namespace) -> bool:
+    """Whether ``--mode train`` fine-tunes a model from anywhere on an image folder, rather
+    than training this tool's CIFAR ResNet-18 on a built-in dataset."""
+    return bool(args.weights or args.model or args.arch not in (None, "resnet18_cifar"))
 
 
 def check_unused(args: Namespace, defaults: dict[str, object] | None = None) -> None:

@@ -298,6 +298,32 @@ def _classifier_outputs(state: dict[str, torch.Tensor]) -> tuple[str, int] | Non
     return None
 
 
+def replace_head(module: nn.Module, num_classes: int, input_size: int) -> str:
+    """Swap the layer that makes the logits (the last ``Linear`` or ``Conv2d`` with weights:
+    ``fc``, ``classifier.6``, ``heads.head``, SqueezeNet's ``classifier.1``) for a freshly
+    initialised one with ``num_classes`` outputs, in place; its name. One line when the model
+    has no such layer, or does not give ``num_classes`` logits afterwards."""
+    last = _classifier_outputs(module.state_dict())
+    name = last[0].rsplit(".", 1)[0] if last else ""
+    old = module.get_submodule(name) if name else None
+    if isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    elif isinstance(old, nn.Conv2d):
+        new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding,
+                        bias=old.bias is not None)
+    else:
+        raise UserError(f"the model's last layer with weights ({name or 'none'}) is no Linear or "
+                        f"Conv2d layer; it cannot be given {num_classes} classes")
+    parent, _, child = name.rpartition(".")
+    setattr(module.get_submodule(parent) if parent else module, child,
+            new.to(old.weight.device, old.weight.dtype))
+    outputs = _output_count(module, input_size, f"the model with a new {name}")
+    if outputs != num_classes:
+        raise UserError(f"replacing {name} gave {outputs} outputs, not {num_classes} classes; "
+                        f"the model's logits come from elsewhere")
+    return name
+
+
 # --------------------------------------------------------------------------------------------
 # Weight files
 
@@ -590,7 +616,12 @@ def _load_factory_model(spec: str, weights: str | None, input_size: int | None,
     meta: dict[str, Any] = {}
     if weights is not None:
         meta = _read_weights_file(weights)
-        fit_state_dict(module, meta["model_state_dict"], f"weights={weights}", spec)
+        state = meta["model_state_dict"]
+        recorded = meta.get("classes")
+        if recorded and _classifier_outputs(module.state_dict()) != _classifier_outputs(state):
+            # a checkpoint fine-tuned here from this factory: the factory's head, new classes
+            replace_head(module, len(recorded), int(meta.get("input_size") or input_size or 224))
+        fit_state_dict(module, state, f"weights={weights}", spec)
     module.to(device).eval()
     base = Preprocessing(224, round(224 * RESIZE_RATIO), IMAGENET_MEAN, IMAGENET_STD)
     prep = _override(_preprocessing_from_meta(meta, base), input_size, mean, std)

@@ -259,6 +259,22 @@ CASES: list[tuple[str, str, int, str]] = [
     ("image-and-image-dir", "--image {w}/good.png --image_dir {w}/fold", BAD, "--image_dir"),
     ("image-dir-without-checkpoint", "--image_dir {w}/fold --save_path {o}/none.pth", BAD,
      "checkpoint not found"),
+    # ---- fine-tuning on a folder (issue 17, item 4)
+    ("finetune-no-val", "--mode train --arch resnet18 --input_size 32 --data_dir {w}/fold", BAD,
+     "no validation images"),
+    ("finetune-one-class", "--mode train --arch resnet18 --data_dir {w}/fold/unicorn", BAD,
+     "at least two"),
+    ("finetune-folder-missing", "--mode train --arch resnet18 --data_dir {w}/nope", BAD,
+     "--data_dir"),
+    ("finetune-dataset-flag", "--mode train --arch resnet18 --dataset cifar10", BAD, "--dataset"),
+    ("val-fraction-one", "--mode train --arch resnet18 --val_fraction 1", BAD, "--val_fraction"),
+    ("val-fraction-unused", "--mode train --val_fraction 0.2", BAD, "--val_fraction"),
+    ("finetune-cifar-arch", "--mode train --weights {w}/ck.pth --data_dir {w}/ftree", BAD,
+     "resnet18_cifar"),
+    ("finetune-not-a-module", "--mode train --model {w}/notmodule.py:build --data_dir {w}/ftree",
+     BAD, "not a torch.nn.Module"),
+    ("finetune-classes-file-missing",
+     "--mode train --arch resnet18 --data_dir {w}/ftree --classes {w}/nope.txt", BAD, "--classes"),
 ]
 
 
@@ -325,6 +341,10 @@ def world(tmp_path_factory) -> Path:
     for name in ("unicorn", "goldfish"):
         (w / "fold" / name).mkdir(parents=True)
         Image.new("RGB", (50, 40), (90, 30, 200)).save(w / "fold" / name / "a.png")
+    for name in ("a", "b"):
+        (w / "ftree" / name).mkdir(parents=True)
+        for k in range(3):
+            Image.new("RGB", (40, 30), (40 * k, 90, 200)).save(w / "ftree" / name / f"{k}.png")
     good = random_checkpoint(w / "ck.pth")
     payload = torch.load(good, weights_only=True)
 
@@ -529,7 +549,7 @@ def test_every_flag_is_read_by_some_job_or_shared():
     (["--det_vis"], "det_voc"), (["--sanity"], "sanity"), (["--sanity", "--image", "x"],
                                                           "sanity_images"),
     (["--image", "x"], "images"), (["--vis", "cam", "--hidden_strategy", "zero"], "evaluate"),
-    (["--vis", "cam"], "vis"),
+    (["--vis", "cam"], "vis"), (["--mode", "train", "--arch", "resnet18"], "finetune"),
 ])
 def test_defaults_never_count_as_unused_flags(argv, job):
     """Only a flag given with another value than its default is checked: every job with its
@@ -537,7 +557,7 @@ def test_defaults_never_count_as_unused_flags(argv, job):
     args = main.build_parser().parse_args(argv)
     assert validation.job_of(args) == job
     validation.check_unused(args)
-    args = main.build_parser().parse_args(argv + ["--lr", "0.1", "--vis_num", "20"])
+    args = main.build_parser().parse_args(argv + ["--batch_size", "128", "--vis_num", "20"])
     validation.check_unused(args)   # both at their defaults
 
 

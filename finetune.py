@@ -1,0 +1,199 @@
+"""Fine-tuning a classifier from anywhere (a torchvision arch, a weights file, the user's own
+factory) on an image folder, with torchvision's reference recipe.
+
+* Data: ``data_dir/train`` and ``data_dir/val`` (the ImageNet layout), or one ImageFolder tree
+  split per class by a seed (:func:`folders.training_data`). Images are decoded by worker
+  processes as the batches are made, so memory does not grow with the folder.
+* Augmentation: RandomResizedCrop to the model's input size and a horizontal flip; the
+  validation images go through the model's own preprocessing (resize, centre crop), as
+  torchvision's ``references/classification`` does.
+* Recipe: SGD with momentum 0.9, label smoothing, a linear warm-up then a cosine decay of the
+  learning rate per step, bf16 autocast with ``channels_last`` where the hardware has it.
+* The classifier's last layer is replaced by a fresh one for the folder's classes (unless the
+  model already has exactly those classes, as a checkpoint of an earlier run does).
+* The checkpoint with the best validation accuracy is kept, atomically, and records arch,
+  classes and preprocessing, so ``--mode test --weights`` rebuilds it; ``metrics.csv`` and
+  ``training_curves.png`` after every epoch; under ``torchrun`` every rank trains on its share
+  of each epoch and scores its share of the validation images.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+import distributed
+from errors import UserError
+from folders import (PhotoDataset, TrainingData, collate_photos, photo_batches, photo_loader,
+                     training_data, training_pixels)
+from runtime import autocast, eval_mode, seed_everything
+from train import EpochRecorder, History, precision_label, train_steps
+from zoo import LoadedModel, load_classifier, read_classes, replace_head
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LR = 0.01          # for a pretrained network at batch 32; --lr sets another
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """What :func:`fine_tune` needs. ``arch`` / ``weights`` / ``model_spec`` name the starting
+    network as :func:`zoo.load_classifier` takes them; ``dtype`` is the autocast precision
+    (None: fp32)."""
+
+    data_dir: str
+    arch: str | None = None
+    weights: str | None = None
+    model_spec: str | None = None
+    classes_file: str | None = None
+    input_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    save_path: str = "./checkpoints/finetuned.pth"
+    log_dir: str = "./logs"
+    num_epochs: int = 10
+    batch_size: int = 32
+    lr: float = DEFAULT_LR
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.1
+    seed: int = 0
+    workers: int = 2
+    save_half: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype | None = None
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """The learning rate's factor at ``step`` of ``total``: linear from 1% to 100% over
+    ``warmup`` steps (torchvision's ``--lr-warmup-method linear --lr-warmup-decay 0.01``),
+    then a cosine down to 0 at the last step."""
+    if step < warmup:
+        return 0.01 + 0.99 * step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def starting_model(cfg: FineTuneConfig, classes: tuple[str, ...]) -> tuple[LoadedModel, str]:
+    """The network to fine-tune, its last layer made for ``classes``; and a line saying where
+    it started and what was done to its head."""
+    loaded = load_classifier(cfg.arch, cfg.weights, cfg.model_spec, cfg.input_size, cfg.mean,
+                             cfg.std, None, cfg.device)
+    if loaded.arch == "resnet18_cifar":
+        raise UserError("arch=resnet18_cifar is trained on the built-in datasets (train.fit), "
+                        "not fine-tuned on a folder; name a torchvision arch or "
+                        "model=FILE.py:FUNCTION")
+    start = (f"{loaded.arch} from {cfg.weights}" if cfg.weights else
+             f"{loaded.arch} from random weights (no weights given: trained from scratch)")
+    if tuple(loaded.classes) != tuple(classes):
+        name = replace_head(loaded.module, len(classes), loaded.input_size)
+        start += f", last layer {name} replaced for {len(classes)} classes"
+    else:
+        start += f", its {len(classes)} classes kept"
+    described = f"{start}, {loaded.input_size} px"
+    return LoadedModel(loaded.module.to(cfg.device), loaded.preprocessing, tuple(classes),
+                       loaded.arch, loaded.default_layer, described), described
+
+
+def _train_loader(dataset: PhotoDataset, cfg: FineTuneConfig, here: distributed.World
+                  ) -> tuple[DataLoader, DistributedSampler]:
+    """Shuffled batches of this rank's share of each epoch (``sampler.set_epoch`` draws the
+    epoch's order from the seed, the same on every rank), decoded and augmented by workers."""
+    sampler = DistributedSampler(dataset, num_replicas=here.size, rank=here.rank, shuffle=True,
+                                 seed=cfg.seed)
+    share = len(sampler)
+    workers = max(0, min(cfg.workers, share))
+    generator = torch.Generator().manual_seed(cfg.seed + 7919 * (here.rank + 1))
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=workers, collate_fn=collate_photos,
+                        drop_last=share > cfg.batch_size,   # no batch of 1 for BatchNorm
+                        generator=generator, persistent_workers=workers > 0,
+                        prefetch_factor=2 if workers else None,
+                        pin_memory=cfg.device.type == "cuda")
+    return loader, sampler
+
+
+def _stream(loader: DataLoader, loaded: LoadedModel, device: torch.device,
+            channels_last: bool):
+    """``(images, labels)`` on ``device``, normalized as the model expects."""
+    for batch in photo_batches(loader):
+        images = loaded.preprocessing.normalize(batch.pixels).to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        yield images, batch.labels.to(device, non_blocking=True)
+
+
+@torch.inference_mode()
+def _validation_logits(model: nn.Module, loaded: LoadedModel, data: TrainingData,
+                       cfg: FineTuneConfig, here: distributed.World) -> torch.Tensor | None:
+    """fp32 logits of every validation image on rank 0 (each rank scores its block), None on
+    the others."""
+    part = distributed.shard(len(data.val_paths), here)
+    mine = PhotoDataset(data.val_paths[part], loaded.preprocessing, data.val_labels[part])
+    logits = []
+    with eval_mode(model):
+        for images, _ in _stream(photo_loader(mine, max(cfg.batch_size, 64), cfg.workers),
+                                 loaded, cfg.device, cfg.dtype is not None):
+            with autocast(cfg.device, cfg.dtype):
+                logits.append(model(images).float().cpu())
+    out = torch.cat(logits) if logits else torch.empty(0, len(data.classes))
+    return distributed.gather_concat(out, here)
+
+
+def fine_tune(cfg: FineTuneConfig) -> History:
+    """Fine-tune on ``cfg.data_dir``; keep the checkpoint with the best validation accuracy;
+    write ``metrics.csv`` and ``training_curves.png`` after every epoch."""
+    here = distributed.world()
+    seed_everything(cfg.seed)
+    classes = read_classes(cfg.classes_file) if cfg.classes_file is not None else None
+    data = training_data(cfg.data_dir, classes, cfg.val_fraction, cfg.seed)
+    loaded, head = starting_model(cfg, data.classes)
+    model = loaded.module.to(cfg.device)
+    if cfg.dtype is not None:
+        model = model.to(memory_format=torch.channels_last)
+    net = distributed.wrap_model(model, here)
+    dataset = PhotoDataset(data.train_paths, loaded.preprocessing, data.train_labels,
+                           transform=training_pixels(loaded.preprocessing))
+    loader, sampler = _train_loader(dataset, cfg, here)
+    steps_per_epoch = len(loader)
+    total = cfg.num_epochs * steps_per_epoch
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
+                                weight_decay=cfg.weight_decay)
+    warmup = min(steps_per_epoch, total // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, total, warmup))
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    scaler = torch.amp.GradScaler("cuda") if cfg.dtype == torch.float16 else None
+    meta = {**loaded.as_meta(), "data_dir": str(cfg.data_dir),
+            "recipe": {"lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.num_epochs,
+                       "weight_decay": cfg.weight_decay,
+                       "label_smoothing": cfg.label_smoothing, "seed": cfg.seed,
+                       "started_from": loaded.description}}
+    record = EpochRecorder(cfg.log_dir, cfg.save_path, cfg.save_half, cfg.num_epochs, "val")
+    if here.is_main:
+        log.info(f"Fine-tuning {head} on {data.origin}: "
+                 f"{len(data.train_paths)} train / {len(data.val_paths)} val images, "
+                 f"{cfg.num_epochs} epochs, batch {cfg.batch_size}"
+                 f"{f' per process x {here.size}' if here.distributed else ''}, lr {cfg.lr:g}, "
+                 f"device {cfg.device}, precision {precision_label(cfg.dtype)}")
+    for epoch in range(1, cfg.num_epochs + 1):
+        start = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        sampler.set_epoch(epoch)
+        with record.stopping(epoch, cfg.lr):
+            stats = train_steps(net, _stream(loader, loaded, cfg.device, cfg.dtype is not None),
+                                len(sampler), optimizer, scheduler, criterion, cfg.device,
+                                cfg.dtype, f"epoch {epoch}/{cfg.num_epochs}", scaler)
+        distributed.sync_buffers(model, here)
+        logits = _validation_logits(model, loaded, data, cfg, here)
+        if logits is None:       # another rank than 0: rank 0 scores, logs and saves
+            continue
+        record.epoch(epoch, stats, logits, torch.tensor(data.val_labels), lr, start, model,
+                     meta, optimizer)
+    return record.history()
+
