@@ -29,8 +29,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import distributed
 from errors import UserError
-from folders import (PhotoDataset, TrainingData, collate_photos, photo_batches, photo_loader,
-                     training_data, training_pixels)
+from folders import (
+    PhotoDataset,
+    TrainingData,
+    collate_photos,
+    photo_batches,
+    photo_loader,
+    training_data,
+    training_pixels,
+)
 from runtime import autocast, eval_mode, seed_everything
 from train import EpochRecorder, History, precision_label, train_steps
 from zoo import LoadedModel, load_classifier, read_classes, replace_head

@@ -4,6 +4,7 @@ training reported."""
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import math
 from pathlib import Path
@@ -59,8 +60,8 @@ def test_warmup_then_cosine_to_zero():
     total, warm = 100, 10
     factors = [warmup_cosine(s, total, warm) for s in range(total + 1)]
     assert factors[0] == pytest.approx(0.01) and factors[warm] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(factors[:warm], factors[1:warm + 1]))
-    assert all(a >= b for a, b in zip(factors[warm:], factors[warm + 1:]))
+    assert all(a < b for a, b in itertools.pairwise(factors[:warm + 1]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[warm:]))
     assert factors[total] == pytest.approx(0.0, abs=1e-12)
     assert factors[55] == pytest.approx(0.5)       # half-way through the cosine
     assert warmup_cosine(5, 10, 0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
@@ -150,7 +151,7 @@ def test_fine_tune_a_torchvision_arch_and_reload_it_by_its_checkpoint_alone(worl
                       "--data_dir", str(world / "one"), "--val_fraction", "0.2",
                       "--num_epochs", "1", "--batch_size", "4", "--precision", "fp32",
                       "--save_path", str(ck), "--log_dir", str(tmp_path / "logs")])
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
     assert code == 0, err
     assert "from random weights" in caplog.text
     assert "last layer fc replaced for 3 classes" in caplog.text
