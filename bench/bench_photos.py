@@ -1,0 +1,201 @@
+"""The three speed and memory targets of explaining photos with a torchvision CNN, in one run.
+
+    python bench/bench_photos.py [--arch resnet50] [--batch 16] [--repeat 3]
+                                 [--small 200] [--large 2000] [--skip_memory]
+
+1. **Grad-CAM against its floor.** ``explain.heatmaps(..., "gradcam", "layer4")`` on a batch
+   of 224-pixel images against the least any Grad-CAM can do on the same batch: one forward
+   pass that keeps the layer's activation, and one ``torch.autograd.grad`` of the target
+   scores to it (target: at most 1.3x).
+2. **Memory does not grow with the folder.** ``main.py --image_dir DIR --vis gradcam`` on a
+   folder of ``--small`` and of ``--large`` JPEG photos (640x480, written here), in a
+   subprocess whose peak memory is sampled every 50 ms over the process and its data-loader
+   workers (the sum of their resident sets); target: equal within 10%.
+3. **Decoding costs little.** The photo loop as ``main.py`` runs it (two worker processes
+   decode and resize while the model works) against the same loop over the same images
+   already decoded in memory; the difference is what reading and decoding cost (target: at
+   most 10% of the wall time). On a 2-core machine the workers share the cores with the model,
+   so this includes their contention.
+
+Random weights (weights do not change the cost), fp32, the machine's default thread count.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cam import capture_activation, resolve_layer  # noqa: E402
+from explain import heatmaps  # noqa: E402
+from folders import PhotoDataset, photo_batches, photo_loader  # noqa: E402
+from zoo import load_classifier  # noqa: E402
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def floor(model: torch.nn.Module, layer: str, images: torch.Tensor, targets: torch.Tensor):
+    """One forward keeping ``layer``'s activation, one gradient of the scores to it."""
+    with capture_activation(resolve_layer(model, layer)) as cap:
+        scores = model(images).gather(1, targets[:, None]).sum()
+    torch.autograd.grad(scores, cap.activation)
+
+
+def write_photos(folder: Path, n: int, seed: int = 0) -> Path:
+    """``n`` 640x480 JPEG photos: smooth random colour fields, so they compress as photos do."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        small = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((640, 480), Image.Resampling.BICUBIC).save(
+            folder / f"photo_{i:05d}.jpg", quality=90)
+    return folder
+
+
+def _tree_rss_kb(pid: int) -> int:
+    """Resident memory (kB) of ``pid`` and every process descended from it."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/status") as f:
+                kb = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+        rss[int(entry)] = kb
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo += children.get(p, [])
+    return total
+
+
+def peak_memory_mb(argv: list[str]) -> tuple[float, float]:
+    """Run ``main.py ARGV``; its peak memory (MB, process tree) and wall time (s)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), *argv], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss_kb(proc.pid))
+        time.sleep(0.05)
+    err = proc.stderr.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"main.py {' '.join(argv)} failed: {err[-400:]}")
+    return peak / 1024, time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--small", type=int, default=200)
+    p.add_argument("--large", type=int, default=2000)
+    p.add_argument("--memory_arch", default="resnet18",
+                   help="the model of the folder runs (a smaller one keeps them short)")
+    p.add_argument("--skip_memory", action="store_true")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"CPU {_cpu_model()}")
+
+    loaded = load_classifier(args.arch)
+    model = loaded.module.eval()
+    layer = loaded.layer("auto")
+    size = loaded.input_size
+    images = torch.randn(args.batch, 3, size, size)
+    targets = torch.randint(0, len(loaded.classes), (args.batch,))
+    heatmaps(model, images[:2], targets[:2], "gradcam", layer)            # warm-up
+    t_floor = best_of(lambda: floor(model, layer, images, targets), args.repeat)
+    t_gradcam = best_of(lambda: heatmaps(model, images, targets, "gradcam", layer,
+                                         batch_size=args.batch), args.repeat)
+    with torch.no_grad():
+        t_forward = best_of(lambda: model(images), args.repeat)
+    print(f"\n1. Grad-CAM, {args.arch} at {size} px, batch {args.batch}, layer {layer}")
+    print(f"   forward alone (no grad)             {t_forward * 1000:8.1f} ms")
+    print(f"   floor: forward + one autograd.grad  {t_floor * 1000:8.1f} ms")
+    print(f"   explain.heatmaps gradcam            {t_gradcam * 1000:8.1f} ms   "
+          f"= {t_gradcam / t_floor:.2f}x the floor (target <= 1.3x), "
+          f"{t_gradcam / t_forward:.2f}x a forward")
+
+    with tempfile.TemporaryDirectory(prefix="bench_photos_") as tmp:
+        tmp = Path(tmp)
+        n_loop = max(4 * args.batch, 64)
+        folder = write_photos(tmp / "loop", n_loop)
+        paths = sorted(folder.glob("*.jpg"))
+        prep = loaded.preprocessing
+
+        def with_loader() -> None:
+            loader = photo_loader(PhotoDataset(paths, prep), args.batch, workers=2)
+            for batch in photo_batches(loader):
+                x = prep.normalize(batch.pixels)
+                heatmaps(model, x, targets[:len(x)], "gradcam", layer, batch_size=args.batch)
+
+        decoded = [prep.normalize(b.pixels) for b in
+                   photo_batches(photo_loader(PhotoDataset(paths, prep), args.batch, workers=0))]
+
+        def in_memory() -> None:
+            for x in decoded:
+                heatmaps(model, x, targets[:len(x)], "gradcam", layer, batch_size=args.batch)
+
+        t_loader = best_of(with_loader, max(1, args.repeat - 1))
+        t_memory = best_of(in_memory, max(1, args.repeat - 1))
+        share = max(0.0, t_loader - t_memory) / t_loader
+        print(f"\n3. Decoding: {n_loop} JPEG photos 640x480 -> {size} px, Grad-CAM {args.arch}")
+        print(f"   images already in memory            {t_memory:8.2f} s")
+        print(f"   read + decoded by 2 workers         {t_loader:8.2f} s   reading and decoding "
+              f"= {100 * share:.1f}% of the wall time (target <= 10%)")
+
+        if args.skip_memory:
+            return
+        print(f"\n2. Peak memory of main.py --arch {args.memory_arch} --image_dir DIR --vis "
+              f"gradcam (process + workers)")
+        results = {}
+        for n in (args.small, args.large):
+            photos = write_photos(tmp / f"dir{n}", n, seed=n)
+            out = tmp / f"out{n}"
+            mb, wall = peak_memory_mb(["--arch", args.memory_arch, "--image_dir", str(photos),
+                                       "--vis", "gradcam", "--out_dir", str(out),
+                                       "--batch_size", str(args.batch)])
+            panels = len(list((out / "gradcam").glob("*.png")))
+            results[n] = mb
+            print(f"   {n:5d} photos: peak {mb:7.1f} MB, {wall:6.1f} s, {panels} panels")
+        ratio = results[args.large] / results[args.small]
+        print(f"   {args.large} / {args.small} photos: {ratio:.3f}x the peak memory "
+              f"(target within 10%)")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()
