@@ -35,6 +35,9 @@ EXAMPLES = """examples:
       --det_weights checkpoints/fasterrcnn_fashion_scenes.pth --det_method layercam
   # train a ResNet-18 on Fashion-MNIST (checkpoints/, logs/)
   python main.py --mode train --dataset fashion_mnist --num_epochs 15
+  # fine-tune a torchvision model on your photos (my_photos/CLASS/*.jpg, or train/ and val/)
+  python main.py --mode train --arch resnet18 --weights DEFAULT --data_dir my_photos/ \
+      --save_path checkpoints/my_resnet18.pth
 """
 
 
