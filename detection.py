@@ -142,7 +142,7 @@ def set_score_floor(model: nn.Module, floor: float) -> None:
         model.score_thresh = floor
 
 
-MIN_SIZES = {"ssd300_vgg16": 268}   # smaller inputs leave SSD300's last 3x3 convolution no room
+MIN_SIZES = registry.DET_MIN_SIZES
 
 
 def build_coco_detector(arch: str = DEFAULT_ARCH,
@@ -354,7 +354,7 @@ def coco_detector(model: nn.Module, arch: str = DEFAULT_ARCH) -> Detector:
 def parse_layers(spec: str, arch: str = DEFAULT_ARCH) -> list[str]:
     """``layer4`` or ``layer2,layer4`` -> checked backbone layers of ``arch``, in order,
     without repeats."""
-    return registry.parse_layers(spec, registry.det_layers(arch))
+    return registry.parse_det_layers(spec, arch)
 
 
 def family(model: nn.Module) -> str:
@@ -383,6 +383,14 @@ def backbone_layers(model: nn.Module) -> dict[str, str]:
         raise ParamError("layers", f"{{param}}: the backbone of this {type(model).__name__} is "
                                    f"none that this tool knows the layers of")
     return registry.DET_BACKBONE_LAYERS[kind]
+
+
+def default_layer(model: nn.Module) -> str:
+    """The layer a detector is explained at when none is named (``registry.DET_DEFAULT_LAYERS``
+    of its backbone)."""
+    paths = backbone_layers(model)
+    kind = next(k for k, v in registry.DET_BACKBONE_LAYERS.items() if v == paths)
+    return registry.DET_DEFAULT_LAYERS[kind]
 
 
 def layer_modules(model: nn.Module, layers: Sequence[str]) -> list[nn.Module]:
@@ -450,6 +458,7 @@ class DetectorPass:
     resized: tuple[int, int]         # the image inside the detector's padded input
     padded: tuple[int, int]
     original: tuple[int, int]
+    sources: torch.Tensor | None = None  # [N] the proposal (row) or anchor each came from
 
 
 @contextlib.contextmanager
@@ -585,7 +594,8 @@ Selector = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _two_stage(model: FasterRCNN, batch, select: Selector):
-    """Detections, the explained ones, and their proposals' class logits (in the graph)."""
+    """Detections, the explained ones, their proposals' class logits (in the graph) and the
+    proposals' rows."""
     sizes = batch.image_sizes
     features = model.backbone(batch.tensors)
     with torch.no_grad():
@@ -600,13 +610,15 @@ def _two_stage(model: FasterRCNN, batch, select: Selector):
     if len(explained):
         own_logits, _ = _second_stage(model.roi_heads, features, [proposals[0][rows]], sizes)
         targets = own_logits.gather(1, labels[explained][:, None])[:, 0]
-    return boxes, scores, labels, explained, targets
+    return boxes, scores, labels, explained, targets, rows
 
 
 def _one_stage(model: nn.Module, batch, select: Selector):
-    """Detections, the explained ones, and the class logits at their anchors (in the graph):
-    pre-sigmoid for RetinaNet and FCOS (FCOS's score also has the centerness in it, which is
-    not explained), pre-softmax for SSD."""
+    """Detections, the explained ones, the class logits at their anchors (in the graph) and
+    the anchors' indices (over all levels). The logit is pre-sigmoid for RetinaNet and FCOS,
+    pre-softmax for SSD. FCOS's score is ``sqrt(sigmoid(class) * sigmoid(centerness))``: the
+    class logit is explained, the centerness (a property of the location, not of the class)
+    is not."""
     sizes = batch.image_sizes
     out = one_stage_outputs(model, batch)
     (found,) = one_stage_detections(model, out, sizes)
@@ -617,7 +629,7 @@ def _one_stage(model: nn.Module, batch, select: Selector):
         rows = source_anchors(model, own, out.anchors[0], sizes[0], boxes[explained],
                               scores[explained], labels[explained])
     targets = out.head["cls_logits"][0, rows, labels[explained]]
-    return boxes, scores, labels, explained, targets
+    return boxes, scores, labels, explained, targets, rows
 
 
 def detector_pass(model: nn.Module, image: torch.Tensor, layers: Sequence[str],
@@ -636,12 +648,13 @@ def detector_pass(model: nn.Module, image: torch.Tensor, layers: Sequence[str],
         captures = [stack.enter_context(capture_activation(m)) for m in modules]
         batch, _ = model.transform([image])
         sizes = batch.image_sizes
-        boxes, scores, labels, explained, targets = detect(
+        boxes, scores, labels, explained, targets, sources = detect(
             model, batch, lambda s, lab: _select(s, lab, score_thresh, max_explained, allowed))
         original = tuple(image.shape[-2:])
         boxes = model.transform.postprocess([{"boxes": boxes}], sizes, [original])[0]["boxes"]
     return DetectorPass([c.activation for c in captures], targets, boxes, labels, scores,
-                        explained, tuple(sizes[0]), tuple(batch.tensors.shape[-2:]), original)
+                        explained, tuple(sizes[0]), tuple(batch.tensors.shape[-2:]), original,
+                        sources)
 
 
 # The gradient-based methods, by --det_method name: each combines a layer's activation and the
@@ -697,11 +710,11 @@ def explain_detections(model: nn.Module, image: torch.Tensor,
     heatmap per layer (``method``, Grad-CAM by default), at most ``max_explained`` of them,
     from one forward pass.
 
-    ``layers`` are names of :func:`backbone_layers` (the deepest one when None). The model is
-    left as it was found: train/eval flags, ``requires_grad`` and no hooks.
+    ``layers`` are names of :func:`backbone_layers` (:func:`default_layer` when None). The
+    model is left as it was found: train/eval flags, ``requires_grad`` and no hooks.
     """
     if layers is None:
-        layers = list(backbone_layers(model))[-1:]
+        layers = [default_layer(model)]
     state = detector_pass(model, image, layers, score_thresh, max_explained, allowed)
     maps = {layer: raw.detach().float().cpu()
             for layer, raw in zip(layers, gradcam_maps(state, method))}

@@ -30,7 +30,7 @@ from torchvision.ops import box_iou, clip_boxes_to_image
 
 from cam import capture_activation
 from detection import (DET_METHODS, DetectionResult, _frozen, _second_stage, anchor_boxes,
-                       anchor_scores, backbone_layers, family, fit_to_image, layer_modules,
+                       anchor_scores, default_layer, family, fit_to_image, layer_modules,
                        one_stage_outputs)
 from runtime import eval_mode
 
@@ -133,7 +133,7 @@ def explain_misses(model: nn.Module, image: torch.Tensor, result: DetectionResul
                    layers: Sequence[str] | None = None, method: str = "gradcam") -> list[Miss]:
     """Every missed object of ``image`` (``[3, H, W]`` in [0, 1]; ``result`` the detector's
     answer on it, ``truth_labels`` in the detector's labels), classified and explained with
-    ``method`` at ``layers`` (the detector's deepest layer when None). The best "proposal" of
+    ``method`` at ``layers`` (the detector's default layer when None). The best "proposal" of
     a one-stage detector (RetinaNet, FCOS, SSD) is the anchor whose decoded box overlaps the
     object most, and its explained score the class logit there. The model is left as found."""
     truth_boxes, truth_labels = truth_boxes.float(), truth_labels.long()
@@ -141,7 +141,7 @@ def explain_misses(model: nn.Module, image: torch.Tensor, result: DetectionResul
     if not missed:
         return []
     if layers is None:
-        layers = list(backbone_layers(model))[-1:]
+        layers = [default_layer(model)]
     modules = layer_modules(model, layers)
     two_stage = family(model) == "fasterrcnn"
     with eval_mode(model), _frozen(model), contextlib.ExitStack() as stack, torch.enable_grad():

@@ -70,6 +70,15 @@ DET_BACKBONE_LAYERS: dict[str, dict[str, str]] = {
     "ssdlite": {"stride16": "backbone.features.0", "stride32": "backbone.features.1",
                 "stride64": "backbone.extra.0"},
 }
+# The layer --det_layer defaults to. The FPN backbones' deepest stage reaches every detection
+# through the top-down path; an SSD head reads each level straight from the backbone, so a
+# detection from a level depends only on the layers before it: its default is the first
+# layer, on which every detection depends.
+DET_DEFAULT_LAYERS = {"resnet": "layer4", "mobilenet_fpn": "stride32", "vgg": "stride8",
+                      "ssdlite": "stride16"}
+
+# The smallest input side a detector runs at (SSD300's last 3x3 convolutions need a 3x3 map).
+DET_MIN_SIZES = {"ssd300_vgg16": 268}
 
 
 def det_layers(arch: str) -> tuple[str, ...]:
@@ -122,6 +131,16 @@ def parse_layers(spec: str, known: Sequence[str] | None = None) -> list[str]:
     """``layer4`` / ``layer3,layer4`` -> layer names, in order, without repeats; checked against
     ``known`` where the caller knows the choices (the detector's backbone stages)."""
     return parse_names(spec, "layers", "layer", known)
+
+
+def det_default_layer(arch: str) -> str:
+    """The --det_layer a detector of ``DET_ARCHS`` is explained at when none is given."""
+    return DET_DEFAULT_LAYERS[DET_ARCHS[arch][1]]
+
+
+def parse_det_layers(spec: str, arch: str = DEFAULT_DET_ARCH) -> list[str]:
+    """``--det_layer``'s names, each checked against the layers of the detector ``arch``."""
+    return parse_names(spec, "layers", f"{arch} layer", det_layers(arch))
 
 
 def parse_strategies(spec: str) -> list[str]:
