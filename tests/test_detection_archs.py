@@ -223,3 +223,25 @@ def test_cli_explains_a_one_stage_detector_from_a_state_dict(
     bad = cli(capsys, "--det_img", SAMPLES / "chelsea.jpg", "--det_arch",
                    "retinanet_resnet50_fpn", "--det_weights", other, "--out_dir", tmp_path)
     assert_one_line_error(bad, "do not fit retinanet_resnet50_fpn")
+
+
+def test_voc_run_with_a_one_stage_detector_explains_its_misses(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from test_detection import write_voc_tar
+    torch.manual_seed(0)
+    weights = tmp_path / "ssdlite.pth"
+    torch.save(det.build_coco_detector("ssdlite320_mobilenet_v3_large").state_dict(), weights)
+    tar = write_voc_tar(tmp_path / "VOCtest_06-Nov-2007.tar", ["000001", "000002"])
+    result = cli(capsys, "--voc_path", tar, "--det_arch", "ssdlite320_mobilenet_v3_large",
+                 "--det_weights", weights, "--det_min_size", 128, "--det_num", 2,
+                 "--det_explain_missed", "--out_dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "out" / "detection"
+    report = json.loads((folder / "voc_metrics.json").read_text())
+    assert report["arch"] == "ssdlite320_mobilenet_v3_large"
+    rows = (folder / "misses.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3   # the header, and every object missed at 0.5
+    assert all(",classification," in row or ",localisation," in row for row in rows[1:])
+    assert len(list((folder / "misses").iterdir())) == 3
