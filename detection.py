@@ -1,19 +1,24 @@
-"""Faster R-CNN detections explained with Grad-CAM, on one image or on PASCAL VOC 2007 test.
+"""Detections of torchvision's detectors explained with Grad-CAM (and its relatives), on one
+image or on PASCAL VOC 2007 test.
 
-The detector is torchvision's ``fasterrcnn_resnet50_fpn`` with its COCO weights. Every
+The detector is one of torchvision's COCO detectors (``ARCHS``: Faster R-CNN ResNet-50 FPN v1,
+the default, and v2, the MobileNet-v3 Faster R-CNNs, RetinaNet v1 and v2, FCOS, SSD300 and
+SSDlite; not Keypoint or Mask R-CNN) or this tool's scene detector. Every
 detection with a score of at least ``--det_score_thresh`` (at most ``--det_max`` per image,
 highest scores first) gets its own Grad-CAM heatmap, all of them from one forward pass:
 
-* the explained score is the class logit of the proposal the detection came from (Grad-CAM's
-  pre-softmax score). The softmax probability that torchvision reports saturates for confident
-  detections (it is exactly 1.0 in float32 beyond a logit margin of about 17), and its gradient
-  then loses the class's own evidence;
-* the second stage (RoI pooling, box head, classifier) is run again on the explained proposals
-  only, from the features of the one forward pass, so each backward pass goes through a few
+* the explained score is the class logit of the proposal (Faster R-CNN) or anchor (RetinaNet,
+  FCOS, SSD: traced back through post-processing by :func:`source_anchors`) the detection
+  came from (Grad-CAM's pre-softmax / pre-sigmoid score). The softmax probability that
+  torchvision reports saturates for confident detections (it is exactly 1.0 in float32 beyond
+  a logit margin of about 17), and its gradient then loses the class's own evidence;
+* Faster R-CNN's second stage (RoI pooling, box head, classifier) is run again on the
+  explained proposals only, from the features of the one forward pass, so each backward pass goes through a few
   rows instead of all 1000 proposals. Gradients are taken with ``torch.autograd.grad`` with
   respect to the captured activations only; the parameters are frozen while the graph is
   built, so no weight gradient exists to compute;
-* the detector resizes its input and pads it at the bottom and right to a multiple of 32; a
+* the detector resizes its input and pads it at the bottom and right to a multiple of 32 (the
+  SSDs resize it to a square and do not pad); a
   map is cropped to the part that covers the resized image before it is resized to the
   original image, so that heatmaps and boxes line up.
 
@@ -229,7 +234,9 @@ def _load_state(model: nn.Module, state_dict: dict[str, torch.Tensor], source: s
         lines = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
         detail = lines[0][:160] if lines else reason(exc, 160)
         raise UserError(f"{source} do not fit {layout} ({detail})") from None
-    missing, unexpected = result.missing_keys, result.unexpected_keys
+    # a batch-norm step counter is unused in eval mode, and state dicts saved without it fit
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    unexpected = result.unexpected_keys
     if missing or unexpected:
         example = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
         raise UserError(f"{source} do not fit {layout.split(' with ')[0]} ({len(missing)} "
