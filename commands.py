@@ -21,8 +21,14 @@ import outputs
 import visualize
 from data import DatasetInfo, ImageSplit, info_from_meta, load_image, load_split, normalize
 from errors import ParamError, UserError
-from registry import (DEFAULT_DET_ARCH, DET_TITLES, TITLES, parse_layers, parse_methods,
-                      parse_strategies)
+from registry import (
+    DEFAULT_DET_ARCH,
+    DET_TITLES,
+    TITLES,
+    parse_layers,
+    parse_methods,
+    parse_strategies,
+)
 from runtime import precision_dtype, resolve_device
 
 # Which flag set each library parameter, for the jobs on classifiers and on detectors.

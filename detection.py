@@ -45,17 +45,17 @@ from urllib.error import URLError
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
 from PIL import Image
 from torch import nn
-import torchvision
 from torchvision.models import resnet18
 from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights
-from torchvision.models.detection.fcos import FCOS
-from torchvision.models.detection.retinanet import RetinaNet
-from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.fcos import FCOS
+from torchvision.models.detection.retinanet import RetinaNet
+from torchvision.models.detection.ssd import SSD
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign, clip_boxes_to_image
 
 import registry

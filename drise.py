@@ -30,8 +30,16 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_iou
 
 from cam import normalize_heatmaps
-from detection import (DetectionResult, _second_stage, _select, _source_rows, family,
-                       one_stage_detections, one_stage_outputs, source_anchors)
+from detection import (
+    DetectionResult,
+    _second_stage,
+    _select,
+    _source_rows,
+    family,
+    one_stage_detections,
+    one_stage_outputs,
+    source_anchors,
+)
 from errors import ParamError
 from runtime import eval_mode
 

@@ -29,9 +29,19 @@ from torch import nn
 from torchvision.ops import box_iou, clip_boxes_to_image
 
 from cam import capture_activation
-from detection import (DET_METHODS, DetectionResult, _frozen, _second_stage, anchor_boxes,
-                       anchor_scores, default_layer, family, fit_to_image, layer_modules,
-                       one_stage_outputs)
+from detection import (
+    DET_METHODS,
+    DetectionResult,
+    _frozen,
+    _second_stage,
+    anchor_boxes,
+    anchor_scores,
+    default_layer,
+    family,
+    fit_to_image,
+    layer_modules,
+    one_stage_outputs,
+)
 from runtime import eval_mode
 
 IOU_THRESH = 0.5

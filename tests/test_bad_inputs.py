@@ -153,12 +153,14 @@ CASES: list[tuple[str, str, int, str]] = [
     ("det-layer-unknown", "--det_img {w}/good.png --det_layer layer9", BAD, "layer9"),
     ("det-arch-unknown", "--det_img {w}/good.png --det_arch retina", BAD,
      "retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2"),
-    ("det-layer-not-of-the-arch", "--det_img {w}/good.png --det_arch ssd300_vgg16 "
-     "--det_layer layer4", BAD, "stride8, stride16, stride32"),
-    ("det-min-size-under-ssd300s", "--det_img {w}/good.png --det_arch ssd300_vgg16 "
-     "--det_min_size 200", BAD, "--det_min_size"),
-    ("det-arch-with-scene-detector", "--det_img {w}/good.png --det_weights {w}/det.pth "
-     "--det_arch retinanet_resnet50_fpn", BAD, "--det_arch"),
+    ("det-layer-not-of-the-arch",
+     "--det_img {w}/good.png --det_arch ssd300_vgg16 --det_layer layer4", BAD,
+     "stride8, stride16, stride32"),
+    ("det-min-size-under-ssd300s",
+     "--det_img {w}/good.png --det_arch ssd300_vgg16 --det_min_size 200", BAD, "--det_min_size"),
+    ("det-arch-with-scene-detector",
+     "--det_img {w}/good.png --det_weights {w}/det.pth --det_arch retinanet_resnet50_fpn", BAD,
+     "--det_arch"),
     ("det-arch-with-vis", "--vis gradcam --det_arch fcos_resnet50_fpn", BAD, "--det_arch"),
     # ---- the scene detector: memory bounded, training and scene flags, its checkpoints
     ("det-min-size-100000", "--det_vis --det_min_size 100000", BAD, "--det_min_size"),

@@ -126,7 +126,7 @@ def test_each_detection_is_explained_through_its_own_anchor_or_proposal(arch_mod
 
 
 def test_model_is_left_as_found_after_an_error(arch_model) -> None:
-    arch, model = arch_model
+    _, model = arch_model
     flags = [p.requires_grad for p in model.parameters()]
     model.train()
     try:
