@@ -276,7 +276,7 @@ class Detector:
     labels to its own class names).
     """
 
-    model: FasterRCNN
+    model: nn.Module
     names: dict[int, str]
     classes: tuple[str, ...]
     label_map: dict[int, int]
