@@ -21,13 +21,21 @@ import outputs
 import visualize
 from data import DatasetInfo, ImageSplit, info_from_meta, load_image, load_split, normalize
 from errors import ParamError, UserError
-from registry import DET_LAYERS, DET_TITLES, TITLES, parse_layers, parse_methods, parse_strategies
+from registry import (
+    DEFAULT_DET_ARCH,
+    DET_TITLES,
+    TITLES,
+    parse_layers,
+    parse_methods,
+    parse_strategies,
+)
 from runtime import precision_dtype, resolve_device
 
 # Which flag set each library parameter, for the jobs on classifiers and on detectors.
 CLASSIFIER_FLAGS = {"layer": "--target_layer", "layers": "--target_layer", "methods": "--vis",
                     "method": "--vis", "strategies": "--hidden_strategy", "device": "--device"}
-DETECTOR_FLAGS = {"layers": "--det_layer", "method": "--det_method", "device": "--device"}
+DETECTOR_FLAGS = {"layers": "--det_layer", "method": "--det_method", "device": "--device",
+                  "arch": "--det_arch", "min_size": "--det_min_size"}
 GRID_MAX = 50  # images in a method's grid figure; a larger grid is unreadable and slow to draw
 GRID_IMAGES = 16  # images in the grid of detections that a VOC-style run writes
 
@@ -391,20 +399,24 @@ def detect(args: Namespace, device: torch.device) -> int:
     VOC 2007 test, or the Fashion-MNIST scenes)."""
     from data import open_image
     from detection import image_array, load_detector, score_floor
+    from registry import det_default_layer, parse_det_layers
     from voc import VOCReader
-    layers = (["input"] if args.det_method == "drise"
-              else parse_layers(args.det_layer, DET_LAYERS))
+    layers = (["input"] if args.det_method == "drise" else
+              parse_det_layers(args.det_layer, args.det_arch) if args.det_layer is not None else
+              [det_default_layer(args.det_arch)])
     floor = score_floor(_score_thresh(args))
     if args.det_img:
         photo = open_image(args.det_img)  # a bad image fails before the weights are loaded
-        detector = load_detector(args.det_weights, device, args.det_min_size, floor)
+        detector = load_detector(args.det_weights, device, args.det_min_size, floor,
+                                 args.det_arch)
         print(f"Detector: {detector.description}, {_precision_line(device, None)}")
         image = image_array(photo, fit=detector.input_fit)
         del photo
         return detect_image(args, detector, image, layers, device)
     with VOCReader(args.voc_path) as reader:
         reader.ids()   # a bad list of ids is refused before the weights are loaded
-        detector = load_detector(args.det_weights, device, args.det_min_size, floor)
+        detector = load_detector(args.det_weights, device, args.det_min_size, floor,
+                                 args.det_arch)
         print(f"Detector: {detector.description}, {_precision_line(device, None)}")
         reader.classes = detector.classes
         return detect_voc(args, detector, reader, layers, device)
@@ -466,7 +478,7 @@ def detect_voc(args: Namespace, detector, reader, layers: list[str],
     printed and saved as ``voc_metrics.json``."""
     import json
 
-    from detection import WEIGHTS_FILE, score_floor
+    from detection import score_floor, weights_file
     from detmetrics import format_table, score_voc
     from voc import VOC_CLASSES
     thresh = _score_thresh(args, detector)
@@ -531,7 +543,8 @@ def detect_voc(args: Namespace, detector, reader, layers: list[str],
           f"detections), {detector.description}")
     print(format_table(report.summary, DET_TITLES[args.det_method]))
     report.settings.update({
-        "weights": args.det_weights or WEIGHTS_FILE,
+        **({"arch": args.det_arch} if args.det_arch != DEFAULT_DET_ARCH else {}),
+        "weights": args.det_weights or weights_file(args.det_arch),
         "annotation_problems": reader.problems(),
         **({"drise": {"masks": args.det_masks, "grid": DRISE_GRID, "keep": 0.5,
                       "seed": args.seed}} if args.det_method == "drise" else {}),

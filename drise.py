@@ -10,7 +10,10 @@ copies of it, with no gradient and no layer.
   masked image's detections ``j``: ``IoU(L_t, L_j) * cos(P_t, P_j)``, with ``P_t`` the one-hot
   vector of ``t``'s class and ``P_j`` the class probabilities of ``j`` (background included),
   as the paper's Eq. 2 defines it; torchvision's two-stage detectors have no objectness score
-  per detection, so its third factor is left out, as the paper does for Faster R-CNN.
+  per detection, so its third factor is left out, as the paper does for Faster R-CNN. For the
+  one-stage detectors ``P_j`` is the vector of scores at the anchor ``j`` came from: the
+  softmax for SSD (background included), the per-class sigmoids for RetinaNet and FCOS; FCOS's
+  centerness (its sigmoid) is the objectness factor, RetinaNet and SSD have none.
 * The map of ``t`` is the weighted sum of the masks. One pass over the masks serves every
   detection of the image at once.
 """
@@ -22,10 +25,21 @@ from collections.abc import Collection
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.detection.fcos import FCOS
+from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_iou
 
 from cam import normalize_heatmaps
-from detection import DetectionResult, _second_stage, _select, _source_rows
+from detection import (
+    DetectionResult,
+    _second_stage,
+    _select,
+    _source_rows,
+    family,
+    one_stage_detections,
+    one_stage_outputs,
+    source_anchors,
+)
 from errors import ParamError
 from runtime import eval_mode
 
@@ -55,12 +69,19 @@ def rise_masks(n: int, size: tuple[int, int], grid: int = DEFAULT_GRID, keep: fl
 
 @torch.no_grad()
 def detections_with_probabilities(model: nn.Module, images: list[torch.Tensor]
-                                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each image's final detections: boxes ``[M, 4]`` in its own pixels and the class
-    probability vector ``[M, K]`` (background first) of the proposal each came from."""
+                                  ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Each image's final detections: boxes ``[M, 4]`` in its own pixels, the class
+    probability vector ``[M, K]`` of the proposal or anchor each came from, and its objectness
+    ``[M]`` where the detector has one (FCOS's centerness), else None.
+
+    Faster R-CNN: the softmax of the proposal's class logits (background first); SSD: the
+    softmax at the anchor (background first); RetinaNet and FCOS: the sigmoids of the class
+    logits at the anchor (one per class, no background)."""
     with eval_mode(model):
         batch, _ = model.transform(images)
         sizes = batch.image_sizes
+        if family(model) != "fasterrcnn":
+            return _one_stage_probabilities(model, images, batch)
         features = model.backbone(batch.tensors)
         proposals, _ = model.rpn(batch, features)
         logits, regression = _second_stage(model.roi_heads, features, proposals, sizes)
@@ -74,19 +95,45 @@ def detections_with_probabilities(model: nn.Module, images: list[torch.Tensor]
                                 sizes[i], boxes[i], scores[i], labels[i])
             original = model.transform.postprocess([{"boxes": boxes[i]}], [sizes[i]],
                                                    [tuple(images[i].shape[-2:])])[0]["boxes"]
-            out.append((original.float(), F.softmax(own_logits[rows].float(), -1)))
+            out.append((original.float(), F.softmax(own_logits[rows].float(), -1), None))
         return out
 
 
+def _one_stage_probabilities(model: nn.Module, images: list[torch.Tensor], batch
+                             ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """:func:`detections_with_probabilities` for RetinaNet, FCOS and SSD."""
+    sizes = batch.image_sizes
+    outputs = one_stage_outputs(model, batch)
+    found = one_stage_detections(model, outputs, sizes)
+    out = []
+    for i, det in enumerate(found):
+        head = {k: v[i] for k, v in outputs.head.items()}
+        rows = source_anchors(model, head, outputs.anchors[i], sizes[i], det["boxes"],
+                              det["scores"], det["labels"])
+        logits = head["cls_logits"][rows].float()
+        probs = F.softmax(logits, -1) if isinstance(model, SSD) else torch.sigmoid(logits)
+        objectness = (torch.sigmoid(head["bbox_ctrness"][rows, 0].float())
+                      if isinstance(model, FCOS) else None)
+        original = model.transform.postprocess([{"boxes": det["boxes"]}], [sizes[i]],
+                                               [tuple(images[i].shape[-2:])])[0]["boxes"]
+        out.append((original.float(), probs, objectness))
+    return out
+
+
 def mask_weights(target_boxes: torch.Tensor, target_labels: torch.Tensor, boxes: torch.Tensor,
-                 probabilities: torch.Tensor) -> torch.Tensor:
+                 probabilities: torch.Tensor, objectness: torch.Tensor | None = None
+                 ) -> torch.Tensor:
     """Weight ``[T]`` of one masked image for each target: ``max_j IoU(L_t, L_j) cos(P_t, P_j)``
-    (0 when the masked image has no detection)."""
+    times ``O_j`` where the detector gives an objectness (0 when the masked image has no
+    detection)."""
     if len(boxes) == 0:
         return target_boxes.new_zeros(len(target_boxes))
     iou = box_iou(target_boxes, boxes)                                        # [T, M]
     cosine = probabilities[:, target_labels].T / probabilities.norm(dim=1).clamp(min=1e-12)
-    return (iou * cosine).amax(dim=1)
+    similarity = iou * cosine
+    if objectness is not None:
+        similarity = similarity * objectness
+    return similarity.amax(dim=1)
 
 
 def drise_maps(model: nn.Module, image: torch.Tensor, target_boxes: torch.Tensor,
@@ -103,8 +150,9 @@ def drise_maps(model: nn.Module, image: torch.Tensor, target_boxes: torch.Tensor
         chunk = rise_masks(min(batch_size, masks - start), size, grid, keep, generator)
         masked = image[None] * chunk[:, None].to(image)
         found = detections_with_probabilities(model, list(masked))
-        weights = torch.stack([mask_weights(target_boxes, target_labels, b.cpu(), p.cpu())
-                               for b, p in found], dim=1)                   # [T, chunk]
+        weights = torch.stack([mask_weights(target_boxes, target_labels, b.cpu(), p.cpu(),
+                                            None if o is None else o.cpu())
+                               for b, p, o in found], dim=1)                # [T, chunk]
         total += torch.einsum("tn,nhw->thw", weights, chunk)
     return normalize_heatmaps(total / masks)
 

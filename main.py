@@ -17,7 +17,7 @@ from errors import (
     install_signal_handlers,
     reason,
 )
-from registry import DET_LAYERS, DET_METHODS, FILL_STRATEGIES, METHODS
+from registry import DEFAULT_DET_ARCH, DET_ARCHS, DET_LAYERS, DET_METHODS, FILL_STRATEGIES, METHODS
 from validation import Parser, check_args
 
 HIDDEN_STRATEGIES = ("none", *FILL_STRATEGIES)
@@ -33,6 +33,8 @@ EXAMPLES = """examples:
   # explain the detections of the shipped scene detector on one scene (results/detection/)
   python main.py --det_img data/fashion_scenes/JPEGImages/000001.png \\
       --det_weights checkpoints/fasterrcnn_fashion_scenes.pth --det_method layercam
+  # explain RetinaNet's COCO detections on a photo at two layers (weights from torch's hub cache)
+  python main.py --det_img photo.jpg --det_arch retinanet_resnet50_fpn --det_layer layer3,layer4
   # train a ResNet-18 on Fashion-MNIST (checkpoints/, logs/)
   python main.py --mode train --dataset fashion_mnist --num_epochs 15
   # fine-tune a torchvision model on your photos (my_photos/CLASS/*.jpg, or train/ and val/)
@@ -163,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval_batch_size", type=int, default=256,
                    help="masked images per forward pass")
 
-    g = p.add_argument_group("detection (Faster R-CNN)")
-    g.add_argument("--det_vis", action="store_true", help="explain Faster R-CNN detections")
+    g = p.add_argument_group("detection (torchvision's detectors)")
+    g.add_argument("--det_vis", action="store_true", help="explain a detector's detections")
     g.add_argument("--det_img", default=None,
                    help="one image (implies --det_vis); without it, PASCAL VOC 2007 test")
     g.add_argument("--det_weights", default=None,
@@ -172,8 +174,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoints/fasterrcnn_fashion_scenes.pth, a checkpoint trained here, or "
                         "a state dict in torchvision's COCO layout; when not given, torchvision's "
                         "COCO Faster R-CNN (downloaded into torch's hub cache)")
-    g.add_argument("--det_layer", default="layer4",
-                   help=f"{', '.join(DET_LAYERS)}, or a comma list of them")
+    g.add_argument("--det_arch", default=DEFAULT_DET_ARCH, metavar="NAME",
+                   help=f"torchvision's COCO detector to explain: {', '.join(DET_ARCHS)} "
+                        "(default: %(default)s); --det_weights is then a state dict of that "
+                        "layout, else its COCO weights come from torch's hub cache. Keypoint "
+                        "and Mask R-CNN are not supported")
+    g.add_argument("--det_layer", default=None,
+                   help=f"the backbone layer(s), a comma list: {', '.join(DET_LAYERS)} for the "
+                        "ResNet-50 detectors and the scene detector; stride8, stride16, "
+                        "stride32 for the MobileNet-v3 Faster R-CNNs and SSD300; stride16, "
+                        "stride32, stride64 for SSDlite (default: the deepest for the FPN "
+                        "detectors, the first for the SSDs, whose every detection depends on "
+                        "it)")
     g.add_argument("--det_method", default="gradcam", choices=DET_METHODS,
                    help="how a detection's map is made: a gradient method combines a layer's "
                         "activation with the detection score's gradient; drise (D-RISE) weights "
@@ -191,9 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--det_max", type=int, default=20, help="detections explained per image")
     g.add_argument("--det_per_box", action="store_true", help="one panel per detection too")
     g.add_argument("--det_num", type=int, default=200, help="VOC images to process")
-    g.add_argument("--det_min_size", type=int, default=800,
-                   help="detector input: shorter side in pixels (torchvision's 800; smaller is "
-                        "faster on a CPU and less accurate)")
+    g.add_argument("--det_min_size", type=int, default=None,
+                   help="detector input: shorter side in pixels (default: the detector's own, "
+                        "800, or 320 for the *_320_* and SSDlite, 300 for SSD300; the SSDs "
+                        "take a square of that side; smaller is faster on a CPU and less "
+                        "accurate)")
     g.add_argument("--voc_path", default="./data/VOCtest_06-Nov-2007.tar",
                    help="the VOC 2007 test tar, or a folder in the VOC layout (an extracted "
                         "VOCdevkit, or the Fashion-MNIST scenes in data/fashion_scenes)")

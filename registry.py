@@ -39,6 +39,66 @@ DET_TITLES = {"gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "xgradcam": "XGr
               "hirescam": "HiResCAM", "layercam": "LayerCAM", "drise": "D-RISE"}
 DET_LAYERS = ("layer2", "layer3", "layer4")
 
+# The torchvision detectors that --det_arch explains: name -> (family, backbone). Families:
+# ``fasterrcnn`` (two-stage: the proposal's class logit), ``retinanet``, ``fcos`` and ``ssd``
+# (one-stage: the class logit at the anchor the detection came from). Keypoint and Mask R-CNN
+# are not among them.
+DEFAULT_DET_ARCH = "fasterrcnn_resnet50_fpn"
+DET_ARCHS: dict[str, tuple[str, str]] = {
+    "fasterrcnn_resnet50_fpn": ("fasterrcnn", "resnet"),
+    "fasterrcnn_resnet50_fpn_v2": ("fasterrcnn", "resnet"),
+    "fasterrcnn_mobilenet_v3_large_fpn": ("fasterrcnn", "mobilenet_fpn"),
+    "fasterrcnn_mobilenet_v3_large_320_fpn": ("fasterrcnn", "mobilenet_fpn"),
+    "retinanet_resnet50_fpn": ("retinanet", "resnet"),
+    "retinanet_resnet50_fpn_v2": ("retinanet", "resnet"),
+    "fcos_resnet50_fpn": ("fcos", "resnet"),
+    "ssd300_vgg16": ("ssd", "vgg"),
+    "ssdlite320_mobilenet_v3_large": ("ssd", "ssdlite"),
+}
+
+# Each backbone's explainable layers, highest resolution first: --det_layer name -> module path
+# in the detector. ResNet: its stages (strides 8, 16, 32); MobileNet-v3 (FPN): the last block
+# at strides 8, 16 and 32; SSD300's VGG-16: conv4_3 (stride 8), fc7 (16) and conv8_2 (32);
+# SSDlite's MobileNet-v3: the expansion of the C4 block (16), the last conv (32) and the first
+# extra block (64).
+DET_BACKBONE_LAYERS: dict[str, dict[str, str]] = {
+    "resnet": {name: f"backbone.body.{name}" for name in DET_LAYERS},
+    "mobilenet_fpn": {"stride8": "backbone.body.6", "stride16": "backbone.body.12",
+                      "stride32": "backbone.body.16"},
+    "vgg": {"stride8": "backbone.features", "stride16": "backbone.extra.0",
+            "stride32": "backbone.extra.1"},
+    "ssdlite": {"stride16": "backbone.features.0", "stride32": "backbone.features.1",
+                "stride64": "backbone.extra.0"},
+}
+# The layer --det_layer defaults to. The FPN backbones' deepest stage reaches every detection
+# through the top-down path; an SSD head reads each level straight from the backbone, so a
+# detection from a level depends only on the layers before it: its default is the first
+# layer, on which every detection depends.
+DET_DEFAULT_LAYERS = {"resnet": "layer4", "mobilenet_fpn": "stride32", "vgg": "stride8",
+                      "ssdlite": "stride16"}
+
+# The smallest input side a detector runs at (SSD300's last 3x3 convolutions need a 3x3 map).
+DET_MIN_SIZES = {"ssd300_vgg16": 268}
+
+
+def det_layers(arch: str) -> tuple[str, ...]:
+    """The --det_layer names of a detector of ``DET_ARCHS``, highest resolution first."""
+    return tuple(DET_BACKBONE_LAYERS[DET_ARCHS[arch][1]])
+
+
+def det_arch(name: str) -> str:
+    """``name`` if it is one of ``DET_ARCHS``; otherwise a ParamError (``arch``) naming the
+    close ones (all of them when none is close)."""
+    if name in DET_ARCHS:
+        return name
+    import difflib
+    close = [a for a in DET_ARCHS if name.strip() and name.strip().lower() in a]
+    close += [a for a in difflib.get_close_matches(name, DET_ARCHS, n=4, cutoff=0.6)
+              if a not in close]
+    hint = (f"close names: {', '.join(close)}" if close else
+            f"known: {', '.join(DET_ARCHS)}")
+    raise ParamError("arch", f"{{param}}: unknown detector '{name}' ({hint})")
+
 
 def comma_list(spec: str) -> list[str]:
     """``a, b,a`` -> ``["a", "b"]``: the names in order, blanks and repeats dropped."""
@@ -71,6 +131,16 @@ def parse_layers(spec: str, known: Sequence[str] | None = None) -> list[str]:
     """``layer4`` / ``layer3,layer4`` -> layer names, in order, without repeats; checked against
     ``known`` where the caller knows the choices (the detector's backbone stages)."""
     return parse_names(spec, "layers", "layer", known)
+
+
+def det_default_layer(arch: str) -> str:
+    """The --det_layer a detector of ``DET_ARCHS`` is explained at when none is given."""
+    return DET_DEFAULT_LAYERS[DET_ARCHS[arch][1]]
+
+
+def parse_det_layers(spec: str, arch: str = DEFAULT_DET_ARCH) -> list[str]:
+    """``--det_layer``'s names, each checked against the layers of the detector ``arch``."""
+    return parse_names(spec, "layers", f"{arch} layer", det_layers(arch))
 
 
 def parse_strategies(spec: str) -> list[str]:

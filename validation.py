@@ -19,6 +19,7 @@ from pathlib import Path
 
 import outputs
 from errors import FlagError, ParamError, UserError
+from registry import DET_MIN_SIZES
 
 
 class Parser(argparse.ArgumentParser):
@@ -108,8 +109,12 @@ COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
      "--target CLASS explains one class of your images: use it with --image or --image_dir"),
     (lambda a: a.target == "gt" and bool(a.image_dir),
      "--target gt needs the true class, which the images of --image_dir do not have"),
-    (lambda a: a.det_method == "drise" and a.det_layer != "layer4",
+    (lambda a: a.det_method == "drise" and a.det_layer is not None,
      "--det_layer has no meaning for --det_method drise, which explains from the input pixels"),
+    (lambda a: (a.det_vis or a.det_img) and a.det_min_size is not None
+     and a.det_min_size < DET_MIN_SIZES.get(a.det_arch, 0),
+     (f"--det_min_size: ssd300_vgg16 needs an input of at least "
+      f"{DET_MIN_SIZES['ssd300_vgg16']} px (its last layers shrink the map to 1x1)")),
     (lambda a: a.det_explain_missed and a.det_img is not None,
      "--det_explain_missed needs ground truth: use it on a VOC-style set, not --det_img"),
     (lambda a: a.det_method != "drise" and a.det_masks != 1000,
@@ -267,8 +272,8 @@ SHARED = frozenset({"mode", "device", "precision", "data_dir", "out_dir", "log_d
 _CLASSIFIER = {"dataset", "batch_size", "arch", "weights", "model", "input_size", "mean", "std",
                "classes"}
 _HEATMAPS = _CLASSIFIER | {"vis", "target", "target_layer", "cam_batch_size"}
-_DETECTION = {"det_vis", "det_weights", "det_layer", "det_method", "det_masks", "det_score_thresh", "det_max",
-              "det_per_box", "det_min_size"}
+_DETECTION = {"det_vis", "det_weights", "det_arch", "det_layer", "det_method", "det_masks",
+              "det_score_thresh", "det_max", "det_per_box", "det_min_size"}
 
 JOBS: dict[str, tuple[str, frozenset[str]]] = {
     "train": ("classifier training (--mode train)", frozenset(
@@ -380,17 +385,19 @@ def rgb(text: str | None, flag: str, positive: bool = False) -> tuple[float, flo
 
 
 def check_names(args: Namespace) -> None:
-    """The names in ``--vis``, ``--target_layer`` and ``--det_layer`` (the registry's lists,
-    no torch needed); a layer of the classifier is checked against the model once it is loaded,
+    """The names in ``--vis``, ``--target_layer``, ``--det_arch`` and ``--det_layer`` (the
+    registry's lists, ``--det_layer``'s those of the chosen detector; no torch needed); a layer of the classifier is checked against the model once it is loaded,
     before any work."""
-    from registry import DET_LAYERS, parse_layers, parse_methods
-    flags = {"methods": "--vis", "layers": "--target_layer"}
+    from registry import det_arch, parse_det_layers, parse_layers, parse_methods
+    flags = {"methods": "--vis", "layers": "--target_layer", "arch": "--det_arch"}
     try:
         if args.vis != "none":
             parse_methods(args.vis)
         parse_layers(args.target_layer)
         flags["layers"] = "--det_layer"
-        if (args.det_vis or args.det_img) and args.det_method != "drise":
-            parse_layers(args.det_layer, DET_LAYERS)
+        if args.det_vis or args.det_img:
+            arch = det_arch(args.det_arch)
+            if args.det_layer is not None:
+                parse_det_layers(args.det_layer, arch)
     except ParamError as exc:
         raise FlagError(exc.worded(flags)) from None

@@ -46,7 +46,8 @@ def test_mask_weight_is_the_best_iou_times_cosine() -> None:
 def test_detections_with_probabilities_are_the_detectors_own(detector) -> None:
     image = random_image(64, 90)
     (theirs,) = detector([image])
-    ((boxes, probs),) = drise.detections_with_probabilities(detector, [image])
+    ((boxes, probs, objectness),) = drise.detections_with_probabilities(detector, [image])
+    assert objectness is None
     assert torch.allclose(boxes, theirs["boxes"], atol=1e-4)
     # a detection's score is the probability of its class in the vector it came from
     own = probs.gather(1, theirs["labels"][:, None])[:, 0]
