@@ -1,7 +1,9 @@
 """Run ``main.py`` the way a user does, in a subprocess, with the network switched off."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +49,39 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert lines[0].startswith("error: "), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+@contextlib.contextmanager
+def _offline():
+    """Sockets to the internet refused inside the block, as ``_NO_NETWORK`` does for a
+    subprocess (local sockets, as data-loader workers use, still work)."""
+    saved = socket.socket.connect, socket.create_connection, socket.getaddrinfo
+    connect = saved[0]
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled for tests")
+
+    def internet_only(self, *args, **kwargs):
+        if self.family == socket.AF_UNIX:
+            return connect(self, *args, **kwargs)
+        return refuse()
+
+    socket.socket.connect, socket.create_connection, socket.getaddrinfo = (
+        internet_only, refuse, refuse)
+    try:
+        yield
+    finally:
+        socket.socket.connect, socket.create_connection, socket.getaddrinfo = saved
+
+
+def run_here(capture, *args: str) -> subprocess.CompletedProcess:
+    """``main.main(ARGS)`` in this process, offline, as a completed process (status, stdout,
+    stderr from ``capture``, pytest's capsys or capfd). Much faster than :func:`run_main`
+    (no new interpreter importing torch); for runs whose process-level behaviour (signals,
+    exit of the interpreter) is not what the test checks."""
+    import main
+    capture.readouterr()
+    with _offline():
+        code = main.main([str(a) for a in args])
+    out = capture.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)

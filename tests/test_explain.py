@@ -12,7 +12,7 @@ from PIL import Image
 import commands
 import explain
 import main
-from cli import assert_one_line_error, run_main
+from cli import assert_one_line_error, run_here
 from errors import UserError
 from explain import EXPLAINERS, explain_batched, make_explainer, parse_methods
 from tinydata import random_checkpoint, write_fashion_mnist
@@ -26,9 +26,9 @@ def setup(tmp_path_factory):
             write_fashion_mnist(root / "data", n_test=8))
 
 
-def test_vis_num_writes_that_many_panels_and_one_grid(setup, tmp_path):
+def test_vis_num_writes_that_many_panels_and_one_grid(setup, tmp_path, capfd):
     ckpt, data_dir = setup
-    result = run_main("--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
+    result = run_here(capfd, "--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
                       "--vis", "gradcam", "--vis_num", "3", "--out_dir", tmp_path)
     assert result.returncode == 0, result.stderr
     panels = sorted(p.name for p in (tmp_path / "gradcam").glob("gradcam_*_pred_*_gt_*.png"))
@@ -40,9 +40,9 @@ def test_vis_num_writes_that_many_panels_and_one_grid(setup, tmp_path):
     assert panel.shape[0] >= 224 and panel.shape[1] > 2 * panel.shape[0]   # original | overlay
 
 
-def test_several_methods_and_true_class_targets(setup, tmp_path):
+def test_several_methods_and_true_class_targets(setup, tmp_path, capfd):
     ckpt, data_dir = setup
-    result = run_main("--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
+    result = run_here(capfd, "--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
                       "--vis", "cam,gradcampp", "--vis_num", "2", "--target", "gt",
                       "--out_dir", tmp_path)
     assert result.returncode == 0, result.stderr
@@ -50,12 +50,12 @@ def test_several_methods_and_true_class_targets(setup, tmp_path):
         assert len(list((tmp_path / method).glob(f"{method}_*_pred_*.png"))) == 2
 
 
-def test_own_images_grayscale_and_rgba(setup, tmp_path):
+def test_own_images_grayscale_and_rgba(setup, tmp_path, capfd):
     ckpt, _ = setup
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30), np.uint8), "L").save(
         tmp_path / "gray.png")
     Image.new("RGBA", (64, 48), (200, 30, 30, 128)).save(tmp_path / "rgba.png")
-    result = run_main("--mode", "test", "--save_path", ckpt, "--vis", "gradcam",
+    result = run_here(capfd, "--mode", "test", "--save_path", ckpt, "--vis", "gradcam",
                       "--image", tmp_path / "gray.png", "--image", tmp_path / "rgba.png",
                       "--out_dir", tmp_path / "out")
     assert result.returncode == 0, result.stderr
@@ -65,18 +65,18 @@ def test_own_images_grayscale_and_rgba(setup, tmp_path):
         == ["gradcam_gray", "gradcam_rgba"]
 
 
-def test_own_image_missing(setup, tmp_path):
+def test_own_image_missing(setup, tmp_path, capfd):
     ckpt, _ = setup
-    result = run_main("--mode", "test", "--save_path", ckpt, "--vis", "gradcam",
+    result = run_here(capfd, "--mode", "test", "--save_path", ckpt, "--vis", "gradcam",
                       "--image", tmp_path / "missing.png")
     assert_one_line_error(result, "image not found", "missing.png")
 
 
-def test_unknown_method_and_layer(setup, tmp_path):
+def test_unknown_method_and_layer(setup, tmp_path, capfd):
     ckpt, data_dir = setup
-    assert_one_line_error(run_main("--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
+    assert_one_line_error(run_here(capfd, "--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
                                    "--vis", "lime"), "unknown heatmap method 'lime'")
-    assert_one_line_error(run_main("--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
+    assert_one_line_error(run_here(capfd, "--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
                                    "--vis", "gradcam", "--target_layer", "layer7"),
                           "no layer 'layer7'")
 

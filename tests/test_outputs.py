@@ -9,7 +9,7 @@ import pytest
 
 import main
 import outputs
-from cli import ROOT, assert_one_line_error, run_main
+from cli import ROOT, assert_one_line_error, run_here
 from errors import UserError
 from tinydata import random_checkpoint, write_fashion_mnist
 
@@ -100,9 +100,9 @@ def test_each_run_lists_its_own_files(setup, tmp_path, capsys):
     assert capsys.readouterr().out.count("Files of this run:") == 2
 
 
-def test_nothing_written_no_manifest(setup, tmp_path):
+def test_nothing_written_no_manifest(setup, tmp_path, capfd):
     ckpt, data_dir = setup
-    result = run_main("--save_path", ckpt, "--data_dir", data_dir, "--vis", "gradcam",
+    result = run_here(capfd, "--save_path", ckpt, "--data_dir", data_dir, "--vis", "gradcam",
                       "--target_layer", "fc", "--out_dir", tmp_path / "out")
     assert_one_line_error(result, "layers that work")
     assert not (tmp_path / "out").exists()

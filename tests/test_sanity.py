@@ -11,7 +11,7 @@ from conftest import IMAGES, TARGETS, TinyNet
 from PIL import Image
 
 import sanity
-from cli import assert_one_line_error, run_main
+from cli import assert_one_line_error, run_here
 from tinydata import random_checkpoint, write_fashion_mnist
 
 
@@ -72,9 +72,9 @@ def setup(tmp_path_factory):
             write_fashion_mnist(root / "data", n_test=4))
 
 
-def test_cli_sanity_on_test_images_writes_figure_and_table(setup, tmp_path):
+def test_cli_sanity_on_test_images_writes_figure_and_table(setup, tmp_path, capfd):
     ckpt, data_dir = setup
-    result = run_main("--mode", "test", "--save_path", ckpt, "--data_dir", data_dir, "--sanity",
+    result = run_here(capfd, "--mode", "test", "--save_path", ckpt, "--data_dir", data_dir, "--sanity",
                       "--vis", "gradcam,eigencam", "--target_layer", "layer3,layer4",
                       "--vis_num", "2", "--out_dir", tmp_path)
     assert result.returncode == 0, result.stderr
@@ -91,18 +91,18 @@ def test_cli_sanity_on_test_images_writes_figure_and_table(setup, tmp_path):
     assert "Grad-CAM (layer4): " in result.stdout
 
 
-def test_cli_sanity_on_a_user_image(setup, tmp_path):
+def test_cli_sanity_on_a_user_image(setup, tmp_path, capfd):
     ckpt, _ = setup
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 30, 3), np.uint8)).save(
         tmp_path / "photo.png")
-    result = run_main("--mode", "test", "--save_path", ckpt, "--sanity", "--vis", "hirescam",
+    result = run_here(capfd, "--mode", "test", "--save_path", ckpt, "--sanity", "--vis", "hirescam",
                       "--image", tmp_path / "photo.png", "--out_dir", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     assert "1 image(s) from --image" in (tmp_path / "out" / "sanity" / "sanity.md").read_text()
 
 
-def test_cli_sanity_with_hidden_strategy_is_a_one_line_error(setup, tmp_path):
+def test_cli_sanity_with_hidden_strategy_is_a_one_line_error(setup, tmp_path, capfd):
     ckpt, data_dir = setup
-    assert_one_line_error(run_main("--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
+    assert_one_line_error(run_here(capfd, "--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,
                                    "--sanity", "--vis", "gradcam", "--hidden_strategy", "zero"),
                           "--sanity and --hidden_strategy")

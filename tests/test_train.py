@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import main
-from cli import assert_one_line_error, run_main
+from cli import assert_one_line_error, run_here, run_main
 from data import DATASETS
 from errors import TrainingStopped
 from model import build_resnet18, load_model, read_checkpoint, save_checkpoint
@@ -93,51 +93,51 @@ def test_accuracy_report_counts():
 
 # -- bad input through the CLI: one line on stderr, exit status 2 ------------------------------
 
-def test_missing_checkpoint(tmp_path):
-    assert_one_line_error(run_main("--mode", "test", "--save_path", tmp_path / "none.pth"),
+def test_missing_checkpoint(tmp_path, capfd):
+    assert_one_line_error(run_here(capfd, "--mode", "test", "--save_path", tmp_path / "none.pth"),
                           "checkpoint not found")
 
 
-def test_corrupt_checkpoint(tmp_path):
+def test_corrupt_checkpoint(tmp_path, capfd):
     (tmp_path / "bad.pth").write_bytes(b"\x80\x04 truncated pickle")
-    assert_one_line_error(run_main("--mode", "test", "--save_path", tmp_path / "bad.pth"),
+    assert_one_line_error(run_here(capfd, "--mode", "test", "--save_path", tmp_path / "bad.pth"),
                           "corrupt")
 
 
-def test_checkpoint_of_another_architecture(tmp_path):
+def test_checkpoint_of_another_architecture(tmp_path, capfd):
     import torchvision
     torch.save({"arch": "resnet50", "model_state_dict": torchvision.models.resnet50().state_dict()},
                tmp_path / "r50.pth")
     torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "bare_r50.pth")
-    assert_one_line_error(run_main("--mode", "test", "--save_path", tmp_path / "r50.pth"),
+    assert_one_line_error(run_here(capfd, "--mode", "test", "--save_path", tmp_path / "r50.pth"),
                           "'resnet50'")
-    assert_one_line_error(run_main("--mode", "test", "--save_path", tmp_path / "bare_r50.pth"),
+    assert_one_line_error(run_here(capfd, "--mode", "test", "--save_path", tmp_path / "bare_r50.pth"),
                           "does not fit ResNet-18")
 
 
-def test_checkpoint_of_another_class_count(tmp_path, fashion_dir):
+def test_checkpoint_of_another_class_count(tmp_path, fashion_dir, capfd):
     torch.save(read_checkpoint(random_checkpoint(tmp_path / "ck.pth", num_classes=100))
                ["model_state_dict"], tmp_path / "bare100.pth")
-    result = run_main("--mode", "test", "--save_path", tmp_path / "bare100.pth", "--dataset",
+    result = run_here(capfd, "--mode", "test", "--save_path", tmp_path / "bare100.pth", "--dataset",
                       "fashion_mnist", "--data_dir", fashion_dir)
     assert_one_line_error(result, "100 outputs", "10 classes")
 
 
-def test_dataset_flag_that_contradicts_the_checkpoint(tmp_path, fashion_dir):
+def test_dataset_flag_that_contradicts_the_checkpoint(tmp_path, fashion_dir, capfd):
     ckpt = random_checkpoint(tmp_path / "ck.pth", "cifar10")
-    result = run_main("--mode", "test", "--save_path", ckpt, "--dataset", "fashion_mnist",
+    result = run_here(capfd, "--mode", "test", "--save_path", ckpt, "--dataset", "fashion_mnist",
                       "--data_dir", fashion_dir)
     assert_one_line_error(result, "trained on cifar10")
 
 
-def test_empty_data_dir_without_network(tmp_path):
+def test_empty_data_dir_without_network(tmp_path, capfd):
     ckpt = random_checkpoint(tmp_path / "ck.pth", "cifar10")
-    result = run_main("--mode", "test", "--save_path", ckpt, "--data_dir", tmp_path / "empty")
+    result = run_here(capfd, "--mode", "test", "--save_path", ckpt, "--data_dir", tmp_path / "empty")
     assert_one_line_error(result, "CIFAR-10", "download")
 
 
-def test_training_with_empty_data_dir_without_network(tmp_path):
-    result = run_main("--mode", "train", "--data_dir", tmp_path / "empty", "--num_epochs", "1",
+def test_training_with_empty_data_dir_without_network(tmp_path, capfd):
+    result = run_here(capfd, "--mode", "train", "--data_dir", tmp_path / "empty", "--num_epochs", "1",
                       "--save_path", tmp_path / "ck.pth", "--log_dir", tmp_path / "logs")
     assert_one_line_error(result, "CIFAR-10", "download")
     assert not (tmp_path / "ck.pth").exists()
