@@ -688,10 +688,18 @@ def explain_photos(args: Namespace, loaded, paths: list[Path], device: torch.dev
     processes while the model works, one batch at a time; ``predictions.csv`` lists every
     photo's top-5 classes."""
     from explain import heatmaps, probabilities
-    from folders import PhotoDataset, heatmap_on_photo, load_photo, photo_batches, photo_loader
+    from folders import (
+        PhotoDataset,
+        heatmap_on_photo,
+        load_photo,
+        loader_workers,
+        photo_batches,
+        photo_loader,
+    )
     methods = [] if args.vis == "none" else parse_methods(args.vis)
     prep = loaded.preprocessing
-    loader = photo_loader(PhotoDataset(paths, prep, labels), args.batch_size, workers=2)
+    loader = photo_loader(PhotoDataset(paths, prep, labels), args.batch_size,
+                          workers=loader_workers(device))
     stems = visualize.unique_slugs([p.stem for p in paths])
     rows = []
     out = Path(args.out_dir)
@@ -754,11 +762,12 @@ def _image_folder_job(args: Namespace, loaded, device: torch.device) -> int:
 
 def _folder_accuracy(args: Namespace, loaded, paths, labels, device: torch.device) -> int:
     from explain import probabilities
-    from folders import PhotoDataset, photo_batches, photo_loader
+    from folders import PhotoDataset, loader_workers, photo_batches, photo_loader
     from train import accuracy_report
     dtype = precision_dtype(args.precision, device)
     print(f"Testing on {len(paths)} images of {args.data_dir}, {_precision_line(device, dtype)}")
-    loader = photo_loader(PhotoDataset(paths, loaded.preprocessing, labels), args.batch_size)
+    loader = photo_loader(PhotoDataset(paths, loaded.preprocessing, labels), args.batch_size,
+                          workers=loader_workers(device))
     logits, truth = [], []
     for batch in tqdm(photo_batches(loader), total=len(loader), desc="test", unit="batch",
                       leave=False):
@@ -787,12 +796,13 @@ def _images_in_memory(args: Namespace, loaded, paths, device: torch.device,
     batch until there are enough."""
     from data import ImageSplit
     from explain import probabilities
-    from folders import PhotoDataset, photo_batches, photo_loader
+    from folders import PhotoDataset, loader_workers, photo_batches, photo_loader
     want = args.vis_num if args.sanity else args.num_eval
     prep = loaded.preprocessing
     dataset = PhotoDataset(paths if labels is not None else paths[:want], prep, labels)
     pixels, kept, have = [], [], 0
-    for batch in photo_batches(photo_loader(dataset, args.batch_size, workers=2)):
+    for batch in photo_batches(photo_loader(dataset, args.batch_size,
+                                            workers=loader_workers(device))):
         keep = torch.ones(len(batch.labels), dtype=torch.bool)
         truth = batch.labels
         if labels is None or not args.sanity:

@@ -33,6 +33,8 @@ from folders import (
     PhotoDataset,
     TrainingData,
     collate_photos,
+    limit_worker_heap,
+    loader_workers,
     photo_batches,
     photo_loader,
     training_data,
@@ -70,7 +72,7 @@ class FineTuneConfig:
     label_smoothing: float = 0.1
     val_fraction: float = 0.1
     seed: int = 0
-    workers: int = 2
+    workers: int | None = None          # None: folders.loader_workers(device)
     save_half: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype | None = None
@@ -107,6 +109,10 @@ def starting_model(cfg: FineTuneConfig, classes: tuple[str, ...]) -> tuple[Loade
                        loaded.arch, loaded.default_layer, described), described
 
 
+def _workers(cfg: FineTuneConfig) -> int:
+    return loader_workers(cfg.device) if cfg.workers is None else cfg.workers
+
+
 def _train_loader(dataset: PhotoDataset, cfg: FineTuneConfig, here: distributed.World
                   ) -> tuple[DataLoader, DistributedSampler]:
     """Shuffled batches of this rank's share of each epoch (``sampler.set_epoch`` draws the
@@ -114,12 +120,13 @@ def _train_loader(dataset: PhotoDataset, cfg: FineTuneConfig, here: distributed.
     sampler = DistributedSampler(dataset, num_replicas=here.size, rank=here.rank, shuffle=True,
                                  seed=cfg.seed)
     share = len(sampler)
-    workers = max(0, min(cfg.workers, share))
+    workers = max(0, min(_workers(cfg), share))
     generator = torch.Generator().manual_seed(cfg.seed + 7919 * (here.rank + 1))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=workers, collate_fn=collate_photos,
                         drop_last=share > cfg.batch_size,   # no batch of 1 for BatchNorm
                         generator=generator, persistent_workers=workers > 0,
+                        worker_init_fn=limit_worker_heap if workers else None,
                         prefetch_factor=2 if workers else None,
                         pin_memory=cfg.device.type == "cuda")
     return loader, sampler
@@ -144,7 +151,7 @@ def _validation_logits(model: nn.Module, loaded: LoadedModel, data: TrainingData
     mine = PhotoDataset(data.val_paths[part], loaded.preprocessing, data.val_labels[part])
     logits = []
     with eval_mode(model):
-        for images, _ in _stream(photo_loader(mine, max(cfg.batch_size, 64), cfg.workers),
+        for images, _ in _stream(photo_loader(mine, max(cfg.batch_size, 64), _workers(cfg)),
                                  loaded, cfg.device, cfg.dtype is not None):
             with autocast(cfg.device, cfg.dtype):
                 logits.append(model(images).float().cpu())

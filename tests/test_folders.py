@@ -176,3 +176,15 @@ def test_a_padded_input_drops_the_padding_before_the_photo():
     photo_map, box = heatmap_on_photo(heatmap, (56, 56), prep)
     assert box == (0, 0, 56, 56)
     assert photo_map[:, :27].min() > 0.9 and photo_map[:, 29:].max() < 0.1
+
+
+def test_workers_only_where_cores_are_left_for_them(monkeypatch):
+    """A GPU run decodes in workers; a CPU run only on the cores PyTorch's threads leave."""
+    from folders import loader_workers
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert loader_workers("cpu") == 0 and loader_workers("cuda") == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    assert loader_workers("cpu") == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert loader_workers("cpu") == 2 and loader_workers("cpu", wanted=4) == 4
