@@ -29,7 +29,7 @@ from registry import (
     parse_methods,
     parse_strategies,
 )
-from runtime import precision_dtype, resolve_device
+from runtime import autocast, precision_dtype, resolve_device
 
 # Which flag set each library parameter, for the jobs on classifiers and on detectors.
 CLASSIFIER_FLAGS = {"layer": "--target_layer", "layers": "--target_layer", "methods": "--vis",
@@ -771,8 +771,9 @@ def _folder_accuracy(args: Namespace, loaded, paths, labels, device: torch.devic
     logits, truth = [], []
     for batch in tqdm(photo_batches(loader), total=len(loader), desc="test", unit="batch",
                       leave=False):
-        probs = probabilities(loaded.module, loaded.preprocessing.normalize(batch.pixels)
-                              .to(device), args.batch_size)
+        with autocast(device, dtype):     # the precision the first line names
+            probs = probabilities(loaded.module, loaded.preprocessing.normalize(batch.pixels)
+                                  .to(device), args.batch_size)
         logits.append(probs.log().cpu())
         truth.append(batch.labels)
     acc, per_class, confusion = accuracy_report(torch.cat(logits), torch.cat(truth),

