@@ -17,7 +17,7 @@ from torch import nn
 
 import evaluate
 import main
-from cli import run_main
+from cli import run_here
 from data import (
     DATASETS,
     DatasetInfo,
@@ -372,10 +372,10 @@ def labelled_data(tmp_path: Path, correct: int, n_test: int) -> tuple[Path, Path
     return ckpt, folder
 
 
-def test_cli_writes_figure_curves_and_summary(tmp_path: Path) -> None:
+def test_cli_writes_figure_curves_and_summary(tmp_path: Path, capfd) -> None:
     ckpt, folder = labelled_data(tmp_path, correct=6, n_test=6)
     out = tmp_path / "out"
-    proc = run_main("--mode", "test", "--save_path", ckpt, "--data_dir", folder, "--vis",
+    proc = run_here(capfd, "--mode", "test", "--save_path", ckpt, "--data_dir", folder, "--vis",
                     "gradcam", "--hidden_strategy", "zero", "--num_eval", "5", "--steps", "10",
                     "--out_dir", out)
     assert proc.returncode == 0, proc.stderr
@@ -463,9 +463,9 @@ def test_leaderboard_every_method_at_every_layer_on_the_same_images(tmp_path: Pa
     assert summary["layer"] == "layer3" and "average_drop_pct" in summary
 
 
-def test_leaderboard_unknown_layer_is_a_one_line_error(tmp_path: Path) -> None:
+def test_leaderboard_unknown_layer_is_a_one_line_error(tmp_path: Path, capfd) -> None:
     ckpt, folder = labelled_data(tmp_path, correct=2, n_test=2)
-    proc = run_main("--mode", "test", "--save_path", ckpt, "--data_dir", folder, "--vis", "all",
+    proc = run_here(capfd, "--mode", "test", "--save_path", ckpt, "--data_dir", folder, "--vis", "all",
                     "--target_layer", "layer3,layer9", "--hidden_strategy", "zero")
     assert proc.returncode == 2 and "no layer 'layer9'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

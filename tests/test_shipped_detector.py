@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import ROOT, run_main
+from cli import ROOT, run_here
 
 CHECKPOINT = ROOT / "checkpoints" / "fasterrcnn_fashion_scenes.pth"
 SCENES = ROOT / "data" / "fashion_scenes"
@@ -16,8 +16,8 @@ pytestmark = pytest.mark.skipif(not CHECKPOINT.is_file() or not SCENES.is_dir(),
                                 reason="the shipped detector or its test scenes are missing")
 
 
-def test_voc_style_run_over_three_shipped_scenes(tmp_path: Path) -> None:
-    result = run_main("--det_vis", "--det_weights", CHECKPOINT, "--voc_path", SCENES,
+def test_voc_style_run_over_three_shipped_scenes(tmp_path: Path, capfd) -> None:
+    result = run_here(capfd, "--det_vis", "--det_weights", CHECKPOINT, "--voc_path", SCENES,
                       "--det_num", 3, "--det_layer", "layer2,layer4", "--out_dir", tmp_path)
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "detection"
@@ -33,8 +33,8 @@ def test_voc_style_run_over_three_shipped_scenes(tmp_path: Path) -> None:
     assert (folder / "detections_grid.png").is_file()
 
 
-def test_one_scene_image_explained_with_the_checkpoint_class_names(tmp_path: Path) -> None:
-    result = run_main("--det_img", SCENES / "JPEGImages" / "000001.png", "--det_weights",
+def test_one_scene_image_explained_with_the_checkpoint_class_names(tmp_path: Path, capfd) -> None:
+    result = run_here(capfd, "--det_img", SCENES / "JPEGImages" / "000001.png", "--det_weights",
                       CHECKPOINT, "--out_dir", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "detections explained" in result.stdout
@@ -56,11 +56,11 @@ def _three_scenes(tmp_path: Path) -> Path:
     return voc
 
 
-def test_a_corrupt_image_is_skipped_with_a_note_and_the_run_goes_on(tmp_path: Path) -> None:
+def test_a_corrupt_image_is_skipped_with_a_note_and_the_run_goes_on(tmp_path: Path, capfd) -> None:
     voc = _three_scenes(tmp_path)
     png = voc / "JPEGImages" / "000001.png"
     png.write_bytes(png.read_bytes()[:80])           # a truncated PNG, second in the list
-    result = run_main("--det_vis", "--det_weights", CHECKPOINT, "--voc_path", voc,
+    result = run_here(capfd, "--det_vis", "--det_weights", CHECKPOINT, "--voc_path", voc,
                       "--det_num", 3, "--det_layer", "layer2", "--out_dir", tmp_path / "out")
     assert result.returncode == 0, result.stderr
     notes = [line for line in result.stderr.splitlines() if line.startswith("note: 000001")]
@@ -70,9 +70,9 @@ def test_a_corrupt_image_is_skipped_with_a_note_and_the_run_goes_on(tmp_path: Pa
     assert list((tmp_path / "out" / "runs").glob("*.txt"))   # the run's manifest was written
 
 
-def test_drise_and_the_miss_analysis_on_shipped_scenes(tmp_path: Path) -> None:
+def test_drise_and_the_miss_analysis_on_shipped_scenes(tmp_path: Path, capfd) -> None:
     voc = _three_scenes(tmp_path)
-    result = run_main("--det_vis", "--det_weights", CHECKPOINT, "--voc_path", voc,
+    result = run_here(capfd, "--det_vis", "--det_weights", CHECKPOINT, "--voc_path", voc,
                       "--det_num", 2, "--det_method", "drise", "--det_masks", 32,
                       "--det_explain_missed", "--out_dir", tmp_path / "out")
     assert result.returncode == 0, result.stderr
