@@ -80,7 +80,8 @@ _PARAM_FLAGS = {"arch": "--arch", "weights": "--weights", "model": "--model",
                 "model_spec": "--model", "input_size": "--input_size", "mean": "--mean",
                 "std": "--std", "classes_file": "--classes", "target": "--target",
                 "target_layer": "--target_layer", "data_dir": "--data_dir",
-                "image_dir": "--image_dir", "val_fraction": "--val_fraction"}
+                "image_dir": "--image_dir", "val_fraction": "--val_fraction",
+                "det_weights": "--det_weights"}
 
 
 def _as_flags(text: str) -> str:
@@ -180,7 +181,8 @@ def train_detector(args: Namespace) -> int:
         num_epochs=args.num_epochs, batch_size=args.batch_size,
         lr=0.1 if args.lr is None else args.lr,
         weight_decay=args.weight_decay, seed=args.seed, det_scenes=args.det_scenes,
-        det_num=args.det_num, save_half=args.save_half, resume=args.resume, device=device,
+        det_num=args.det_num, save_half=args.save_half, resume=args.resume,
+        init_weights=args.det_weights, device=device,
         dtype=precision_dtype(args.precision, device)))
     last = history[-1]["test_map"] if history else 0.0
     print(f"Last test mAP@0.5: {last:.4f}  (checkpoint {args.save_path}, metrics "

@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the detector: the shipped scene detector "
                         "checkpoints/fasterrcnn_fashion_scenes.pth, a checkpoint trained here, or "
                         "a state dict in torchvision's COCO layout; when not given, torchvision's "
-                        "COCO Faster R-CNN (downloaded into torch's hub cache)")
+                        "COCO Faster R-CNN (downloaded into torch's hub cache). With --mode train "
+                        "--det_vis: a scene-detector checkpoint to start training from")
     g.add_argument("--det_arch", default=DEFAULT_DET_ARCH, metavar="NAME",
                    help=f"torchvision's COCO detector to explain: {', '.join(DET_ARCHS)} "
                         "(default: %(default)s); --det_weights is then a state dict of that "

@@ -27,7 +27,7 @@ import visualize
 from detection import SCENE_ARCH, build_scene_detector
 from detmetrics import average_precision
 from errors import TrainingStopped, UserError, reason
-from model import check_metadata, check_weight_types, read_checkpoint, save_checkpoint
+from model import check_finite, check_metadata, check_weight_types, read_checkpoint, save_checkpoint
 from runtime import autocast, eval_mode, seed_everything
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,7 @@ class DetectorTrainConfig:
     det_num: int = TEST_SCENES
     save_half: bool = False
     resume: bool = False
+    init_weights: str | None = None     # a scene-detector checkpoint to start from
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype | None = None
 
@@ -210,14 +211,38 @@ def read_resume_state(state_path: Path, args: DetectorTrainConfig) -> dict:
     return state
 
 
-def load_weights(model: torch.nn.Module, state_dict: dict, source: Path) -> None:
-    """A training state's weights into ``model``, a mismatch in one line."""
-    check_weight_types(state_dict, model.state_dict(), f"--resume: {source}")
+def load_weights(model: torch.nn.Module, state_dict: dict, source: Path,
+                 what: str = "--resume") -> None:
+    """A training state's (or a checkpoint's) weights into ``model``, a mismatch in one
+    line."""
+    check_weight_types(state_dict, model.state_dict(), f"{what}: {source}")
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as exc:
-        raise UserError(f"--resume: {source} does not fit this detector ({reason(exc, 160)})"
+        raise UserError(f"{what}: {source} does not fit this detector ({reason(exc, 160)})"
                         ) from None
+
+
+# What a checkpoint to start from must share with the detector this trainer builds.
+_LAYOUT_KEYS = ("classes", "input_size", "mean", "std", "fpn_channels", "head_channels",
+                "anchor_sizes", "aspect_ratios")
+
+
+def read_init_weights(path: str | Path, meta: dict) -> dict:
+    """The weights of a scene-detector checkpoint (the shipped one, say) to start training
+    from: a new schedule and new scenes from trained weights, where ``--resume`` continues
+    the very run that wrote its state. The checkpoint must describe the detector that
+    ``meta`` describes."""
+    ckpt = read_checkpoint(path)
+    if ckpt.get("arch") != SCENE_ARCH:
+        raise UserError(f"det_weights={path} is not a '{SCENE_ARCH}' checkpoint; training "
+                        f"starts only from the scene detector's own")
+    differ = [key for key in _LAYOUT_KEYS if key in ckpt and ckpt[key] != meta[key]]
+    if differ:
+        raise UserError(f"det_weights={path} describes another detector ({differ[0]} "
+                        f"{ckpt[differ[0]]} where this trainer builds {meta[differ[0]]})")
+    check_finite(ckpt["model_state_dict"], str(path))
+    return ckpt["model_state_dict"]
 
 
 def fit_detector(args: DetectorTrainConfig) -> list[dict]:
@@ -244,6 +269,9 @@ def fit_detector(args: DetectorTrainConfig) -> list[dict]:
         history = list(state["history"])
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
         torch.set_rng_state(state["torch_rng"])
+    elif args.init_weights is not None:
+        load_weights(model, read_init_weights(args.init_weights, meta), Path(args.init_weights),
+                     "det_weights")
     train_images, train_labels = scenes.garment_pool(args.data_dir, train=True)
     test = test_scenes(args.data_dir, min(TEST_SCENES, args.det_num))
     steps_per_epoch = -(-args.det_scenes // args.batch_size)

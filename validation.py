@@ -100,6 +100,9 @@ COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
      "--target gt needs the true class, which a user image does not have"),
     (lambda a: a.resume and not (a.mode == "train" and a.det_vis),
      "--resume continues detector training: use it with --mode train --det_vis"),
+    (lambda a: a.resume and a.mode == "train" and bool(a.det_weights),
+     ("--resume continues from its own training state; --det_weights starts a new run from "
+      "a checkpoint: use one or the other")),
     (lambda a: a.sanity and a.hidden_strategy != "none",
      "--sanity and --hidden_strategy are two runs: use one or the other"),
     (lambda a: a.sanity and a.mode != "test", "--sanity needs --mode test"),
@@ -241,6 +244,8 @@ def check_paths(args: Namespace) -> None:
             check_output_file(str(state.with_name(state.stem + ".resume.pth")),
                               "--save_path's training state")
         _check_model_inputs(args)
+        if args.det_vis and args.det_weights:
+            check_input_file(args.det_weights, "detector weights")
         return
     if args.make_scenes:
         check_output_dir(args.make_scenes, "--make_scenes")
@@ -285,7 +290,7 @@ JOBS: dict[str, tuple[str, frozenset[str]]] = {
                                                         "val_fraction"})),
     "train_detector": ("detector training (--mode train --det_vis)", frozenset(
         {"det_vis", "batch_size", "lr", "num_epochs", "weight_decay", "save_half", "resume",
-         "det_scenes", "det_num", "seed"})),
+         "det_scenes", "det_num", "seed", "det_weights"})),
     "make_scenes": ("--make_scenes", frozenset({"make_scenes", "det_num"})),
     "det_image": ("explaining one image's detections (--det_img)",
                   frozenset(_DETECTION | {"det_img"})),

@@ -270,6 +270,12 @@ CASES: list[tuple[str, str, int, str]] = [
     ("image-and-image-dir", "--image {w}/good.png --image_dir {w}/fold", BAD, "--image_dir"),
     ("image-dir-without-checkpoint", "--image_dir {w}/fold --save_path {o}/none.pth", BAD,
      "checkpoint not found"),
+    ("det-train-from-classifier", "--mode train --det_vis --det_weights {w}/ck.pth", BAD,
+     "is not a 'fasterrcnn_resnet18_fpn' checkpoint"),
+    ("det-train-resume-and-weights", "--mode train --det_vis --resume --det_weights {w}/ck.pth",
+     BAD, "one or the other"),
+    ("det-train-weights-missing", "--mode train --det_vis --det_weights {w}/nope.pth", BAD,
+     "not found"),
     # ---- fine-tuning on a folder (issue 17, item 4)
     ("finetune-no-val", "--mode train --arch resnet18 --input_size 32 --data_dir {w}/fold", BAD,
      "no validation images"),

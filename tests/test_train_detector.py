@@ -139,3 +139,22 @@ def test_resume_refuses_a_state_that_does_not_continue_this_run(
         assert fragment in lines[0], (fragment, lines[0])
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
     assert not (tmp_path / "logs").exists()
+
+
+def test_training_can_start_from_the_shipped_checkpoint(data_dir: Path, tmp_path: Path,
+                                                        capfd) -> None:
+    """``--det_weights`` with ``--mode train --det_vis`` starts from a checkpoint's weights: at
+    a learning rate of 1e-9 one step leaves them as they were (fp16-rounded as saved)."""
+    from cli import run_here
+    shipped = Path(__file__).resolve().parent.parent / "checkpoints" / "fasterrcnn_fashion_scenes.pth"
+    if not shipped.is_file():
+        pytest.skip("the shipped detector is missing")
+    result = run_here(capfd, "--mode", "train", "--det_vis", "--det_scenes", 2, "--batch_size",
+                      2, "--det_num", 2, "--lr", 1e-9, "--precision", "fp32", "--num_epochs", 1,
+                      "--data_dir", data_dir, "--det_weights", shipped, "--save_path",
+                      tmp_path / "det.pth", "--log_dir", tmp_path / "logs")
+    assert result.returncode == 0, result.stderr
+    start = read_checkpoint(shipped)["model_state_dict"]
+    saved = read_checkpoint(tmp_path / "det.pth")["model_state_dict"]
+    for key in ("backbone.body.conv1.weight", "roi_heads.box_predictor.cls_score.weight"):
+        assert torch.allclose(saved[key].float(), start[key].float(), atol=1e-6), key
