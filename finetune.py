@@ -106,7 +106,7 @@ def starting_model(cfg: FineTuneConfig, classes: tuple[str, ...]) -> tuple[Loade
     else:
         start += f", its {len(classes)} classes kept"
     described = f"{start}, {loaded.input_size} px"
-    return LoadedModel(loaded.module.to(cfg.device), loaded.preprocessing, tuple(classes),
+    return LoadedModel(loaded.module, loaded.preprocessing, tuple(classes),
                        loaded.arch, loaded.default_layer, described), described
 
 
@@ -168,7 +168,7 @@ def fine_tune(cfg: FineTuneConfig) -> History:
     classes = read_classes(cfg.classes_file) if cfg.classes_file is not None else None
     data = training_data(cfg.data_dir, classes, cfg.val_fraction, cfg.seed)
     loaded, head = starting_model(cfg, data.classes)
-    model = loaded.module.to(cfg.device)
+    model = loaded.module             # on cfg.device: load_classifier put it there
     if cfg.dtype is not None:
         model = model.to(memory_format=torch.channels_last)
     net = distributed.wrap_model(model, here)
