@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Rebuild every figure and number in README.md from the shipped Fashion-MNIST checkpoint,
-# offline, into one folder (default ./figures), and refresh the copies under docs/.
+# Rebuild every figure and number in README.md from the shipped checkpoints, offline, into one
+# folder (default ./figures), and refresh the copies under docs/.
 #
-#   scripts/reproduce_figures.sh [--quick] [OUT_DIR]
+#   scripts/reproduce_figures.sh [--quick] [--detection] [OUT_DIR]
 #
 # Each part prints its wall time when it ends, and the total at the end. The README's
 # "Reproducing" section lists the measured durations (the leaderboard over every method at two
@@ -10,15 +10,28 @@
 # --quick: the same figures from fewer images and steps (20 instead of 100 images for
 # deletion/insertion and the leaderboard, 30 of the 300 test scenes, 4 sanity images), for a
 # first look; its numbers are rougher than the README's. It writes to ./figures_quick and
-# leaves docs/ alone. Set PYTHON to use another interpreter.
+# leaves docs/ alone.
+# --detection: only the scene detector's parts (mAP, pointing game, D-RISE, agreement with
+# D-RISE, the raw Grad-CAM sign, the misses), for a new checkpoints/fasterrcnn_fashion_scenes.pth.
+# Set PYTHON to use another interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
-if [[ "${1:-}" == "--quick" ]]; then quick=1; shift; fi
+detection_only=0
+while [[ "${1:-}" == --* ]]; do
+    case "$1" in
+        --quick) quick=1 ;;
+        --detection) detection_only=1 ;;
+        *) echo "error: unknown option $1 (use --quick, --detection, OUT_DIR)" >&2; exit 2 ;;
+    esac
+    shift
+done
 if (( quick )); then out=${1:-./figures_quick}; else out=${1:-./figures}; fi
 ckpt=checkpoints/resnet18_fashion_mnist.pth
 py=${PYTHON:-python}
 n_eval=$(( quick ? 20 : 100 )); n_scenes=$(( quick ? 30 : 300 )); n_sanity=$(( quick ? 4 : 8 ))
+# D-RISE costs one detector pass per mask: its table uses the first 50 scenes, 500 masks
+n_drise=$(( quick ? 6 : 50 )); drise_masks=$(( quick ? 100 : 500 ))
 started=$SECONDS
 part_start=$SECONDS
 part_name=""
@@ -38,56 +51,97 @@ run() {
     "$py" main.py "$@"
 }
 
-mkdir -p "$out/accuracy" "$out/deletion_insertion"
-part "test accuracy (10,000 images$( (( quick )) || echo ', default precision and fp32'))"
-run --mode test --save_path "$ckpt" --vis none --out_dir "$out/accuracy" \
-    | tee "$out/accuracy/test_accuracy.txt"
-if (( ! quick )); then
-    run --mode test --save_path "$ckpt" --vis none --precision fp32 \
-        --out_dir "$out/accuracy/fp32" | tee "$out/accuracy/test_accuracy_fp32.txt"
-fi
+script() {
+    echo "+ python $*"
+    "$py" "$@"
+}
 
-part "heatmap panels"
-for method in cam gradcam gradcampp; do
-    run --mode test --save_path "$ckpt" --vis "$method" --vis_num 10 --out_dir "$out/heatmaps"
-done
-run --mode test --save_path "$ckpt" --vis gradcam --target_layer layer3 --vis_num 10 \
-    --out_dir "$out/heatmaps_layer3"
+classifier_parts() {
+    mkdir -p "$out/accuracy" "$out/deletion_insertion"
+    part "test accuracy (10,000 images$( (( quick )) || echo ', default precision and fp32'))"
+    run --mode test --save_path "$ckpt" --vis none --out_dir "$out/accuracy" \
+        | tee "$out/accuracy/test_accuracy.txt"
+    if (( ! quick )); then
+        run --mode test --save_path "$ckpt" --vis none --precision fp32 \
+            --out_dir "$out/accuracy/fp32" | tee "$out/accuracy/test_accuracy_fp32.txt"
+    fi
 
-part "deletion / insertion, 3 methods x 4 strategies"
-for strategy in zero gray mean blur; do
-    run --mode test --save_path "$ckpt" --vis cam,gradcam,gradcampp --hidden_strategy "$strategy" \
-        --num_eval "$n_eval" --out_dir "$out/deletion_insertion" \
-        | tee "$out/deletion_insertion/log_$strategy.txt"
-done
+    part "heatmap panels"
+    for method in cam gradcam gradcampp; do
+        run --mode test --save_path "$ckpt" --vis "$method" --vis_num 10 --out_dir "$out/heatmaps"
+    done
+    run --mode test --save_path "$ckpt" --vis gradcam --target_layer layer3 --vis_num 10 \
+        --out_dir "$out/heatmaps_layer3"
+
+    part "deletion / insertion, 3 methods x 4 strategies"
+    for strategy in zero gray mean blur; do
+        run --mode test --save_path "$ckpt" --vis cam,gradcam,gradcampp --hidden_strategy "$strategy" \
+            --num_eval "$n_eval" --out_dir "$out/deletion_insertion" \
+            | tee "$out/deletion_insertion/log_$strategy.txt"
+    done
+
+    mkdir -p "$out/leaderboard"
+    part "leaderboard, every method at layer3 and layer4, zero and blur"
+    run --mode test --save_path "$ckpt" --vis all --target_layer layer3,layer4 \
+        --hidden_strategy zero,blur --num_eval "$n_eval" --steps "$(( quick ? 10 : 20 ))" \
+        --out_dir "$out/leaderboard" | tee "$out/leaderboard/log.txt"
+    mkdir -p "$out/sanity_check"
+    part "sanity check"
+    run --mode test --save_path "$ckpt" --sanity --target_layer layer4 --vis_num "$n_sanity" \
+        --vis cam,gradcam,gradcampp,xgradcam,hirescam,layercam,ablationcam,eigencam \
+        --out_dir "$out/sanity_check" | tee "$out/sanity_check/log.txt"
+}
 
 # The shipped detector on the shipped test scenes: evaluation only (training: README,
 # "The trained detector that ships here").
 det=checkpoints/fasterrcnn_fashion_scenes.pth
-mkdir -p "$out/detection"
-part "scene detector, Grad-CAM and LayerCAM on $n_scenes scenes"
-run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num "$n_scenes" \
-    --det_layer layer2,layer3,layer4 --out_dir "$out/detection" \
-    | tee "$out/detection/scene_metrics.txt"
-run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num "$n_scenes" \
-    --det_layer layer2,layer3,layer4 --det_method layercam --out_dir "$out/detection_layercam" \
-    | tee "$out/detection/scene_metrics_layercam.txt"
-for method in gradcam layercam; do
-    run --det_vis --det_weights "$det" --voc_path data/fashion_scenes --det_num 4 \
-        --det_layer layer2,layer3,layer4 --det_method "$method" --det_per_box \
-        --out_dir "$out/detection_per_box_$method"
-done
+scenes=(--det_vis --det_weights "$det" --voc_path data/fashion_scenes)
+layers=(--det_layer layer2,layer3,layer4)
 
-mkdir -p "$out/leaderboard"
-part "leaderboard, every method at layer3 and layer4, zero and blur"
-run --mode test --save_path "$ckpt" --vis all --target_layer layer3,layer4 \
-    --hidden_strategy zero,blur --num_eval "$n_eval" --steps "$(( quick ? 10 : 20 ))" \
-    --out_dir "$out/leaderboard" | tee "$out/leaderboard/log.txt"
-mkdir -p "$out/sanity_check"
-part "sanity check"
-run --mode test --save_path "$ckpt" --sanity --target_layer layer4 --vis_num "$n_sanity" \
-    --vis cam,gradcam,gradcampp,xgradcam,hirescam,layercam,ablationcam,eigencam \
-    --out_dir "$out/sanity_check" | tee "$out/sanity_check/log.txt"
+detection_parts() {
+    mkdir -p "$out/detection"
+    part "scene detector, Grad-CAM and LayerCAM on $n_scenes scenes"
+    run "${scenes[@]}" --det_num "$n_scenes" "${layers[@]}" --out_dir "$out/detection" \
+        | tee "$out/detection/scene_metrics.txt"
+    run "${scenes[@]}" --det_num "$n_scenes" "${layers[@]}" --det_method layercam \
+        --out_dir "$out/detection_layercam" | tee "$out/detection/scene_metrics_layercam.txt"
+    for method in gradcam layercam; do
+        run "${scenes[@]}" --det_num 4 "${layers[@]}" --det_method "$method" --det_per_box \
+            --out_dir "$out/detection_per_box_$method"
+    done
+
+    part "the raw Grad-CAM map's sign on $n_scenes scenes"
+    script scripts/gradcam_sign.py --scenes "$n_scenes" | tee "$out/detection/gradcam_sign.txt"
+
+    part "D-RISE ($drise_masks masks), LayerCAM and Grad-CAM on the first $n_drise scenes"
+    run "${scenes[@]}" --det_num "$n_drise" --det_method drise --det_masks "$drise_masks" \
+        --out_dir "$out/detection_drise" | tee "$out/detection/scene_metrics_drise.txt"
+    for method in gradcam layercam; do
+        run "${scenes[@]}" --det_num "$n_drise" "${layers[@]}" --det_method "$method" \
+            --out_dir "$out/detection_${n_drise}_$method" \
+            | tee "$out/detection/scene_metrics_${n_drise}_$method.txt"
+    done
+    if (( ! quick )); then
+        part "D-RISE's pointing game against its mask count, first 12 scenes"
+        for masks in 100 300 1000; do
+            run "${scenes[@]}" --det_num 12 --det_method drise --det_masks "$masks" \
+                --out_dir "$out/detection_drise_masks_$masks" \
+                | tee "$out/detection/scene_metrics_drise_masks_$masks.txt"
+        done
+    fi
+
+    part "each gradient map's agreement with D-RISE's"
+    script scripts/drise_agreement.py --scenes "$(( quick ? 4 : 20 ))" \
+        --masks "$(( quick ? 100 : 300 ))" | tee "$out/detection/drise_agreement.txt"
+
+    part "what the detector missed, LayerCAM at layer2, $n_scenes scenes"
+    run "${scenes[@]}" --det_num "$n_scenes" --det_layer layer2 --det_method layercam \
+        --det_explain_missed --out_dir "$out/detection_misses" \
+        | tee "$out/detection/scene_metrics_misses.txt"
+}
+
+(( detection_only )) || classifier_parts
+detection_parts
 
 part ""
 echo "== all parts took $(( SECONDS - started )) s"
@@ -101,14 +155,16 @@ for method in gradcam layercam; do
     cp "$out/detection_per_box_$method/detection/000001_boxes_by_layer.png" \
         "docs/detection_boxes_by_layer_$method.png"
 done
-for method in cam gradcam gradcampp; do
-    cp "$out/heatmaps/$method/${method}_grid.png" "docs/${method}_grid.png"
-done
-cp "$out/heatmaps_layer3/gradcam/gradcam_grid.png" docs/gradcam_layer3_grid.png
-cp "$out/deletion_insertion/comparison_zero.png" docs/comparison_zero.png
-cp "$out/deletion_insertion/results_gradcam_zero.png" docs/results_gradcam_zero.png
-cp "$out/accuracy/confusion_matrix.png" docs/confusion_matrix.png
-cp "$out/leaderboard/ranking_zero.png" docs/ranking_zero.png
-cp "$out/leaderboard/ranking_blur.png" docs/ranking_blur.png
-cp "$out/sanity_check/sanity/sanity.png" docs/sanity.png
+if (( ! detection_only )); then
+    for method in cam gradcam gradcampp; do
+        cp "$out/heatmaps/$method/${method}_grid.png" "docs/${method}_grid.png"
+    done
+    cp "$out/heatmaps_layer3/gradcam/gradcam_grid.png" docs/gradcam_layer3_grid.png
+    cp "$out/deletion_insertion/comparison_zero.png" docs/comparison_zero.png
+    cp "$out/deletion_insertion/results_gradcam_zero.png" docs/results_gradcam_zero.png
+    cp "$out/accuracy/confusion_matrix.png" docs/confusion_matrix.png
+    cp "$out/leaderboard/ranking_zero.png" docs/ranking_zero.png
+    cp "$out/leaderboard/ranking_blur.png" docs/ranking_blur.png
+    cp "$out/sanity_check/sanity/sanity.png" docs/sanity.png
+fi
 echo "Figures in $out; README copies in docs/"
