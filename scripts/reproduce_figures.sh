@@ -110,8 +110,11 @@ detection_parts() {
             --out_dir "$out/detection_per_box_$method"
     done
 
-    part "the raw Grad-CAM map's sign on $n_scenes scenes"
-    script scripts/gradcam_sign.py --scenes "$n_scenes" | tee "$out/detection/gradcam_sign.txt"
+    part "where the raw Grad-CAM and LayerCAM maps peak, $n_scenes scenes"
+    for method in gradcam layercam; do
+        script scripts/gradcam_sign.py --scenes "$n_scenes" --method "$method" \
+            | tee "$out/detection/${method}_sign.txt"
+    done
 
     part "D-RISE ($drise_masks masks), LayerCAM and Grad-CAM on the first $n_drise scenes"
     run "${scenes[@]}" --det_num "$n_drise" --det_method drise --det_masks "$drise_masks" \
