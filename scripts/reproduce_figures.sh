@@ -4,8 +4,8 @@
 #
 #   scripts/reproduce_figures.sh [--quick] [--detection] [OUT_DIR]
 #
-# Each part prints its wall time when it ends, and the total at the end. The README's
-# "Reproducing" section lists the measured durations (the leaderboard over every method at two
+# Each part prints its wall time when it ends, and the total at the end. The README's "Two
+# commands" section gives the durations measured (the leaderboard over every method at two
 # layers dominates: Score-CAM's 768 forward passes per image, and the curves).
 # --quick: the same figures from fewer images and steps (20 instead of 100 images for
 # deletion/insertion and the leaderboard, 30 of the 300 test scenes, 4 sanity images), for a
