@@ -46,15 +46,12 @@ part() {   # part NAME: end the running part (print its wall time) and start the
     return 0
 }
 
-run() {
-    echo "+ python main.py $*"
-    "$py" main.py "$@"
-}
-
-script() {
+script() {   # script FILE ARGS...: echo the command, then run it with $py
     echo "+ python $*"
     "$py" "$@"
 }
+
+run() { script main.py "$@"; }
 
 classifier_parts() {
     mkdir -p "$out/accuracy" "$out/deletion_insertion"
