@@ -22,8 +22,6 @@ import visualize
 from data import DatasetInfo, ImageSplit, info_from_meta, load_image, load_split, normalize
 from errors import ParamError, UserError
 from registry import (
-    DEFAULT_DET_ARCH,
-    DET_TITLES,
     TITLES,
     parse_layers,
     parse_methods,
@@ -37,7 +35,6 @@ CLASSIFIER_FLAGS = {"layer": "--target_layer", "layers": "--target_layer", "meth
 DETECTOR_FLAGS = {"layers": "--det_layer", "method": "--det_method", "device": "--device",
                   "arch": "--det_arch", "min_size": "--det_min_size"}
 GRID_MAX = 50  # images in a method's grid figure; a larger grid is unreadable and slow to draw
-GRID_IMAGES = 16  # images in the grid of detections that a VOC-style run writes
 
 
 class _Console(logging.Handler):
@@ -96,15 +93,18 @@ def _dispatch(args: Namespace) -> int:
             and not distributed.world().is_main:
         return 0  # under torchrun rank 0 alone does the jobs that are not split across ranks
     if args.mode == "train" and args.det_vis:
+        from cli_detect import train_detector
         return train_detector(args)
     if args.mode == "train":
         from validation import fine_tuning
         return fine_tune(args) if fine_tuning(args) else train_classifier(args)
     if args.make_scenes:
+        from cli_detect import make_scenes
         return make_scenes(args)
     device = resolve_device(args.device)
     if args.det_vis or args.det_img:
-        return detect(args, device)
+        import cli_detect
+        return cli_detect.explain_image(args) if args.det_img else cli_detect.score_set(args)
     if from_anywhere(args):
         return any_model(args, device)
     if args.target_layer == "auto":
@@ -172,38 +172,11 @@ def fine_tune(args: Namespace) -> int:
     return 0
 
 
-def train_detector(args: Namespace) -> int:
-    """``--mode train --det_vis``: train the scene detector (``--resume`` continues)."""
-    from train_detector import DetectorTrainConfig, fit_detector
-    device = resolve_device(args.device)
-    history = fit_detector(DetectorTrainConfig(
-        data_dir=args.data_dir, save_path=args.save_path, log_dir=args.log_dir,
-        num_epochs=args.num_epochs, batch_size=args.batch_size,
-        lr=0.1 if args.lr is None else args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, det_scenes=args.det_scenes,
-        det_num=args.det_num, save_half=args.save_half, resume=args.resume,
-        init_weights=args.det_weights, device=device,
-        dtype=precision_dtype(args.precision, device)))
-    last = history[-1]["test_map"] if history else 0.0
-    print(f"Last test mAP@0.5: {last:.4f}  (checkpoint {args.save_path}, metrics "
-          f"{Path(args.log_dir) / 'metrics.csv'})")
-    return 0
-
-
-def make_scenes(args: Namespace) -> int:
-    """``--make_scenes DIR``: the shipped test scenes' generator, ``--det_num`` of them."""
-    from train_detector import TEST_SEED, write_test_scenes
-    written = write_test_scenes(args.data_dir, args.make_scenes, args.det_num)
-    print(f"wrote {args.det_num} test scenes (Fashion-MNIST test split, key {TEST_SEED}) to "
-          f"{written}")
-    return 0
-
-
 # --------------------------------------------------------------------------------------------
 # The classifier
 
 
-def _precision_line(device: torch.device, dtype: torch.dtype | None) -> str:
+def precision_line(device: torch.device, dtype: torch.dtype | None) -> str:
     from train import precision_label
     return f"device {device}, precision {precision_label(dtype)}"
 
@@ -215,7 +188,7 @@ def test_accuracy(args: Namespace, model: torch.nn.Module, split: ImageSplit,
     dtype = precision_dtype(args.precision, device)
     if distributed.world().is_main:
         print(f"Testing on {len(split)} {split.info.name} test images, "
-              f"{_precision_line(device, dtype)}")
+              f"{precision_line(device, dtype)}")
     report = accuracy(model, split, device, dtype, batch_size=max(args.batch_size, 256))
     if report is None:  # another rank than 0 under torchrun: rank 0 reports
         return 0
@@ -243,7 +216,7 @@ def explain_dataset(args: Namespace, model: torch.nn.Module, split: ImageSplit,
     here = distributed.world()
     if here.is_main:
         print(f"Heatmaps of {n} {info.name} test images: {', '.join(TITLES[m] for m in methods)} "
-              f"at {args.target_layer}, {_precision_line(device, None)}")
+              f"at {args.target_layer}, {precision_line(device, None)}")
     correct = 0
     grid: dict[str, list[tuple[torch.Tensor, torch.Tensor, str]]] = {m: [] for m in methods}
     mine = distributed.shard(n, here)
@@ -290,7 +263,7 @@ def explain_images(args: Namespace, model: torch.nn.Module, info: DatasetInfo,
     methods = [] if args.vis == "none" else parse_methods(args.vis)
     pixels = torch.stack([load_image(path, info) for path in args.image])
     print(f"{len(pixels)} image(s) at {info.input_size} px for the {info.name} model, "
-          f"{_precision_line(device, None)}")
+          f"{precision_line(device, None)}")
     images = normalize(pixels, info).to(device)
     probs = probabilities(model, images, args.batch_size)
     top = probs.topk(min(5, probs.shape[1]), dim=1)
@@ -364,7 +337,7 @@ def sanity(args: Namespace, model: torch.nn.Module, info: DatasetInfo,
     images = normalize(pixels, info).to(device)
     dtype = precision_dtype(args.precision, device)
     print(f"Sanity check: {source}, {len(methods)} method(s) at {', '.join(layers)}, "
-          f"{_precision_line(device, dtype)} (Score-CAM / Ablation-CAM passes; the rest fp32)")
+          f"{precision_line(device, dtype)} (Score-CAM / Ablation-CAM passes; the rest fp32)")
     use_true = labels is not None and (args.target == "gt" or args.image or args.image_dir)
     targets = labels.to(device) if use_true else predicted_classes(model, images,
                                                                    args.batch_size)
@@ -383,220 +356,6 @@ def sanity(args: Namespace, model: torch.nn.Module, info: DatasetInfo,
               f"{last.ssim.mean:.2f} with every layer random)")
     print(f"Wrote {', '.join(str(p) for p in written)}")
     return 0
-
-
-# --------------------------------------------------------------------------------------------
-# Detections
-
-
-def _score_thresh(args: Namespace, detector=None) -> float:
-    """``--det_score_thresh``, else the detector's own (the checkpoint's, 0.5 for COCO)."""
-    if args.det_score_thresh is not None:
-        return args.det_score_thresh
-    return detector.score_thresh if detector is not None else 0.5
-
-
-def detect(args: Namespace, device: torch.device) -> int:
-    """``--det_vis``: explain one image (``--det_img``) or a VOC-style test set (``--voc_path``:
-    VOC 2007 test, or the Fashion-MNIST scenes)."""
-    from data import open_image
-    from detection import image_array, load_detector, score_floor
-    from registry import det_default_layer, parse_det_layers
-    from voc import VOCReader
-    layers = (["input"] if args.det_method == "drise" else
-              parse_det_layers(args.det_layer, args.det_arch) if args.det_layer is not None else
-              [det_default_layer(args.det_arch)])
-    floor = score_floor(_score_thresh(args))
-    if args.det_img:
-        photo = open_image(args.det_img)  # a bad image fails before the weights are loaded
-        detector = load_detector(args.det_weights, device, args.det_min_size, floor,
-                                 args.det_arch)
-        print(f"Detector: {detector.description}, {_precision_line(device, None)}")
-        image = image_array(photo, fit=detector.input_fit)
-        del photo
-        return detect_image(args, detector, image, layers, device)
-    with VOCReader(args.voc_path) as reader:
-        reader.ids()   # a bad list of ids is refused before the weights are loaded
-        detector = load_detector(args.det_weights, device, args.det_min_size, floor,
-                                 args.det_arch)
-        print(f"Detector: {detector.description}, {_precision_line(device, None)}")
-        reader.classes = detector.classes
-        return detect_voc(args, detector, reader, layers, device)
-
-
-DRISE_GRID = 16     # cells per side of a D-RISE mask
-DRISE_BATCH = 16    # masked images per detector pass
-
-
-def _explainer(args: Namespace, layers: list[str]):
-    """``explain(model, image, score_thresh, max_explained, allowed) -> DetectionResult`` for
-    D-RISE with ``--det_masks``; None for a gradient method (explained at ``layers``)."""
-    if args.det_method == "drise":
-        from drise import explain_detections_drise
-
-        def explain(model, image, thresh, most, allowed):
-            return explain_detections_drise(model, image, thresh, most, allowed,
-                                            masks=args.det_masks, grid=DRISE_GRID,
-                                            batch_size=DRISE_BATCH, seed=args.seed)
-        return explain
-    return None   # the gradient methods: detmetrics.score_voc's own, at ``layers``
-
-
-def detect_image(args: Namespace, detector, image, layers: list[str],
-                 device: torch.device) -> int:
-    """``--det_img PATH``: panels for one image. An image without detections is not an error
-    (the detector's answer is "nothing here"): one line says so and the exit status is 0."""
-    from detection import explain_detections, to_tensor
-    path = args.det_img
-    thresh = _score_thresh(args, detector)
-    explain = _explainer(args, layers)
-    if explain is None:
-        result = explain_detections(detector.model, to_tensor(image, device), layers, thresh,
-                                    args.det_max, method=args.det_method)
-    else:
-        result = explain(detector.model, to_tensor(image, device), thresh, args.det_max, None)
-    names = detector.names
-    if len(result.explained) == 0:
-        shown, top = (outputs.distinct(thresh, float(result.scores[0])) if len(result.scores)
-                      else (f"{thresh:.2f}", ""))
-        best = f"; best score {top} ({names[int(result.labels[0])]})" if len(result.scores) else ""
-        print(f"{path}: no detection with score >= {shown}{best}; nothing to explain")
-        return 0
-    found = ", ".join(visualize.caption(names, int(result.labels[i]), float(result.scores[i]))
-                      for i in result.explained.tolist())
-    n = len(result.explained)
-    print(f"{path}: {n} detection{'s' * (n != 1)} explained: {found}")
-    folder = Path(args.out_dir) / "detection"
-    for written in visualize.save_panels(image, result, visualize.slug(Path(path).stem), folder,
-                                         names, args.det_per_box):
-        print(f"wrote {written}")
-    return 0
-
-
-def detect_voc(args: Namespace, detector, reader, layers: list[str],
-               device: torch.device) -> int:
-    """A VOC-style test set: panels for the first ``--det_num`` images, a grid of the first
-    ones with ground truth and detections, then AP and explanation scores with baselines,
-    printed and saved as ``voc_metrics.json``."""
-    import json
-
-    from detection import score_floor, weights_file
-    from detmetrics import format_table, score_voc
-    from voc import VOC_CLASSES
-    thresh = _score_thresh(args, detector)
-    names = {label: reader.classes[c] for label, c in detector.label_map.items()}
-    folder = Path(args.out_dir) / "detection"
-    grid = []
-    kind = "VOC-class detection" if reader.classes == VOC_CLASSES else "detection"
-
-    to_label = {c: label for label, c in detector.label_map.items()}
-    missed: list[dict] = []
-
-    def explain_missed(image_id, image, truth, result) -> None:
-        from detection import to_tensor
-        from misses import explain_misses, explain_misses_drise
-        known = [i for i, c in enumerate(truth.labels.tolist()) if c in to_label]
-        boxes = truth.boxes[known]
-        labels = torch.tensor([to_label[c] for c in truth.labels[known].tolist()],
-                              dtype=torch.long)
-        tensor = to_tensor(image, device)
-        if args.det_method == "drise":
-            found = explain_misses_drise(detector.model, tensor, result, boxes, labels, thresh,
-                                         masks=args.det_masks, grid=DRISE_GRID,
-                                         batch_size=DRISE_BATCH, seed=args.seed)
-        else:
-            found = explain_misses(detector.model, tensor, result, boxes, labels, thresh, layers,
-                                   args.det_method)
-        for k, miss in enumerate(found, 1):
-            name = names.get(miss.label, str(miss.label))
-            winner = ("background" if miss.winner == 0 else
-                      "its own class, under the threshold" if miss.winner == miss.label else
-                      names.get(miss.winner, "?"))
-            other = None if miss.detected_as is None else names.get(miss.detected_as, "?")
-            missed.append({"image": image_id, "class": name, "kind": miss.kind,
-                           "best_iou": round(miss.iou, 4), "score": round(miss.score, 4),
-                           "won_by": winner, "detected_as": other or ""})
-            for layer, heat in miss.maps.items():
-                text = f"best proposal {name} {miss.score:.2f}" + (
-                    f", detected as {other}" if other else "")
-                visualize.save_rgb(visualize.miss_panel(
-                    image, heat, miss.box.tolist(), miss.proposal_box.tolist(),
-                    (f"missed {name}", text),
-                    f"{miss.kind} miss, IoU {miss.iou:.2f}, {DET_TITLES[args.det_method]} "
-                    f"{layer}"), folder / "misses" /
-                    f"{visualize.slug(image_id)}_{k:02d}_{visualize.slug(name)}_{layer}.png")
-
-    def draw(image_id, image, truth, result) -> None:
-        if args.det_explain_missed:
-            explain_missed(image_id, image, truth, result)
-        if len(grid) < GRID_IMAGES:
-            grid.append(visualize.ground_truth_panel(
-                image, result, truth.boxes.tolist(),
-                [reader.classes[c] for c in truth.labels.tolist()], names))
-        if len(result.explained) == 0:
-            tqdm.write(f"{image_id}: no {kind} with score >= {thresh:.2f}; skipped")
-            return
-        visualize.save_panels(image, result, visualize.slug(image_id), folder, names,
-                              args.det_per_box, truth_boxes=truth.boxes.tolist())
-
-    report = score_voc(detector, reader, layers, args.det_method, thresh, args.det_max,
-                       args.det_num, device, on_image=draw, explain=_explainer(args, layers))
-    print(f"{reader.path}, {len(report.ids)} images ({len(report.without_detections)} without "
-          f"detections), {detector.description}")
-    print(format_table(report.summary, DET_TITLES[args.det_method]))
-    report.settings.update({
-        **({"arch": args.det_arch} if args.det_arch != DEFAULT_DET_ARCH else {}),
-        "weights": args.det_weights or weights_file(args.det_arch),
-        "annotation_problems": reader.problems(),
-        **({"drise": {"masks": args.det_masks, "grid": DRISE_GRID, "keep": 0.5,
-                      "seed": args.seed}} if args.det_method == "drise" else {}),
-        "ap_method": "VOC2007 11-point, difficult objects ignored, detections with score > "
-                     f"{score_floor(thresh)}"})
-    if args.det_explain_missed:
-        report.settings["misses"] = miss_summary(missed)
-        outputs.write_csv(folder / "misses.csv", MISS_FIELDS, missed)
-        print(miss_table(report.settings["misses"]))
-        print(f"wrote {folder / 'misses.csv'} and {len(missed)} panels in {folder / 'misses'}")
-    if grid:
-        visualize.save_panel_grid(grid, folder / "detections_grid.png")
-        print(f"wrote {folder / 'detections_grid.png'}")
-    path = folder / "voc_metrics.json"
-    outputs.write_text(path, json.dumps(report.as_dict(), indent=2))
-    print(f"wrote {path}")
-    return 0
-
-
-MISS_FIELDS = ("image", "class", "kind", "best_iou", "score", "won_by", "detected_as")
-
-
-def miss_summary(missed: list[dict]) -> dict:
-    """Misses counted by class and kind, and which classes won the classification misses."""
-    from collections import Counter
-
-    from misses import KINDS
-    by_class: dict[str, dict] = {}
-    for row in missed:
-        entry = by_class.setdefault(row["class"], {k: 0 for k in KINDS} | {"won_by": Counter()})
-        entry[row["kind"]] += 1
-        if row["kind"] == "classification":
-            entry["won_by"][row["won_by"]] += 1
-    return {"total": len(missed), "by_kind": dict(Counter(r["kind"] for r in missed)),
-            "by_class": {c: {**{k: v for k, v in e.items() if k != "won_by"},
-                             "won_by": dict(e["won_by"].most_common())}
-                         for c, e in sorted(by_class.items())}}
-
-
-def miss_table(summary: dict) -> str:
-    """The misses as a text table: one row per class."""
-    from misses import KINDS
-    head = (f"Missed objects: {summary['total']} (no detection of their class at IoU >= 0.5 "
-            f"and the score threshold)")
-    lines = [head,
-             f"{'class':<12} " + " ".join(f"{k:>14}" for k in KINDS) + "  classification won by"]
-    for name, e in summary["by_class"].items():
-        won = ", ".join(f"{c} {n}" for c, n in e["won_by"].items())
-        lines.append(f"{name:<12} " + " ".join(f"{e[k]:>14}" for k in KINDS) + f"  {won}")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,7 +390,7 @@ def any_model(args: Namespace, device: torch.device) -> int:
     heatmaps, leaderboard and sanity check on an ImageFolder ``--data_dir``."""
     loaded, random = _load(args, device)
     print(f"Model: {loaded.description}{' (random weights: no --weights)' * random}, "
-          f"{_precision_line(device, None)}")
+          f"{precision_line(device, None)}")
     if args.list_layers:
         return list_layers(loaded)
     layers = [loaded.layer(name) for name in parse_layers(args.target_layer)]
@@ -767,7 +526,7 @@ def _folder_accuracy(args: Namespace, loaded, paths, labels, device: torch.devic
     from folders import PhotoDataset, loader_workers, photo_batches, photo_loader
     from train import accuracy_report
     dtype = precision_dtype(args.precision, device)
-    print(f"Testing on {len(paths)} images of {args.data_dir}, {_precision_line(device, dtype)}")
+    print(f"Testing on {len(paths)} images of {args.data_dir}, {precision_line(device, dtype)}")
     loader = photo_loader(PhotoDataset(paths, loaded.preprocessing, labels), args.batch_size,
                           workers=loader_workers(device))
     logits, truth = [], []
