@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from errors import UserError
+from errors import ParamError, UserError
 from runtime import eval_mode
 
 
@@ -165,8 +165,9 @@ def auto_layer(model: nn.Module, input_size: int | tuple[int, int] | torch.Tenso
     if not found:
         size = (tuple(input_size.shape[-2:]) if isinstance(input_size, torch.Tensor)
                 else input_size)
-        raise UserError(f"target_layer=auto: no module of the model outputs a [B, K, h, w] map "
-                        f"larger than 1x1 for a {size} input, so there is no layer to explain")
+        raise ParamError("layer", f"{{param}} auto: no module of the model outputs a [B, K, h, w] "
+                                  f"map larger than 1x1 for a {size} input, so there is no layer "
+                                  f"to explain")
     return found[-1]
 
 
@@ -240,7 +241,7 @@ def cam_head(model: nn.Module, input_size: int | tuple[int, int] | torch.Tensor 
 
 
 def not_a_map(model: nn.Module, layer: nn.Module, images: torch.Tensor,
-              activation: torch.Tensor | None) -> UserError:
+              activation: torch.Tensor | None) -> ParamError:
     """The one-line error for a target layer whose output is no ``[B, K, h, w]`` map (``fc``,
     a pooling to a vector) or a 1x1 map (one location explains nothing), naming the layers
     that work."""
@@ -252,8 +253,8 @@ def not_a_map(model: nn.Module, layer: nn.Module, images: torch.Tensor,
     shown = working if len(working) <= 8 else ["..."] + working[-8:]
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     example = f", or a convolution inside them such as {convs[-1]}" if convs else ""
-    return UserError(f"target_layer={names.get(id(layer), '?')} gives {shape}, {what}; "
-                     f"layers that work: {', '.join(shown)}{example}")
+    return ParamError("layer", f"{{param}} {names.get(id(layer), '?')} gives {shape}, {what}; "
+                               f"layers that work: {', '.join(shown)}{example}")
 
 
 def is_map(activation: torch.Tensor | None) -> bool:
@@ -286,33 +287,72 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.view(*maps.shape[:-2], *size)
 
 
-class CAM:
+class LayerExplainer:
+    """What every method shares: the model, the layer it explains and the options, so that
+    every method is built the same way, ``Method(model, layer="auto", batch_size=..., dtype=...)``.
+
+    ``layer`` is a module name (``layer4``, ``features.7``) or ``"auto"``: the model's own
+    default layer (:meth:`default_layer`, the last spatial layer), found on the first batch
+    from the images' size; ``self.layer`` then holds the name found. ``batch_size`` (the chunk
+    of per-channel forward passes) and ``dtype`` (their autocast precision, None: fp32) are read
+    by the methods that run such passes; the others accept them and ignore them.
+    """
+
+    def __init__(self, model: nn.Module, layer: str = "auto", *, batch_size: int = 256,
+                 dtype: torch.dtype | None = None):
+        if "," in layer:
+            raise ParamError("layer", f"{{param}} '{layer}' names several layers; a heatmap is "
+                                      f"made at one layer (a leaderboard or a sanity check "
+                                      f"takes several)")
+        if batch_size < 1:
+            raise ParamError("batch_size", f"{{param}} must be at least 1, got {batch_size}")
+        self.model = model
+        self.layer = layer
+        self.batch_size = batch_size
+        self.dtype = dtype
+        # an unknown name fails now, not at the first batch
+        self._module = None if layer == "auto" else resolve_layer(model, layer)
+
+    def default_layer(self, images: torch.Tensor) -> str:
+        """The layer ``"auto"`` stands for, for inputs the size of ``images``."""
+        return auto_layer(self.model, images[:1])
+
+    def layer_module(self, images: torch.Tensor) -> nn.Module:
+        """The explained layer's module; ``"auto"`` is resolved here, once, on the first batch."""
+        if self._module is None:
+            self.layer = self.default_layer(images)
+            self._module = resolve_layer(self.model, self.layer)
+        return self._module
+
+
+class CAM(LayerExplainer):
     """CAM: ``M_c = sum_k w_k^c A_k`` over the feature maps that feed global average pooling.
 
     Defined only for a network whose head is global average pooling followed by one linear
     layer, at the layer just before that pooling (``layer4`` of a ResNet, ``features`` of a
-    MobileNet v2). The head is found on the first batch (:func:`cam_head`); ``target_layer``
-    None or ``auto`` means that layer, any other must give the same map.
+    MobileNet v2). The head is found on the first batch (:func:`cam_head`); ``layer="auto"``
+    means that layer, any other must give the same map.
     """
 
-    def __init__(self, model: nn.Module, target_layer: str | None = None):
-        self.model = model
-        self.target_layer = None if target_layer in (None, "auto") else target_layer
-        if self.target_layer is not None:
-            resolve_layer(model, self.target_layer)     # an unknown name fails now, not later
-        self.head: CamHead | None = None
+    head: CamHead | None = None
 
-    def _layers(self, images: torch.Tensor) -> tuple[nn.Module, nn.Linear]:
+    def _head(self, images: torch.Tensor) -> CamHead:
         if self.head is None:
             self.head = cam_head(self.model, images[:1])
-        head = self.head
-        if self.target_layer is not None and self.target_layer not in head.layers:
-            raise UserError(f"CAM needs the feature maps that feed the linear layer "
-                            f"'{head.linear}' through global average pooling "
-                            f"(target_layer={head.layer}); '{self.target_layer}' gives another "
-                            f"map. Use gradcam for other layers")
-        linear = resolve_layer(self.model, head.linear)
-        return resolve_layer(self.model, self.target_layer or head.layer), linear
+        return self.head
+
+    def default_layer(self, images: torch.Tensor) -> str:
+        return self._head(images).layer
+
+    def _layers(self, images: torch.Tensor) -> tuple[nn.Module, nn.Linear]:
+        head = self._head(images)
+        layer = self.layer_module(images)
+        if self.layer not in head.layers:
+            raise ParamError("layer", f"CAM needs the feature maps that feed the linear layer "
+                                      f"'{head.linear}' through global average pooling "
+                                      f"({{param}} {head.layer}); '{self.layer}' gives another "
+                                      f"map. Use gradcam for other layers")
+        return layer, resolve_layer(self.model, head.linear)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

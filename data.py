@@ -18,13 +18,16 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+import torchvision.transforms.functional as TF
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.transforms import InterpolationMode
 
 from errors import UserError, note, reason
 
@@ -50,6 +53,84 @@ class DatasetInfo:
         """The fields a checkpoint records so that test mode needs no dataset flag."""
         return {"dataset": self.name, "classes": list(self.classes), "mean": list(self.mean),
                 "std": list(self.std), "input_size": self.input_size}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a photo becomes the model's input, for PIL photos and pixel tensors alike.
+
+    ``resize_size`` None: the whole photo is resized to ``crop_size`` x ``crop_size`` (the
+    CIFAR model's way, aspect ratio not kept). Otherwise the shorter side is resized to
+    ``resize_size`` and the centre ``crop_size`` square is kept (torchvision's
+    ``ImageClassification``). Then ``(x - mean) / std`` on pixels in ``[0, 1]``. ``grayscale``
+    and ``pad`` are the built-in grayscale datasets' way (Fashion-MNIST: one luminance channel
+    resized to 28, zero-padded to 32, repeated to three channels), as ``data.load_image``.
+    """
+
+    crop_size: int
+    resize_size: int | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+    grayscale: bool = False
+    pad: int = 0
+
+    @property
+    def _mode(self) -> InterpolationMode:
+        return InterpolationMode(self.interpolation)
+
+    def pixels(self, photo: Image.Image | torch.Tensor) -> torch.Tensor:
+        """A photo (PIL, any mode; or a ``[3, H, W]`` tensor in ``[0, 1]``) as the model's
+        pixels ``[3, S, S]`` in ``[0, 1]`` (before normalization), as torchvision does it."""
+        if isinstance(photo, Image.Image):      # resized as PIL, as torchvision does it
+            if photo.mode in ("RGBA", "LA", "P"):
+                rgba = photo.convert("RGBA")
+                photo = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+            photo = photo.convert("L" if self.grayscale else "RGB")
+        elif self.grayscale:
+            photo = TF.rgb_to_grayscale(photo)
+        inner = self.crop_size - 2 * self.pad
+        size = [inner, inner] if self.resize_size is None else [self.resize_size]
+        out = TF.resize(photo, size, interpolation=self._mode, antialias=True)
+        if self.resize_size is not None:
+            out = TF.center_crop(out, [inner, inner])
+        out = (TF.pil_to_tensor(out).float().div(255) if isinstance(out, Image.Image)
+               else out.clamp(0, 1))
+        out = F.pad(out, (self.pad,) * 4)
+        return out.expand(3, -1, -1).contiguous() if out.shape[0] == 1 else out
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel space ``[0, 1]`` (``[..., 3, H, W]``) -> the network's input space."""
+        mean = torch.tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+        return (pixels - mean) / std
+
+    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's input space -> pixel space ``[0, 1]``."""
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+        return (images * std + mean).clamp(0, 1)
+
+    def __call__(self, photo: Image.Image | torch.Tensor) -> torch.Tensor:
+        """A photo -> the normalized input ``[3, S, S]``."""
+        return self.normalize(self.pixels(photo))
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """``(left, top, right, bottom)`` of the region of a ``width`` x ``height`` photo that
+        the model sees, in the photo's pixel coordinates (the whole photo when it is squashed
+        rather than cropped)."""
+        if self.resize_size is None:
+            return 0.0, 0.0, float(width), float(height)
+        side = min(width, height) * (self.crop_size - 2 * self.pad) / self.resize_size
+        side_w, side_h = min(side, width), min(side, height)
+        left, top = (width - side_w) / 2, (height - side_h) / 2
+        return left, top, left + side_w, top + side_h
+
+    def as_meta(self) -> dict[str, Any]:
+        """The fields a checkpoint records so that the preprocessing can be rebuilt."""
+        return {"input_size": self.crop_size, "resize_size": self.resize_size,
+                "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
 
 
 DATASETS: dict[str, DatasetInfo] = {

@@ -13,8 +13,11 @@ import torch
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from detection import DetectionResult, Detector, explain_detections, to_tensor
+from detection import DetectionResult, DetectionTarget, explain, to_tensor
+from detectors import DEFAULT_ARCH, Detector, score_floor
+from drise import DriseSettings
 from errors import UserError, note
+from misses import Miss, explain_misses, miss_row, miss_summary
 from stats import MEAN_INTERVAL, PROPORTION_INTERVAL, mean_spread, wilson
 from voc import IOU_THRESH, POINTING_TOLERANCE, VOC_CLASSES, VOCAnnotation, VOCReader
 
@@ -254,9 +257,6 @@ class DetectionScore:
                                                   self.other_detection.items()}}}
 
 
-VOCScore = DetectionScore
-
-
 def _fmt(value: float | None) -> str:
     return "   n/a" if value is None else f"{value:6.3f}"
 
@@ -313,7 +313,9 @@ def format_table(summary: dict, method: str = "Grad-CAM") -> str:
 @dataclass
 class DetectionReport:
     """What :func:`score_voc` returns: the images scored, those without a detection to explain,
-    and the summary (AP per class, mAP, per-layer explanation scores, baselines)."""
+    the summary (AP per class, mAP, per-layer explanation scores, baselines), the settings of
+    the run, and the missed objects (``miss_rows``, one :func:`misses.miss_row` each, and
+    their ``misses`` summary) when they were explained."""
 
     voc_path: str
     ids: list[str]
@@ -322,14 +324,32 @@ class DetectionReport:
     score_thresh: float
     max_explained: int
     summary: dict
-    settings: dict = field(default_factory=dict)
+    unreadable_images: list[str] = field(default_factory=list)
+    detector: str = ""
+    pointing_tolerance_px: float = POINTING_TOLERANCE
+    detector_min_size: int | None = None
+    arch: str | None = None          # the COCO layout, when not the default one
+    weights: str | None = None
+    annotation_problems: dict = field(default_factory=dict)
+    drise: dict | None = None        # D-RISE's settings, for a D-RISE run
+    ap_method: str = ""
+    misses: dict | None = None       # the summary of the missed objects, when explained
+    miss_rows: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         """The report as ``voc_metrics.json`` holds it."""
         return {"voc_path": self.voc_path, "images": len(self.ids),
                 "images_without_detections": self.without_detections, "method": self.method,
                 "score_thresh": self.score_thresh, "max_explained_per_image": self.max_explained,
-                **self.settings, "ap_iou": IOU_THRESH,
+                "unreadable_images": self.unreadable_images, "detector": self.detector,
+                "pointing_tolerance_px": self.pointing_tolerance_px,
+                "detector_min_size": self.detector_min_size,
+                **({"arch": self.arch} if self.arch is not None else {}),
+                "weights": self.weights, "annotation_problems": self.annotation_problems,
+                **({"drise": self.drise} if self.drise is not None else {}),
+                "ap_method": self.ap_method,
+                **({"misses": self.misses} if self.misses is not None else {}),
+                "ap_iou": IOU_THRESH,
                 "higher_is_better": {"ap": True, "pointing_game": True, "energy_in_box": True,
                                      "peak_in_own_box": True, "energy_in_own_box": True},
                 "baseline_maps": BASELINE_MAPS, **self.summary}
@@ -340,26 +360,48 @@ BASELINE_MAPS = {"centre": "a Gaussian centred on the image, sigma a quarter of 
                  "other_detection": "the map of the next explained detection in the same image, "
                                     "scored on this one's box"}
 
-ImageCallback = Callable[[str, np.ndarray, VOCAnnotation, DetectionResult], None]
+# on_image(image_id, image, truth, result, misses): misses are (Miss, row) pairs
+ImageCallback = Callable[[str, np.ndarray, VOCAnnotation, DetectionResult,
+                          list[tuple[Miss, dict]]], None]
+
+
+def image_misses(detector: Detector, image_id: str, image: torch.Tensor, truth: VOCAnnotation,
+                 result: DetectionResult, score_thresh: float, layers: Sequence[str] | None,
+                 method: str, names: dict[int, str], drise: DriseSettings | None = None
+                 ) -> list[tuple[Miss, dict]]:
+    """The missed objects of one image (ground truth of classes the detector knows), each
+    explained with ``method`` and with its row of the misses table."""
+    to_label = {c: label for label, c in detector.label_map.items()}
+    known = [i for i, c in enumerate(truth.labels.tolist()) if c in to_label]
+    labels = torch.tensor([to_label[c] for c in truth.labels[known].tolist()], dtype=torch.long)
+    found = explain_misses(detector.model, image, result, truth.boxes[known], labels,
+                           score_thresh, layers, method, drise)
+    return [(miss, miss_row(image_id, miss, names)) for miss in found]
 
 
 def score_voc(detector: Detector, reader: VOCReader, layers: Sequence[str],
               method: str = "gradcam", score_thresh: float = 0.5, max_explained: int = 20,
               limit: int | None = None, device: torch.device | str = "cpu",
-              on_image: ImageCallback | None = None,
-              explain: Callable[..., DetectionResult] | None = None) -> DetectionReport:
-    """Explain every detection of the first ``limit`` images of ``reader`` and score the
-    detector (AP) and the maps (pointing game, energy, discrimination, with baselines).
+              on_image: ImageCallback | None = None, drise: DriseSettings | None = None,
+              explain_missed: bool = False) -> DetectionReport:
+    """Explain every detection of the first ``limit`` images of ``reader`` with ``method`` (at
+    ``layers``; D-RISE with ``drise``, a ``drise.DriseSettings``) and score the detector (AP)
+    and the maps (pointing game, energy, discrimination, with baselines); with
+    ``explain_missed`` also classify and explain the objects it missed.
 
-    ``on_image(image_id, image, truth, result)`` sees each image as it is done (to draw its
-    panels), so that no image is kept once it has been scored. ``explain(model, image,
-    score_thresh, max_explained, allowed)`` replaces the gradient methods (D-RISE).
+    ``on_image(image_id, image, truth, result, misses)`` sees each image as it is done (to draw
+    its panels), so that no image is kept once it has been scored.
     """
+    if method == "drise":
+        drise = drise or DriseSettings()
     ids = reader.ids()[:limit]
     score = DetectionScore(layers, reader.classes, detector.pointing_tolerance)
+    names = {label: reader.classes[c] for label, c in detector.label_map.items()}
+    target = DetectionTarget(score_thresh, max_explained, detector.label_map)
     without = []
     desc = "VOC 2007 test" if reader.classes == VOC_CLASSES else f"test set {reader.path.name}"
     unreadable: list[str] = []
+    rows: list[dict] = []
     for image_id in tqdm(ids, desc=desc, unit="image"):
         try:
             image = reader.image(image_id)
@@ -369,20 +411,20 @@ def score_voc(detector: Detector, reader: VOCReader, layers: Sequence[str],
             continue
         truth = reader.annotation(image_id)
         tensor = to_tensor(image, torch.device(device))
-        if explain is None:
-            result = explain_detections(detector.model, tensor, layers, score_thresh,
-                                        max_explained, allowed=detector.label_map, method=method)
-        else:
-            result = explain(detector.model, tensor, score_thresh, max_explained,
-                             detector.label_map)
+        result = explain(detector.model, tensor, target, layers, method, drise)
         score.add(image_id, truth, result, detector.label_map)
         if len(result.explained) == 0:
             without.append(image_id)
+        missed = (image_misses(detector, image_id, tensor, truth, result, score_thresh, layers,
+                               method, names, drise) if explain_missed else [])
+        rows += [row for _, row in missed]
         if on_image is not None:
-            on_image(image_id, image, truth, result)
+            on_image(image_id, image, truth, result, missed)
     scored = [i for i in ids if i not in set(unreadable)]
-    return DetectionReport(str(reader.path), scored, without, method, score_thresh,
-                           max_explained, score.summary(), {"unreadable_images": unreadable,
-                                                            "detector": detector.description,
-                                             "pointing_tolerance_px": detector.pointing_tolerance,
-                                             "detector_min_size": detector.input_fit[0]})
+    return DetectionReport(
+        str(reader.path), scored, without, method, score_thresh, max_explained, score.summary(),
+        unreadable, detector.description, detector.pointing_tolerance, detector.input_fit[0],
+        detector.arch if detector.arch not in (None, DEFAULT_ARCH) else None, detector.weights,
+        reader.problems(), drise.as_dict() if method == "drise" else None,
+        "VOC2007 11-point, difficult objects ignored, detections with score > "
+        f"{score_floor(score_thresh)}", miss_summary(rows) if explain_missed else None, rows)

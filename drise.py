@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -32,13 +33,15 @@ from torchvision.ops import box_iou
 from cam import normalize_heatmaps
 from detection import (
     DetectionResult,
-    _second_stage,
-    _select,
-    _source_rows,
+    DetectionTarget,
+    MissTarget,
+    explain,
     family,
     one_stage_detections,
     one_stage_outputs,
+    second_stage,
     source_anchors,
+    source_rows,
 )
 from errors import ParamError
 from runtime import eval_mode
@@ -46,8 +49,26 @@ from runtime import eval_mode
 TITLE = "D-RISE"
 LAYER = "input"     # the key of D-RISE's maps in a DetectionResult: it explains the input pixels
 DEFAULT_MASKS = 1000
-DEFAULT_GRID = 16
-DEFAULT_KEEP = 0.5
+DEFAULT_GRID = 16    # cells per side of a mask
+DEFAULT_KEEP = 0.5   # the share of cells a mask keeps
+DEFAULT_BATCH = 16   # masked images per detector pass
+
+
+@dataclass(frozen=True)
+class DriseSettings:
+    """D-RISE's settings: ``masks`` masked copies of the image, each a ``grid x grid`` grid of
+    cells kept with probability ``keep``, sent through the detector ``batch_size`` at a time;
+    the same ``seed`` draws the same masks."""
+
+    masks: int = DEFAULT_MASKS
+    grid: int = DEFAULT_GRID
+    keep: float = DEFAULT_KEEP
+    batch_size: int = DEFAULT_BATCH
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        """The settings that decide the maps, as a run's summary records them."""
+        return {"masks": self.masks, "grid": self.grid, "keep": self.keep, "seed": self.seed}
 
 
 def rise_masks(n: int, size: tuple[int, int], grid: int = DEFAULT_GRID, keep: float = DEFAULT_KEEP,
@@ -84,15 +105,15 @@ def detections_with_probabilities(model: nn.Module, images: list[torch.Tensor]
             return _one_stage_probabilities(model, images, batch)
         features = model.backbone(batch.tensors)
         proposals, _ = model.rpn(batch, features)
-        logits, regression = _second_stage(model.roi_heads, features, proposals, sizes)
+        logits, regression = second_stage(model.roi_heads, features, proposals, sizes)
         boxes, scores, labels = model.roi_heads.postprocess_detections(logits, regression,
                                                                        proposals, sizes)
         counts = [len(p) for p in proposals]
         out = []
         for i, (own_logits, own_regression) in enumerate(zip(logits.split(counts),
                                                              regression.split(counts))):
-            rows = _source_rows(model.roi_heads, own_logits, own_regression, proposals[i],
-                                sizes[i], boxes[i], scores[i], labels[i])
+            rows = source_rows(model.roi_heads, own_logits, own_regression, proposals[i],
+                               sizes[i], boxes[i], scores[i], labels[i])
             original = model.transform.postprocess([{"boxes": boxes[i]}], [sizes[i]],
                                                    [tuple(images[i].shape[-2:])])[0]["boxes"]
             out.append((original.float(), F.softmax(own_logits[rows].float(), -1), None))
@@ -138,7 +159,8 @@ def mask_weights(target_boxes: torch.Tensor, target_labels: torch.Tensor, boxes:
 
 def drise_maps(model: nn.Module, image: torch.Tensor, target_boxes: torch.Tensor,
                target_labels: torch.Tensor, masks: int = DEFAULT_MASKS, grid: int = DEFAULT_GRID,
-               keep: float = DEFAULT_KEEP, batch_size: int = 16, seed: int = 0) -> torch.Tensor:
+               keep: float = DEFAULT_KEEP, batch_size: int = DEFAULT_BATCH, seed: int = 0
+               ) -> torch.Tensor:
     """D-RISE maps ``[T, H, W]`` in ``[0, 1]`` (CPU) of the targets (boxes in ``image``'s pixels,
     detector labels) for ``image`` ``[3, H, W]`` in [0, 1], from ``masks`` masked copies sent
     through ``model`` ``batch_size`` at a time. The same ``seed`` draws the same masks."""
@@ -157,23 +179,36 @@ def drise_maps(model: nn.Module, image: torch.Tensor, target_boxes: torch.Tensor
     return normalize_heatmaps(total / masks)
 
 
-@torch.no_grad()
+def explain_drise(model: nn.Module, image: torch.Tensor, target: DetectionTarget | MissTarget,
+                  settings: DriseSettings | None = None) -> DetectionResult:
+    """:func:`detection.explain` with D-RISE maps (key ``"input"``, final heatmaps at the
+    image size). For a :class:`DetectionTarget`: the detector's detections of ``image`` and a
+    map for each explained one, from one pass over the masks. For a :class:`MissTarget`: the
+    missed objects' best proposals as the gradient methods find them, each explained with the
+    object's box and class as the D-RISE target."""
+    settings = settings or DriseSettings()
+    if isinstance(target, MissTarget):
+        found = explain(model, image, target, layers=(), method="gradcam")
+        boxes, labels = target.boxes, target.labels
+    else:
+        with torch.no_grad(), eval_mode(model):
+            (detected,) = model([image])
+        boxes, labels, scores = (detected[k].detach().float().cpu() if k != "labels" else
+                                 detected[k].cpu() for k in ("boxes", "labels", "scores"))
+        found = DetectionResult(boxes, labels, scores, target.select(scores, labels), {})
+        boxes, labels = boxes[found.explained], labels[found.explained]
+    if len(found.explained) == 0:   # nothing to explain: no masked pass at all
+        maps = torch.zeros(0, *image.shape[-2:])
+    else:
+        maps = drise_maps(model, image, boxes, labels, settings.masks, settings.grid,
+                          settings.keep, settings.batch_size, settings.seed)
+    return replace(found, maps={LAYER: maps}, geometry=None, method="drise", method_title=TITLE)
+
+
 def explain_detections_drise(model: nn.Module, image: torch.Tensor, score_thresh: float = 0.5,
                              max_explained: int = 20, allowed: Collection[int] | None = None,
-                             masks: int = DEFAULT_MASKS, grid: int = DEFAULT_GRID,
-                             keep: float = DEFAULT_KEEP, batch_size: int = 16, seed: int = 0
-                             ) -> DetectionResult:
-    """:func:`detection.explain_detections`'s result with D-RISE maps (key ``"input"``): the
-    detector's detections of ``image``, and a map for each one with ``score >= score_thresh``
-    and a label in ``allowed``, at most ``max_explained``, from one pass over the masks."""
-    with eval_mode(model):
-        (found,) = model([image])
-    boxes, labels, scores = (found[k].detach().float().cpu() if k != "labels" else
-                             found[k].cpu() for k in ("boxes", "labels", "scores"))
-    explained = _select(scores, labels, score_thresh, max_explained, allowed)
-    if len(explained) == 0:   # nothing to explain: no masked pass at all
-        return DetectionResult(boxes, labels, scores, explained,
-                               {LAYER: torch.zeros(0, *image.shape[-2:])}, None, "drise", TITLE)
-    maps = drise_maps(model, image, boxes[explained], labels[explained], masks, grid, keep,
-                      batch_size, seed)
-    return DetectionResult(boxes, labels, scores, explained, {LAYER: maps}, None, "drise", TITLE)
+                             **settings) -> DetectionResult:
+    """:func:`explain_drise` of the detections with ``score >= score_thresh`` and a label in
+    ``allowed``, at most ``max_explained`` (``settings``: those of :class:`DriseSettings`)."""
+    return explain_drise(model, image, DetectionTarget(score_thresh, max_explained, allowed),
+                         DriseSettings(**settings))

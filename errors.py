@@ -33,15 +33,20 @@ class FlagError(UserError):
 
 class ParamError(UserError):
     """A bad value of a library function's parameter. ``template`` holds ``{param}`` where the
-    parameter's name goes: ``str()`` gives the parameter (``layer``), :meth:`worded` the flag."""
+    parameter's name goes (and ``{name}`` for each of ``others``, further parameters the
+    message names): ``str()`` gives the parameters' names (``layer``), :meth:`worded` the
+    names a caller gives them, such as the command line's flags."""
 
-    def __init__(self, param: str, template: str):
-        self.param, self.template = param, template
-        super().__init__(template.format(param=param))
+    def __init__(self, param: str, template: str, *others: str):
+        self.param, self.template, self.others = param, template, others
+        super().__init__(self.worded({}))
 
     def worded(self, names: Mapping[str, str]) -> str:
-        """The message with the parameter replaced by ``names[param]`` (itself if absent)."""
-        return self.template.format(param=names.get(self.param, self.param))
+        """The message with each parameter replaced by ``names[param]`` (itself if absent)."""
+        text = self.template.replace("{param}", names.get(self.param, self.param))
+        for other in self.others:
+            text = text.replace("{" + other + "}", names.get(other, other))
+        return text
 
 
 class TrainingStopped(UserError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ import distributed
 from cam import map_layers, resolve_layer
 from data import DatasetInfo, ImageSplit, normalize
 from errors import ParamError, UserError
-from registry import CHUNKED, METHODS, TITLES, parse_layers, parse_methods
+from registry import METHODS, TITLES, parse_layers, parse_methods
 from runtime import eval_mode
 
 __all__ = [
@@ -52,24 +53,16 @@ class _Registry(Mapping):
 EXPLAINERS: Mapping[str, Callable[..., Explainer]] = _Registry()
 
 
-def make_explainer(name: str, model: nn.Module, target_layer: str = "layer4",
-                   batch_size: int = 256, dtype: torch.dtype | None = None) -> Explainer:
-    """The explainer called ``name`` for ``model`` at ``target_layer``. For the methods that
-    run a forward pass per channel (Score-CAM, Ablation-CAM), ``batch_size`` is the chunk of
-    those passes and ``dtype`` their autocast precision (None: fp32)."""
+def make_explainer(name: str, model: nn.Module, layer: str = "auto", **options: Any
+                   ) -> Explainer:
+    """The explainer called ``name`` for ``model`` at ``layer`` (``"auto"``: the model's own
+    default layer). ``options`` are every method's keywords (:class:`cam.LayerExplainer`):
+    ``batch_size``, the chunk of the per-channel forward passes (Score-CAM, Ablation-CAM), and
+    ``dtype``, their autocast precision (Score-CAM; None: fp32)."""
     if name not in METHODS:
         raise ParamError("method", f"unknown heatmap method '{name}' (known: "
                                    f"{', '.join(METHODS)})")
-    if "," in target_layer:
-        raise ParamError("layer", f"{{param}} '{target_layer}' names several layers; a comma "
-                                  f"list works with --hidden_strategy and --sanity, heatmap "
-                                  f"panels take one")
-    if name == "scorecam":      # its per-channel passes run in ``dtype``
-        return EXPLAINERS[name](model, target_layer=target_layer, batch_size=batch_size,
-                                dtype=dtype)
-    if name in CHUNKED:         # Ablation-CAM: always fp32
-        return EXPLAINERS[name](model, target_layer=target_layer, batch_size=batch_size)
-    return EXPLAINERS[name](model, target_layer=target_layer)
+    return EXPLAINERS[name](model, layer, **options)
 
 
 def probe_layers(model: nn.Module, layers: Sequence[str], image: torch.Tensor) -> None:
@@ -114,7 +107,7 @@ def undefined_reason(name: str, model: nn.Module, layer: str, image: torch.Tenso
     if layer in head.layers:
         return None
     return (f"CAM is defined at the layer before global pooling ({head.layer}) only; use "
-            f"--vis gradcam for other layers")
+            f"gradcam for other layers")
 
 
 def explain_batched(explainer: Explainer, images: torch.Tensor, targets: torch.Tensor,
@@ -129,12 +122,13 @@ def explain_batched(explainer: Explainer, images: torch.Tensor, targets: torch.T
 
 
 def heatmaps(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, method: str,
-             layer: str = "layer4", batch_size: int = 64, cam_batch_size: int = 256,
+             layer: str = "auto", batch_size: int = 64, cam_batch_size: int = 256,
              dtype: torch.dtype | None = None) -> torch.Tensor:
     """``method``'s heatmaps ``[N, H, W]`` in ``[0, 1]`` of normalized ``images`` ``[N, 3, H, W]``
-    for the classes ``targets`` ``[N]``, at ``layer``; ``batch_size`` images at a time."""
-    return explain_batched(make_explainer(method, model, layer, cam_batch_size, dtype), images,
-                           targets, batch_size)
+    for the classes ``targets`` ``[N]``, at ``layer`` (``"auto"``: the model's default layer);
+    ``batch_size`` images at a time, ``cam_batch_size`` per-channel passes at a time."""
+    explainer = make_explainer(method, model, layer, batch_size=cam_batch_size, dtype=dtype)
+    return explain_batched(explainer, images, targets, batch_size)
 
 
 @torch.no_grad()
@@ -170,7 +164,7 @@ def explain_split(model: nn.Module, split: ImageSplit, methods: Sequence[str], l
     Blocks are yielded as they are made, so memory stays that of one block whatever ``n`` is.
     Under torchrun each rank yields its own share of the images (their global indices).
     """
-    explainers = {m: make_explainer(m, model, layer, cam_batch_size) for m in methods}
+    explainers = {m: make_explainer(m, model, layer, batch_size=cam_batch_size) for m in methods}
     mine = distributed.shard(min(n, len(split)))
     for start in range(mine.start, mine.stop, batch_size):
         stop = min(start + batch_size, mine.stop)

@@ -18,10 +18,10 @@ factory) on an image folder, with torchvision's reference recipe.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -40,43 +40,12 @@ from folders import (
     training_data,
     training_pixels,
 )
-from runtime import autocast, eval_mode, seed_everything
-from train import EpochRecorder, History, precision_label, train_steps
+from recipes import FineTuneConfig
+from runtime import autocast, eval_mode, precision_label, seed_everything
+from train import EpochRecorder, History, train_steps
 from zoo import LoadedModel, load_classifier, read_classes, replace_head
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LR = 0.01          # for a pretrained network at batch 32; --lr sets another
-
-
-@dataclass(frozen=True)
-class FineTuneConfig:
-    """What :func:`fine_tune` needs. ``arch`` / ``weights`` / ``model_spec`` name the starting
-    network as :func:`zoo.load_classifier` takes them; ``dtype`` is the autocast precision
-    (None: fp32)."""
-
-    data_dir: str
-    arch: str | None = None
-    weights: str | None = None
-    model_spec: str | None = None
-    classes_file: str | None = None
-    input_size: int | None = None
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    save_path: str = "./checkpoints/finetuned.pth"
-    log_dir: str = "./logs"
-    num_epochs: int = 10
-    batch_size: int = 32
-    lr: float = DEFAULT_LR
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    val_fraction: float = 0.1
-    seed: int = 0
-    workers: int | None = None          # None: folders.loader_workers(device)
-    save_half: bool = False
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype | None = None
-
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
     """The learning rate's factor at ``step`` of ``total``: linear from 1% to 100% over
@@ -163,6 +132,7 @@ def _validation_logits(model: nn.Module, loaded: LoadedModel, data: TrainingData
 def fine_tune(cfg: FineTuneConfig) -> History:
     """Fine-tune on ``cfg.data_dir``; keep the checkpoint with the best validation accuracy;
     write ``metrics.csv`` and ``training_curves.png`` after every epoch."""
+    cfg = dataclasses.replace(cfg, device=torch.device(cfg.device))
     here = distributed.world()
     seed_everything(cfg.seed)
     classes = read_classes(cfg.classes_file) if cfg.classes_file is not None else None

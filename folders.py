@@ -24,9 +24,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from data import open_image
-from errors import UserError
-from zoo import Preprocessing
+from data import Preprocessing, open_image
+from errors import ParamError, UserError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
                             ".ppm", ".pgm"})
@@ -43,10 +42,10 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Every image file in a folder tree, sorted by path (the same order on every machine)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise UserError(f"image_dir={folder}: no such folder")
+        raise ParamError("image_dir", f"{{param}} {folder}: no such folder")
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and is_image(p))
     if not paths:
-        raise UserError(f"image_dir={folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}"
+        raise ParamError("image_dir", f"{{param}} {folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}"
                         f" files, in any subfolder)")
     return paths
 
@@ -68,10 +67,10 @@ def image_folder(root: str | os.PathLike, classes: Sequence[str]
     """
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"data_dir={root}: no such folder")
+        raise ParamError("data_dir", f"{{param}} {root}: no such folder")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise UserError(f"data_dir={root} has no class subfolders (the ImageFolder layout is "
+        raise ParamError("data_dir", f"{{param}} {root} has no class subfolders (the ImageFolder layout is "
                         f"data_dir/CLASS/image.jpg)")
     exact = {name: i for i, name in enumerate(classes)}
     loose = {_folder_key(name): i for i, name in enumerate(classes)}
@@ -82,14 +81,14 @@ def image_folder(root: str | os.PathLike, classes: Sequence[str]
         if index is None:
             close = difflib.get_close_matches(folder.name, list(classes), n=3, cutoff=0.6)
             hint = f" (close: {', '.join(close)})" if close else ""
-            raise UserError(f"data_dir={root}: class folder '{folder.name}' is not among the "
+            raise ParamError("data_dir", f"{{param}} {root}: class folder '{folder.name}' is not among the "
                             f"model's {len(classes)} classes{hint}; rename it or give "
                             f"classes_file")
         found = sorted(p for p in folder.rglob("*") if p.is_file() and is_image(p))
         paths += found
         labels += [index] * len(found)
     if not paths:
-        raise UserError(f"data_dir={root}: its class folders hold no images")
+        raise ParamError("data_dir", f"{{param}} {root}: its class folders hold no images")
     return paths, labels
 
 
@@ -253,7 +252,7 @@ def seeded_split(labels: Sequence[int], val_fraction: float, seed: int
     each class keeps ``round(val_fraction * n)`` of its images for validation, at least one
     when it has two or more."""
     if not 0 < val_fraction < 1:
-        raise UserError(f"val_fraction={val_fraction}: must lie between 0 and 1")
+        raise ParamError("val_fraction", f"{{param}} {val_fraction}: must lie between 0 and 1")
     generator = torch.Generator().manual_seed(seed)
     by_class: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
@@ -288,11 +287,11 @@ def class_folders(root: str | os.PathLike) -> tuple[str, ...]:
     torchvision's ``ImageFolder`` orders them)."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"data_dir={root}: no such folder")
+        raise ParamError("data_dir", f"{{param}} {root}: no such folder")
     names = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()
                          and not p.name.startswith(".")))
     if len(names) < 2:
-        raise UserError(f"data_dir={root} has {len(names)} class subfolder(s); training needs "
+        raise ParamError("data_dir", f"{{param}} {root} has {len(names)} class subfolder(s); training needs "
                         f"at least two (the ImageFolder layout is data_dir/CLASS/image.jpg)")
     return names
 
@@ -318,10 +317,10 @@ def training_data(root: str | os.PathLike, classes: Sequence[str] | None = None,
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(names))
     empty = [names[i] for i in np.flatnonzero(counts == 0)]
     if empty:
-        raise UserError(f"data_dir={root}: no training image of class {', '.join(empty[:5])}"
+        raise ParamError("data_dir", f"{{param}} {root}: no training image of class {', '.join(empty[:5])}"
                         f"{' ...' if len(empty) > 5 else ''}; every class needs some")
     if not val_paths:
-        raise UserError(f"data_dir={root}: no validation images (give each class two images "
+        raise ParamError("data_dir", f"{{param}} {root}: no validation images (give each class two images "
                         f"or more, or a val/ folder beside train/)")
     return TrainingData(paths, labels, val_paths, val_labels, names, origin)
 

@@ -21,25 +21,20 @@ import torch
 from torch import nn
 
 from cam import (
+    LayerExplainer,
     at_least_fp32,
     capture_activation,
     check_batch,
     is_map,
     normalize_heatmaps,
     not_a_map,
-    resolve_layer,
     upsample,
 )
 from runtime import eval_mode
 
 
-class GradCAM:
+class GradCAM(LayerExplainer):
     """Grad-CAM at any layer: channel weights are the spatial mean of the score's gradient."""
-
-    def __init__(self, model: nn.Module, target_layer: str = "layer4"):
-        self.model = model
-        self.layer = resolve_layer(model, target_layer)
-        self.target_layer = target_layer
 
     @staticmethod
     def channel_weights(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -50,14 +45,14 @@ class GradCAM:
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalized maps ``[B, h, w]`` at the layer's resolution, and the logits."""
         targets = check_batch(images, targets)
+        layer = self.layer_module(images)
         if images.is_inference():
             images = images.clone()  # tensors made under inference_mode cannot enter autograd
-        with eval_mode(self.model), capture_activation(self.layer) as capture, \
-                torch.enable_grad():
+        with eval_mode(self.model), capture_activation(layer) as capture, torch.enable_grad():
             logits = self.model(images)
             activation = capture.activation
             if not is_map(activation):
-                raise not_a_map(self.model, self.layer, images, activation)
+                raise not_a_map(self.model, layer, images, activation)
             score = logits.gather(1, targets[:, None]).sum()
             (grad,) = torch.autograd.grad(score, activation)
         return self.combine(activation.detach(), grad), logits.detach()

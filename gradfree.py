@@ -5,7 +5,7 @@ They share ``cam.py``'s layer lookup, activation hook and normalization. Score-C
 Ablation-CAM need one forward pass per (image, channel): those passes run under inference mode
 on the BatchNorm-folded copy of the network, all images' channels cut into chunks of
 ``batch_size``, instead of one image at a time. Score-CAM runs them in fp32 unless an autocast
-``dtype`` is given (the evaluation passes its ``--precision``); Ablation-CAM always in fp32, and
+``dtype`` is given (the evaluation passes its precision); Ablation-CAM always in fp32, and
 only through the layers after the target layer when torch.fx can cut the network there.
 """
 from __future__ import annotations
@@ -13,17 +13,18 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Hashable, Iterator
+from typing import Any
 
 import torch
 import torch.fx
 from torch import nn
 
 from cam import (
+    LayerExplainer,
     at_least_fp32,
     check_batch,
     layer_activation,
     normalize_heatmaps,
-    resolve_layer,
     upsample,
 )
 from runtime import autocast, eval_mode, inference_copy
@@ -82,21 +83,15 @@ def _weights_key(model: nn.Module) -> Hashable:
                  for t in itertools.chain(model.parameters(), model.buffers()))
 
 
-class _GradientFree:
-    """What the three share: the target layer, the chunk size, the argument checks, and the
-    derived networks (BatchNorm-folded copy, torch.fx tail), built once per explainer and
-    rebuilt only when the model's weights change: tracing a DenseNet or an EfficientNet takes
-    longer than explaining a small batch."""
+class _GradientFree(LayerExplainer):
+    """What the three share: inference mode, the argument checks, and the derived networks
+    (BatchNorm-folded copy, torch.fx tail), built once per explainer and rebuilt only when the
+    model's weights change: tracing a DenseNet or an EfficientNet takes longer than explaining
+    a small batch. ``batch_size`` chunks the per-channel passes; ``dtype`` is their autocast
+    precision (None: fp32), read by Score-CAM only."""
 
-    def __init__(self, model: nn.Module, target_layer: str = "layer4", batch_size: int = 256,
-                 dtype: torch.dtype | None = None):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = model
-        self.layer = resolve_layer(model, target_layer)
-        self.target_layer = target_layer
-        self.batch_size = batch_size
-        self.dtype = dtype      # autocast dtype of the per-channel forward passes (None: fp32)
+    def __init__(self, model: nn.Module, layer: str = "auto", **options: Any):
+        super().__init__(model, layer, **options)
         self._derived: dict[str, tuple[Hashable, object]] = {}
 
     def derived(self, what: str, build: Callable[[], object]) -> object:
@@ -129,7 +124,7 @@ class ScoreCAM(_GradientFree):
 
     def heatmaps(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         size = tuple(images.shape[-2:])
-        activation, _ = layer_activation(self.model, self.layer, images)
+        activation, _ = layer_activation(self.model, self.layer_module(images), images)
         activation = at_least_fp32(activation)
         flat = activation.flatten(2)
         varying = flat.amax(2) > flat.amin(2)                     # [B, K]
@@ -154,16 +149,13 @@ class AblationCAM(_GradientFree):
     ``k`` is set to zero, ``w_k = (y_c - y_c^k) / y_c``; map ``ReLU(sum_k w_k A_k)``.
 
     A channel that is zero everywhere changes nothing when ablated, so its weight is 0 without
-    a forward pass. The ablated activations go through the rest of the network only.
+    a forward pass. The ablated activations go through the rest of the network only. Always
+    in fp32 (``dtype`` is ignored): the weight is a difference of two close logits, which bf16
+    rounding (3 significant digits) turns into noise; the passes are cheap.
     """
 
-    def __init__(self, model: nn.Module, target_layer: str = "layer4", batch_size: int = 256):
-        # Always fp32 (no dtype parameter): the weight is a difference of two close logits,
-        # which bf16 rounding (3 significant digits) turns into noise; the passes are cheap.
-        super().__init__(model, target_layer, batch_size, None)
-
     def heatmaps(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        activation, _ = layer_activation(self.model, self.layer, images)
+        activation, _ = layer_activation(self.model, self.layer_module(images), images)
         score = self._scorer(images, targets)
         original = score(torch.arange(len(images), device=images.device), activation)
         alive = activation.flatten(2).ne(0).any(2)                 # [B, K]
@@ -183,8 +175,10 @@ class AblationCAM(_GradientFree):
                 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """``score(image_index, activations)``: the target logits after the layer's output is
         replaced by ``activations``, through the network's tail when it can be cut there."""
+        layer = self.layer_module(images)
+
         def folded_tail() -> nn.Module | None:
-            tail = network_after(self.model, self.target_layer)
+            tail = network_after(self.model, self.layer)
             return None if tail is None else inference_copy(tail)
 
         net = self.derived("tail", folded_tail)
@@ -196,7 +190,7 @@ class AblationCAM(_GradientFree):
             return run_tail
 
         def run_whole(b: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-            with eval_mode(self.model), _replace_output(self.layer, acts):
+            with eval_mode(self.model), _replace_output(layer, acts):
                 return at_least_fp32(self.model(images[b])).gather(1, targets[b, None])[:, 0]
         return run_whole
 
@@ -224,7 +218,7 @@ class EigenCAM(_GradientFree):
     """
 
     def heatmaps(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        activation, _ = layer_activation(self.model, self.layer, images)
+        activation, _ = layer_activation(self.model, self.layer_module(images), images)
         b, _k, h, w = activation.shape
         matrix = at_least_fp32(activation).flatten(2).transpose(1, 2)      # [B, hw, K]
         vh = torch.linalg.svd(matrix, full_matrices=False).Vh       # [B, min(hw, K), K]

@@ -36,6 +36,7 @@ from evaluate import (
     title,
 )
 from explain import Explainer, explain_batched, make_explainer, probe_layers, undefined_reason
+from runtime import precision_label
 from stats import Spread, mean_spread, proportion_spread, small_sample_note
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,9 @@ def explainers_by_layer(model: nn.Module, methods: list[str], layers: list[str],
             why = None if image is None else undefined_reason(method, model, layer, image)
             if why is None:
                 try:
-                    entries.append((method, layer,
-                                    make_explainer(method, model, layer, batch_size, dtype)))
+                    explainer = make_explainer(method, model, layer, batch_size=batch_size,
+                                               dtype=dtype)
+                    entries.append((method, layer, explainer))
                 except ParamError as exc:
                     why = exc.worded({})
             if why is not None:
@@ -168,10 +170,6 @@ def _block_heatmaps(explainer: Explainer, baseline: bool, images: torch.Tensor,
     if baseline:
         return explain_batched(explainer, images, targets, batch_size)[block]
     return explain_batched(explainer, images[block], targets[block], batch_size)
-
-
-def precision_name(dtype: torch.dtype | None) -> str:
-    return "float32" if dtype is None else str(dtype).replace("torch.", "")
 
 
 def leaderboard(model: nn.Module, split: ImageSplit, device: torch.device,
@@ -202,7 +200,7 @@ def leaderboard(model: nn.Module, split: ImageSplit, device: torch.device,
     warnings = [w for w in [small_sample_note(n, "deletion / insertion")] if w]
     mine = distributed.shard(n, here)  # under torchrun: this rank's block of the images
     context = {"steps": steps, "num_eval_requested": num_images, "dataset": info.name,
-               "target_layers": layers, "precision": precision_name(dtype), "seed": seed,
+               "target_layers": layers, "precision": precision_label(dtype), "seed": seed,
                "test_images_scanned": selection.scanned, "interval": {
                    "means": mean_spread([0.0]).interval,
                    "proportions": proportion_spread([0.0]).interval}, **(context or {})}

@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 
+import jobs
 from errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -16,6 +17,14 @@ from errors import (
     UserError,
     install_signal_handlers,
     reason,
+)
+from recipes import (
+    SHIPPED_CLASSIFIER,
+    DetectorTrainConfig,
+    ExplainConfig,
+    FineTuneConfig,
+    TrainConfig,
+    default,
 )
 from registry import DEFAULT_DET_ARCH, DET_ARCHS, DET_LAYERS, DET_METHODS, FILL_STRATEGIES, METHODS
 from validation import Parser, check_args
@@ -38,13 +47,33 @@ EXAMPLES = """examples:
   # train a ResNet-18 on Fashion-MNIST (checkpoints/, logs/)
   python main.py --mode train --dataset fashion_mnist --num_epochs 15
   # fine-tune a torchvision model on your photos (my_photos/CLASS/*.jpg, or train/ and val/)
-  python main.py --mode train --arch resnet18 --weights DEFAULT --data_dir my_photos/ \
+  python main.py --mode train --arch resnet18 --weights DEFAULT --data_dir my_photos/ \\
       --save_path checkpoints/my_resnet18.pth
 """
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every flag's default in its help line, the examples laid out as written."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """A flag's default at the end of its help line, unless the line says it already or there
+    is none to say (a switch, or a default that depends on the job); the examples and the
+    jobs laid out as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def by_job(name: str, explain: bool = False) -> str:
+    """A recipe flag's defaults, job by job, as ``recipes.py`` holds them."""
+    parts = [f"default {default(TrainConfig, name)} training the CIFAR ResNet-18",
+             f"{default(FineTuneConfig, name)} fine-tuning"]
+    if any(f == name for f in DetectorTrainConfig.__dataclass_fields__):
+        parts.append(f"{default(DetectorTrainConfig, name)} the detector")
+    if explain:
+        parts.append(f"{default(ExplainConfig, name)} explaining")
+    return ", ".join(parts)
 
 
 def strategy_list(text: str) -> str:
@@ -61,9 +90,12 @@ def strategy_list(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """All flags; their ranges and combinations are checked in ``validation.py``."""
     p = Parser(
-        description="Train and test a CIFAR ResNet-18, explain it with CAM / Grad-CAM, "
-                    "measure the explanations, and explain Faster R-CNN detections.",
-        formatter_class=HelpFormatter, epilog=EXAMPLES)
+        description="See why a classifier or a detector decides what it decides: CAM-family "
+                    "heatmaps of any torchvision classifier, your own model or the shipped "
+                    "Fashion-MNIST ResNet-18; how far each map can be trusted (deletion / "
+                    "insertion, a leaderboard, the sanity check); a map per detection of "
+                    "torchvision's detectors; and training and fine-tuning the models.",
+        formatter_class=HelpFormatter, epilog=EXAMPLES + "\n" + jobs.help_text())
     p.add_argument("--mode", choices=("train", "test"), default="test",
                    help="train a model (the classifier; the scene detector with --det_vis), or "
                         "test / explain one")
@@ -81,28 +113,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out_dir", default="./results", help="where pictures and numbers go")
 
     g = p.add_argument_group("training")
-    g.add_argument("--batch_size", type=int, default=128,
-                   help="images per step in training; images per chunk when explaining")
+    g.add_argument("--batch_size", type=int, default=None,
+                   help="images per step in training; images per chunk when explaining "
+                        f"({by_job('batch_size', explain=True)})")
     g.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: %(default)s, meaning 0.1 for the CIFAR "
-                        "ResNet-18 (one-cycle) and the scene detector, 0.01 when fine-tuning "
-                        "(warm-up + cosine))")
-    g.add_argument("--num_epochs", type=int, default=30, help="epochs of training")
-    g.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay")
-    g.add_argument("--label_smoothing", type=float, default=0.1,
-                   help="classifier training: share of each target spread over the classes")
-    g.add_argument("--save_path", default="./checkpoints/resnet_best.pth",
-                   help="checkpoint written by training, read by testing")
+                   help="peak learning rate: one-cycle for the CIFAR ResNet-18, warm-up + "
+                        f"cosine when fine-tuning and for the detector ({by_job('lr')})")
+    g.add_argument("--num_epochs", type=int, default=None,
+                   help=f"epochs of training ({by_job('num_epochs')})")
+    g.add_argument("--weight_decay", type=float, default=None,
+                   help=f"SGD weight decay ({by_job('weight_decay')})")
+    g.add_argument("--label_smoothing", type=float, default=None,
+                   help="classifier training: share of each target spread over the classes "
+                        f"({by_job('label_smoothing')})")
+    g.add_argument("--save_path", default=None,
+                   help="checkpoint written by training, read by testing (default: "
+                        f"{default(TrainConfig, 'save_path')} for the CIFAR ResNet-18, and when "
+                        "testing without it, the shipped classifier "
+                        f"{SHIPPED_CLASSIFIER}; fine-tuning: "
+                        f"{default(FineTuneConfig, 'save_path')}; the detector: "
+                        f"{default(DetectorTrainConfig, 'save_path')})")
     g.add_argument("--save_half", action="store_true",
                    help="store the checkpoint's weights in fp16 without optimizer state")
     g.add_argument("--log_dir", default="./logs", help="metrics.csv and training_curves.png")
-    g.add_argument("--val_fraction", type=float, default=0.1,
+    g.add_argument("--val_fraction", type=float, default=default(FineTuneConfig, "val_fraction"),
                    help="fine-tuning on a --data_dir without train/ and val/: share of each "
                         "class held out for validation (split by --seed)")
     g.add_argument("--resume", action="store_true",
                    help="detector training: continue from the last finished epoch's state "
                         "(<save_path stem>.resume.pth)")
-    g.add_argument("--det_scenes", type=int, default=4000,
+    g.add_argument("--det_scenes", type=int,
+                   default=default(DetectorTrainConfig, "scenes_per_epoch"),
                    help="detector training: new Fashion-MNIST scenes per epoch")
 
     g = p.add_argument_group("models from anywhere (default: this tool's CIFAR ResNet-18 in "
@@ -119,16 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "file's code runs, as with any Python import)")
     g.add_argument("--input_size", type=int, default=None,
                    help="the side of the model's square input, when --model or the weights do "
-                        "not say (default: %(default)s, meaning the weights' own, else 224)")
+                        "not say (default: the weights' own, else 224)")
     g.add_argument("--mean", default=None, metavar="R,G,B",
-                   help="input normalization mean (default: %(default)s, meaning the weights' "
+                   help="input normalization mean (default: the weights' "
                         "own, else ImageNet's)")
     g.add_argument("--std", default=None, metavar="R,G,B",
-                   help="input normalization std (default: %(default)s, meaning the weights' "
+                   help="input normalization std (default: the weights' "
                         "own, else ImageNet's)")
     g.add_argument("--classes", default=None, metavar="FILE",
                    help="class names, one per line, in the model's output order (default: "
-                        "%(default)s, meaning the weights' own, ImageNet's for 1,000 outputs)")
+                        "the weights' own, ImageNet's for 1,000 outputs)")
     g.add_argument("--image_dir", default=None, metavar="DIR",
                    help="explain every image in this folder tree (read as the work goes)")
     g.add_argument("--list_layers", action="store_true",
@@ -137,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("heatmaps")
     g.add_argument("--vis", default="none",
                    help=f"none, a method ({', '.join(METHODS)}), a comma list of them, or all")
-    g.add_argument("--vis_num", type=int, default=20, help="how many test images to explain")
+    g.add_argument("--vis_num", type=int, default=None,
+                   help="how many images to explain (default: the first "
+                        f"{default(ExplainConfig, 'num_images')} of the test split, of an image "
+                        "folder or of --image_dir; every --image)")
     g.add_argument("--target", default="pred", metavar="pred|gt|CLASS",
                    help="explain the predicted class, the true class, or a class by name or "
                         "index (with --image / --image_dir)")
@@ -199,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--det_masks", type=int, default=1000,
                    help="D-RISE: random masks per image (16 masked copies per detector pass)")
     g.add_argument("--det_score_thresh", type=float, default=None,
-                   help="explain detections scoring at least this (default: %(default)s, "
-                        "meaning the checkpoint's own threshold; 0.5 for COCO)")
+                   help="explain detections scoring at least this (default: the "
+                        "checkpoint's own threshold; 0.5 for COCO)")
     g.add_argument("--det_max", type=int, default=20, help="detections explained per image")
     g.add_argument("--det_per_box", action="store_true", help="one panel per detection too")
     g.add_argument("--det_num", type=int, default=200, help="VOC images to process")
@@ -216,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write --det_num Fashion-MNIST test scenes (test split only) in the VOC "
                         "layout to DIR, then stop")
     return p
+
+
+def parser_defaults(parser: argparse.ArgumentParser) -> dict[str, object]:
+    """Each flag's default, by its name in the parsed flags."""
+    return {a.dest: a.default for a in parser._actions
+            if a.dest != argparse.SUPPRESS and a.default != argparse.SUPPRESS}
 
 
 def report_error(line: str, code: int) -> int:
@@ -241,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     only once the flags are known to be good."""
     install_signal_handlers()   # SIGTERM ends like Ctrl-C: temporaries removed, one line
     try:
-        args = build_parser().parse_args(argv)
-        check_args(args)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        check_args(args, parser_defaults(parser))
         import commands
         import distributed
         import outputs

@@ -13,39 +13,31 @@ For the one-stage detectors (RetinaNet, FCOS, SSD) the "proposal" is the anchor 
 box overlaps the object most (their boxes do not depend on the class) and its score is the
 one post-processing thresholds; the map explains the class logit at that anchor.
 
-Everything comes from one detector pass per image and one gradient call per missed object, as
-for the detections themselves (``detection.py``); D-RISE explains a miss with the ground-truth
-box as its target.
+Everything goes through ``detection.explain`` with a :class:`detection.MissTarget`: one
+detector pass per image and one gradient call per missed object, as for the detections
+themselves; D-RISE explains a miss with the ground-truth box as its target. The summary and the
+table of a set's misses (:func:`miss_summary`, :func:`miss_table`) are strings and dicts, for
+the command line and ``voc_metrics.json`` alike.
 """
 from __future__ import annotations
 
-import contextlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_iou, clip_boxes_to_image
+from torchvision.ops import box_iou
 
-from cam import capture_activation
-from detection import (
-    DET_METHODS,
-    DetectionResult,
-    _frozen,
-    _second_stage,
-    anchor_boxes,
-    anchor_scores,
-    default_layer,
-    family,
-    fit_to_image,
-    layer_modules,
-    one_stage_outputs,
-)
-from runtime import eval_mode
+from detection import DetectionResult, MissTarget, explain
+from voc import IOU_THRESH
 
-IOU_THRESH = 0.5
+if TYPE_CHECKING:
+    from drise import DriseSettings
+
 KINDS = ("localisation", "classification", "suppressed")
+MISS_FIELDS = ("image", "class", "kind", "best_iou", "score", "won_by", "detected_as")
 
 
 @dataclass
@@ -81,132 +73,75 @@ def missed_objects(result: DetectionResult, truth_boxes: torch.Tensor,
     return missed
 
 
-def _to_resized(boxes: torch.Tensor, original: tuple[int, int], resized: tuple[int, int]
-                ) -> torch.Tensor:
-    ry, rx = resized[0] / original[0], resized[1] / original[1]
-    return boxes * boxes.new_tensor([rx, ry, rx, ry])
-
-
-def _two_stage_candidates(model: nn.Module, batch, features, targets: torch.Tensor,
-                          wanted: torch.Tensor, score_thresh: float):
-    """Per missed object (boxes in resized pixels): the proposal whose box for the object's
-    class overlaps it most, that box, the IoU, the class probability, the winning class, and
-    the proposals' class logits in the graph."""
-    size = batch.image_sizes[0]
-    with torch.no_grad():
-        (proposals,), _ = model.rpn(batch, features)
-        logits, regression = _second_stage(model.roi_heads, features, [proposals], [size])
-        decoded = clip_boxes_to_image(model.roi_heads.box_coder.decode(
-            regression, [proposals]), size)                                # [R, C, 4]
-        probs = F.softmax(logits.float(), -1)
-        rows, ious = [], []
-        for box, label in zip(targets, wanted):
-            iou = box_iou(box[None], decoded[:, label])[0]
-            r = int(iou.argmax())
-            rows.append(r)
-            ious.append(float(iou[r]))
-        rows_t = torch.tensor(rows, device=proposals.device)
-        boxes = decoded[rows_t, wanted]
-        scores = probs[rows_t, wanted]
-        winners = probs[rows_t].argmax(1)
-    own, _ = _second_stage(model.roi_heads, features, [proposals[rows_t]], [size])
-    return boxes, ious, scores, winners, own.gather(1, wanted[:, None])[:, 0]
-
-
-def _one_stage_candidates(model: nn.Module, batch, targets: torch.Tensor, wanted: torch.Tensor,
-                          score_thresh: float):
-    """:func:`_two_stage_candidates` for RetinaNet, FCOS and SSD: the anchor whose decoded box
-    overlaps the object most, its score for the object's class (as post-processing computes
-    it), the winning class (SSD: the softmax's argmax, 0 the background; RetinaNet and FCOS:
-    the best class if its score reaches ``score_thresh``, else 0, for no class), and the class
-    logits at those anchors in the graph."""
-    size = batch.image_sizes[0]
-    out = one_stage_outputs(model, batch)
-    with torch.no_grad():
-        head = {k: v[0].detach() for k, v in out.head.items()}
-        decoded = anchor_boxes(model, head, out.anchors[0], size)            # [A, 4]
-        iou = box_iou(targets, decoded)                                      # [T, A]
-        best, rows = iou.max(dim=1)
-        probs = anchor_scores(model, head)[rows].float()                     # [T, K]
-        scores = probs.gather(1, wanted[:, None])[:, 0]
-        if family(model) == "ssd":
-            winners = probs.argmax(1)
-        else:
-            top, cls = probs[:, 1:].max(1)
-            winners = torch.where(top >= score_thresh, cls + 1, 0)
-    logits = out.head["cls_logits"][0, rows, wanted]
-    return decoded[rows], best.tolist(), scores, winners, logits
-
-
 def explain_misses(model: nn.Module, image: torch.Tensor, result: DetectionResult,
                    truth_boxes: torch.Tensor, truth_labels: torch.Tensor, score_thresh: float,
-                   layers: Sequence[str] | None = None, method: str = "gradcam") -> list[Miss]:
+                   layers: Sequence[str] | None = None, method: str = "gradcam",
+                   drise: DriseSettings | None = None) -> list[Miss]:
     """Every missed object of ``image`` (``[3, H, W]`` in [0, 1]; ``result`` the detector's
     answer on it, ``truth_labels`` in the detector's labels), classified and explained with
-    ``method`` at ``layers`` (the detector's default layer when None). The best "proposal" of
-    a one-stage detector (RetinaNet, FCOS, SSD) is the anchor whose decoded box overlaps the
-    object most, and its explained score the class logit there. The model is left as found."""
+    ``method`` at ``layers`` (the detector's default layer when None; D-RISE with ``drise``,
+    a ``drise.DriseSettings``). The best "proposal" of a one-stage detector (RetinaNet, FCOS,
+    SSD) is the anchor whose decoded box overlaps the object most, and its explained score the
+    class logit there. The model is left as found."""
     truth_boxes, truth_labels = truth_boxes.float(), truth_labels.long()
     missed = missed_objects(result, truth_boxes, truth_labels, score_thresh)
     if not missed:
         return []
-    if layers is None:
-        layers = [default_layer(model)]
-    modules = layer_modules(model, layers)
-    two_stage = family(model) == "fasterrcnn"
-    with eval_mode(model), _frozen(model), contextlib.ExitStack() as stack, torch.enable_grad():
-        captures = [stack.enter_context(capture_activation(m)) for m in modules]
-        batch, _ = model.transform([image.to(next(model.parameters()).device)])
-        size = batch.image_sizes[0]
-        original = tuple(image.shape[-2:])
-        wanted = truth_labels[missed].to(batch.tensors.device)
-        targets = _to_resized(truth_boxes[missed], original, size).to(batch.tensors)
-        if two_stage:
-            found = _two_stage_candidates(model, batch, model.backbone(batch.tensors), targets,
-                                          wanted, score_thresh)
-        else:
-            found = _one_stage_candidates(model, batch, targets, wanted, score_thresh)
-        boxes, ious, probs, winners, logits = found
-        activations = [c.activation for c in captures]
-        raw: list[list[torch.Tensor]] = [[] for _ in activations]
-        if activations:   # the class logits, in the graph, one gradient call each
-            combine = DET_METHODS[method][0].combine
-            for i in range(len(logits)):
-                grads = torch.autograd.grad(logits[i], activations,
-                                            retain_graph=i < len(logits) - 1)
-                for per_layer, act, grad in zip(raw, activations, grads):
-                    per_layer.append(combine(act.detach(), grad)[0])
-        padded = tuple(batch.tensors.shape[-2:])
-        maps = [fit_to_image(torch.stack(m).detach(), tuple(size), padded, original)
-                for m in raw]
-    scale = boxes.new_tensor([original[1] / size[1], original[0] / size[0]] * 2)
+    image = image.to(next(model.parameters()).device)
+    target = MissTarget(truth_boxes[missed], truth_labels[missed], score_thresh)
+    found = explain(model, image, target, layers, method, drise)
+    maps = {layer: found.heatmaps(layer) for layer in found.maps}
+    others = result.scores >= score_thresh
     out = []
     for k, i in enumerate(missed):
         label = int(truth_labels[i])
-        p = float(probs[k])
-        kind = ("localisation" if ious[k] < IOU_THRESH else
+        iou, p = float(found.ious[k]), float(found.scores[k])
+        kind = ("localisation" if iou < IOU_THRESH else
                 "classification" if p < score_thresh else "suppressed")
-        others = result.scores >= score_thresh
         overlap = (box_iou(truth_boxes[i][None], result.boxes.float())[0] >= IOU_THRESH) & others
         other_labels = [int(lab) for lab in result.labels[overlap] if int(lab) != label]
-        out.append(Miss(i, truth_boxes[i].cpu(), label, (boxes[k].detach() * scale).cpu(),
-                        ious[k], p, kind, int(winners[k]),
-                        other_labels[0] if other_labels else None,
-                        {layer: m[k].cpu() for layer, m in zip(layers, maps)}))
+        out.append(Miss(i, truth_boxes[i].cpu(), label, found.boxes[k], iou, p, kind,
+                        int(found.winners[k]), other_labels[0] if other_labels else None,
+                        {layer: m[k] for layer, m in maps.items()}))
     return out
 
 
-def explain_misses_drise(model: nn.Module, image: torch.Tensor, result: DetectionResult,
-                         truth_boxes: torch.Tensor, truth_labels: torch.Tensor,
-                         score_thresh: float, **drise_options) -> list[Miss]:
-    """:func:`explain_misses` classified as for the gradient methods, each explained by D-RISE
-    with the ground-truth box and class as its target (key ``input``)."""
-    from drise import LAYER, drise_maps
-    misses = explain_misses(model, image, result, truth_boxes, truth_labels, score_thresh,
-                            layers=(), method="gradcam")
-    if misses:
-        maps = drise_maps(model, image, torch.stack([m.box for m in misses]),
-                          torch.tensor([m.label for m in misses]), **drise_options)
-        for miss, heat in zip(misses, maps):
-            miss.maps = {LAYER: heat}
-    return misses
+def miss_row(image_id: str, miss: Miss, names: dict[int, str]) -> dict:
+    """One row of the misses table (:data:`MISS_FIELDS`): the image, the object's class, the
+    kind of miss, the best IoU and score, the class that won the proposal and the class the
+    object was detected as (``names`` maps detector labels to class names)."""
+    name = names.get(miss.label, str(miss.label))
+    winner = ("background" if miss.winner == 0 else
+              "its own class, under the threshold" if miss.winner == miss.label else
+              names.get(miss.winner, "?"))
+    other = None if miss.detected_as is None else names.get(miss.detected_as, "?")
+    return {"image": image_id, "class": name, "kind": miss.kind,
+            "best_iou": round(miss.iou, 4), "score": round(miss.score, 4),
+            "won_by": winner, "detected_as": other or ""}
+
+
+def miss_summary(rows: list[dict]) -> dict:
+    """Misses (rows of :func:`miss_row`) counted by class and kind, and which classes won the
+    classification misses."""
+    by_class: dict[str, dict] = {}
+    for row in rows:
+        entry = by_class.setdefault(row["class"], {k: 0 for k in KINDS} | {"won_by": Counter()})
+        entry[row["kind"]] += 1
+        if row["kind"] == "classification":
+            entry["won_by"][row["won_by"]] += 1
+    return {"total": len(rows), "by_kind": dict(Counter(r["kind"] for r in rows)),
+            "by_class": {c: {**{k: v for k, v in e.items() if k != "won_by"},
+                             "won_by": dict(e["won_by"].most_common())}
+                         for c, e in sorted(by_class.items())}}
+
+
+def miss_table(summary: dict) -> str:
+    """The misses of :func:`miss_summary` as a text table: one row per class."""
+    head = (f"Missed objects: {summary['total']} (no detection of their class at IoU >= "
+            f"{IOU_THRESH} and the score threshold)")
+    lines = [head,
+             f"{'class':<12} " + " ".join(f"{k:>14}" for k in KINDS) + "  classification won by"]
+    for name, e in summary["by_class"].items():
+        won = ", ".join(f"{c} {n}" for c, n in e["won_by"].items())
+        lines.append(f"{name:<12} " + " ".join(f"{e[k]:>14}" for k in KINDS) + f"  {won}")
+    return "\n".join(lines)

@@ -268,6 +268,35 @@ def check_weight_types(state: dict[str, torch.Tensor], expected: dict[str, torch
                             f", not floating point; this is not a file that training wrote")
 
 
+def load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str, layout: str
+               ) -> None:
+    """Load ``state`` into ``module`` exactly (each tensor cast to the module's dtype), or raise
+    one line, ``{what} does not fit {layout}: ...``, naming the keys or the shape that do not
+    fit, an integer weight or a weight that is not finite. A batch-norm step counter
+    (``num_batches_tracked``: unused in eval mode, and frozen batch norm has none) that is
+    missing or extra is no mismatch. The one state-dict loader of the tool: classifiers, the
+    zoo's models and the detectors."""
+    expected = module.state_dict()
+    counter = "num_batches_tracked"
+    missing = [k for k in expected if k not in state and not k.endswith(counter)]
+    unexpected = [k for k in state if k not in expected and not k.endswith(counter)]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise UserError(f"{what} does not fit {layout}: {' and '.join(parts)} weights")
+    for key, value in expected.items():
+        if key in state and tuple(state[key].shape) != tuple(value.shape):
+            raise UserError(f"{what} does not fit {layout}: '{key}' has shape "
+                            f"{tuple(state[key].shape)} where the model has {tuple(value.shape)}")
+    check_weight_types(state, expected, what)
+    check_finite(state, what)
+    module.load_state_dict({k: v.to(expected[k].dtype) if k in expected else v
+                            for k, v in state.items()}, strict=False)
+
+
 def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
     """Every floating-point tensor of ``state`` is finite (no NaN, no inf)."""
     for key, value in state.items():

@@ -82,6 +82,12 @@ def precision_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None if precision == "fp32" else fast_dtype(device)
 
 
+def precision_label(dtype: torch.dtype | None) -> str:
+    """``fp32``, ``bfloat16`` or ``float16``: how every job names the precision it runs in
+    (its first line, the leaderboard's ``precision`` field)."""
+    return "fp32" if dtype is None or dtype == torch.float32 else str(dtype).replace("torch.", "")
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for ``dtype`` on ``device``, or nothing when ``dtype`` is None."""
     if dtype is None or dtype == torch.float32:

@@ -142,7 +142,8 @@ def run_cascade(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
         if stage is not None:
             reinitialise(getattr(net, stage))
         for method, layer in pairs:
-            explainer: Explainer = make_explainer(method, net, layer, cam_batch_size, dtype)
+            explainer: Explainer = make_explainer(method, net, layer, batch_size=cam_batch_size,
+                                                  dtype=dtype)
             heat = explain_batched(explainer, images, targets, batch_size).cpu()
             maps.setdefault((method, layer), []).append(heat)
         for name, control in controls.items():

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +25,8 @@ import visualize
 from data import DatasetInfo, ImageSplit, batches, dataset_info, load_split
 from errors import TrainingStopped
 from model import build_resnet18, save_checkpoint
-from runtime import autocast, eval_mode, seed_everything
+from recipes import TrainConfig
+from runtime import autocast, eval_mode, precision_label, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -156,26 +157,6 @@ def accuracy_report(logits: torch.Tensor, labels: torch.Tensor, classes: tuple[s
     return 100.0 * (preds == labels).float().mean().item(), per_class, confusion
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """What :func:`fit` needs: the data, the recipe, where the best checkpoint and the metrics
-    go. ``dtype`` is the autocast precision (None: fp32)."""
-
-    dataset: str = "cifar10"
-    data_dir: str = "./data"
-    save_path: str = "./checkpoints/resnet_best.pth"
-    log_dir: str = "./logs"
-    num_epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
-    seed: int = 0
-    save_half: bool = False
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype | None = None
-
-
 @dataclass
 class History:
     """What training returns: one row per epoch (the columns of ``metrics.csv``), the best test
@@ -196,7 +177,7 @@ def fit(cfg: TrainConfig) -> History:
     write ``metrics.csv`` and ``training_curves.png`` after every epoch. Under torchrun every
     rank trains its share of each batch; rank 0 scores, logs and saves."""
     here = distributed.world()
-    device, dtype = cfg.device, cfg.dtype
+    device, dtype = torch.device(cfg.device), cfg.dtype
     generator = seed_everything(cfg.seed)  # the epochs' order: the same on every rank
     augment_generator = (torch.Generator().manual_seed(cfg.seed + 7919 * (here.rank + 1))
                          if here.distributed else None)
@@ -299,11 +280,6 @@ class EpochRecorder:
     def history(self) -> History:
         return History(self.rows, self.best, self.best_epoch, self.save_path,
                        self.log_dir / "metrics.csv")
-
-
-def precision_label(dtype: torch.dtype | None) -> str:
-    """``fp32``, ``bfloat16`` or ``float16``: how a job's first line names its precision."""
-    return "fp32" if dtype is None else str(dtype).replace("torch.", "")
 
 
 @dataclass

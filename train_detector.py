@@ -1,20 +1,20 @@
-"""Training the Faster R-CNN of ``detection.py`` on Fashion-MNIST scenes (``scenes.py``).
+"""Training the scene detector of ``detectors.py`` on Fashion-MNIST scenes (``scenes.py``).
 
 The classifier trainer's habits: a progress bar; ``metrics.csv`` and ``training_curves.png``
 with the losses and the test mAP per epoch; bf16 autocast where the hardware has it; atomic,
-self-describing checkpoints; and ``--resume``, so a stopped run continues from its last
-finished epoch. Each epoch is a fresh set of ``--det_scenes`` training scenes, drawn from the
-train split with the key ``(seed, epoch)``, so a resumed run sees exactly the scenes an
+self-describing checkpoints; and ``resume``, so a stopped run continues from its last
+finished epoch. Each epoch is a fresh set of ``scenes_per_epoch`` training scenes, drawn from
+the train split with the key ``(seed, epoch)``, so a resumed run sees exactly the scenes an
 uninterrupted one would. The recipe: SGD with momentum, a linear warm-up, then a cosine decay
 over the planned epochs, and gradient clipping (a detector trained from scratch has loss spikes
 early on).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +24,13 @@ from tqdm import tqdm
 import outputs
 import scenes
 import visualize
-from detection import SCENE_ARCH, build_scene_detector
+from detectors import SCENE_ARCH, build_scene_detector
 from detmetrics import average_precision
-from errors import TrainingStopped, UserError, reason
-from model import check_finite, check_metadata, check_weight_types, read_checkpoint, save_checkpoint
-from runtime import autocast, eval_mode, seed_everything
+from errors import ParamError, TrainingStopped, UserError, reason
+from model import check_finite, check_metadata, load_state, read_checkpoint, save_checkpoint
+from recipes import DetectorTrainConfig
+from runtime import autocast, eval_mode, precision_label, seed_everything
+from train import History
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,8 @@ def train_one_epoch(model: torch.nn.Module, stream: list[scenes.Scene] | object,
         if not torch.isfinite(loss):
             bar.close()
             raise TrainingStopped(f"training stopped: the loss became {float(loss)} at step {step} "
-                            f"(try a smaller --lr); the last finished epoch's checkpoint is kept")
+                                  f"(try a smaller learning rate); the last finished epoch's "
+                                  f"checkpoint is kept")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP_NORM)
@@ -138,17 +141,21 @@ def scene_map(detections: list[dict[str, torch.Tensor]], test: list[scenes.Scene
 
 def test_scenes(data_dir: str, count: int = TEST_SCENES, seed: int = TEST_SEED
                 ) -> list[scenes.Scene]:
-    """The test scenes (test split only) that ``--mode scenes`` writes and training scores."""
+    """The test scenes (test split only) that :func:`write_test_scenes` writes and training
+    scores."""
     images, labels = scenes.garment_pool(data_dir, train=False)
     return list(scenes.scene_stream(images, labels, (seed,), count))
 
 
 def write_test_scenes(data_dir: str, folder: str | Path, count: int = TEST_SCENES) -> Path:
-    """``--make_scenes DIR``: the test scenes in the VOC layout, the first ``count`` of the ones
-    that training scores (the same key), so a smaller set is a prefix of a larger one."""
+    """The test scenes in the VOC layout in ``folder`` (new or empty), the first ``count`` of
+    the ones that training scores (the same key), so a smaller set is a prefix of a larger
+    one."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
-        raise UserError(f"--make_scenes: {folder} exists and is not empty; pick a new folder")
+        where = str(folder).replace("{", "{{").replace("}", "}}")
+        raise ParamError("folder", f"{{param}}: {where} exists and is not empty; pick a new "
+                                   f"folder")
     return scenes.write_voc(folder, test_scenes(data_dir, count))
 
 
@@ -157,70 +164,43 @@ def _save(path: Path, model: torch.nn.Module, meta: dict, optimizer: torch.optim
     save_checkpoint(path, model, {**meta, **(extra or {})}, optimizer=optimizer, half=half)
 
 
-@dataclass(frozen=True)
-class DetectorTrainConfig:
-    """What :func:`fit_detector` needs (``dtype``: autocast precision, None for fp32;
-    ``det_num``: test scenes scored after each epoch, at most 300)."""
-
-    data_dir: str = "./data"
-    save_path: str = "./checkpoints/fasterrcnn_fashion_scenes.pth"
-    log_dir: str = "./logs"
-    num_epochs: int = 6
-    batch_size: int = 8
-    lr: float = 0.02
-    weight_decay: float = 1e-4
-    seed: int = 0
-    det_scenes: int = 4000
-    det_num: int = TEST_SCENES
-    save_half: bool = False
-    resume: bool = False
-    init_weights: str | None = None     # a scene-detector checkpoint to start from
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    dtype: torch.dtype | None = None
-
-
 RESUME_KEYS = ("model_state_dict", "optimizer_state_dict", "history", "epoch", "step",
                "torch_rng", "seed", "scenes_per_epoch")
-# Flags that pick the scenes a run trains on: a resumed run with other values would be neither
-# the run it continues nor a new one. (state key, flag)
-RESUME_MUST_MATCH = (("seed", "seed"), ("scenes_per_epoch", "det_scenes"))
+# Settings that pick the scenes a run trains on: a resumed run with other values would be
+# neither the run it continues nor a new one. (state key, config field)
+RESUME_MUST_MATCH = (("seed", "seed"), ("scenes_per_epoch", "scenes_per_epoch"))
 
 
-def read_resume_state(state_path: Path, args: DetectorTrainConfig) -> dict:
-    """The training state ``--resume`` continues from, checked whole before any training: a
+def _braces(value: object) -> str:
+    """``value`` as text that goes into a ParamError's template unchanged."""
+    return str(value).replace("{", "{{").replace("}", "}}")
+
+
+def read_resume_state(state_path: Path, cfg: DetectorTrainConfig) -> dict:
+    """The training state ``resume`` continues from, checked whole before any training: a
     scene-detector state with every part (weights, optimizer, history, RNG), fields that fit
-    ``model.FIELDS``, and written with the ``--seed`` and ``--det_scenes`` of this run."""
+    ``model.FIELDS``, and written with the ``seed`` and ``scenes_per_epoch`` of ``cfg``."""
+    where = _braces(state_path)
     if not state_path.is_file():
-        raise UserError(f"--resume: no training state {state_path} to resume from")
+        raise ParamError("resume", f"{{param}}: no training state {where} to resume from")
     state = read_checkpoint(state_path)
     if state.get("arch") != SCENE_ARCH:
-        raise UserError(f"--resume: {state_path} is not a scene-detector training state")
+        raise ParamError("resume", f"{{param}}: {where} is not a scene-detector training state")
     missing = [key for key in RESUME_KEYS if key not in state]
     if missing:
-        raise UserError(f"--resume: {state_path} is not a complete training state (no "
-                        f"{', '.join(missing)}); start anew without --resume")
+        raise ParamError("resume", f"{{param}}: {where} is not a complete training state (no "
+                                   f"{', '.join(missing)}); start anew without {{param}}")
     scores = state["model_state_dict"].get("roi_heads.box_predictor.cls_score.weight")
     check_metadata(state, state_path, len(scores) if scores is not None else
                    len(state.get("classes") or []))
-    for key, flag in RESUME_MUST_MATCH:
-        if state[key] != getattr(args, flag):
-            raise UserError(f"--resume: {state_path} was written with --{flag} {state[key]}, "
-                            f"this run has --{flag} {getattr(args, flag)}; resuming would "
-                            f"train on other scenes than the run it continues (use --{flag} "
-                            f"{state[key]}, or start anew without --resume)")
+    for key, param in RESUME_MUST_MATCH:
+        if state[key] != getattr(cfg, param):
+            written, now = _braces(state[key]), _braces(getattr(cfg, param))
+            raise ParamError(param, f"resuming {where}: it was written with {{param}} {written}, "
+                                    f"this run has {{param}} {now}; resuming would train on "
+                                    f"other scenes than the run it continues (use {{param}} "
+                                    f"{written}, or start anew)")
     return state
-
-
-def load_weights(model: torch.nn.Module, state_dict: dict, source: Path,
-                 what: str = "--resume") -> None:
-    """A training state's (or a checkpoint's) weights into ``model``, a mismatch in one
-    line."""
-    check_weight_types(state_dict, model.state_dict(), f"{what}: {source}")
-    try:
-        model.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        raise UserError(f"{what}: {source} does not fit this detector ({reason(exc, 160)})"
-                        ) from None
 
 
 # What a checkpoint to start from must share with the detector this trainer builds.
@@ -230,78 +210,83 @@ _LAYOUT_KEYS = ("classes", "input_size", "mean", "std", "fpn_channels", "head_ch
 
 def read_init_weights(path: str | Path, meta: dict) -> dict:
     """The weights of a scene-detector checkpoint (the shipped one, say) to start training
-    from: a new schedule and new scenes from trained weights, where ``--resume`` continues
-    the very run that wrote its state. The checkpoint must describe the detector that
-    ``meta`` describes."""
+    from: a new schedule and new scenes from trained weights, where ``resume`` continues the
+    very run that wrote its state. The checkpoint must describe the detector that ``meta``
+    describes."""
     ckpt = read_checkpoint(path)
+    where = _braces(path)
     if ckpt.get("arch") != SCENE_ARCH:
-        raise UserError(f"det_weights={path} is not a '{SCENE_ARCH}' checkpoint; training "
-                        f"starts only from the scene detector's own")
+        raise ParamError("init_weights", f"{{param}} {where} is not a '{SCENE_ARCH}' "
+                                         f"checkpoint; training starts only from the scene "
+                                         f"detector's own")
     differ = [key for key in _LAYOUT_KEYS if key in ckpt and ckpt[key] != meta[key]]
     if differ:
-        raise UserError(f"det_weights={path} describes another detector ({differ[0]} "
-                        f"{ckpt[differ[0]]} where this trainer builds {meta[differ[0]]})")
+        raise ParamError("init_weights", f"{{param}} {where} describes another detector "
+                                         f"({differ[0]} {_braces(ckpt[differ[0]])} where this "
+                                         f"trainer builds {_braces(meta[differ[0]])})")
     check_finite(ckpt["model_state_dict"], str(path))
     return ckpt["model_state_dict"]
 
 
-def fit_detector(args: DetectorTrainConfig) -> list[dict]:
+def fit_detector(cfg: DetectorTrainConfig) -> History:
     """Train the scene detector, saving the checkpoint and the resume state after every epoch;
-    returns the history, one row per epoch (the columns of ``metrics.csv``)."""
-    device, dtype = args.device, args.dtype
-    seed_everything(args.seed)
-    save_path = Path(args.save_path)
+    returns the :class:`train.History`: one row per epoch (the columns of ``metrics.csv``), the
+    best test mAP@0.5 and its epoch (the checkpoint holds the last epoch's weights)."""
+    cfg = dataclasses.replace(cfg, device=torch.device(cfg.device))
+    device, dtype = cfg.device, cfg.dtype
+    seed_everything(cfg.seed)
+    save_path = Path(cfg.save_path)
     state_path = resume_path(save_path)
     meta = detector_meta()
     model = build_scene_detector(meta).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
-                                weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
+                                weight_decay=cfg.weight_decay)
     history: list[dict] = []
     start_epoch, step = 1, 0
-    if args.resume:
-        state = read_resume_state(state_path, args)
-        load_weights(model, state["model_state_dict"], state_path)
+    if cfg.resume:
+        state = read_resume_state(state_path, cfg)
+        load_state(model, state["model_state_dict"], f"training state {state_path}", SCENE_ARCH)
         try:
             optimizer.load_state_dict(state["optimizer_state_dict"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"--resume: {state_path}: its optimizer state does not fit "
+            raise UserError(f"training state {state_path}: its optimizer state does not fit "
                             f"({reason(exc, 120)})") from None
         history = list(state["history"])
         start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
         torch.set_rng_state(state["torch_rng"])
-    elif args.init_weights is not None:
-        load_weights(model, read_init_weights(args.init_weights, meta), Path(args.init_weights),
-                     "det_weights")
-    train_images, train_labels = scenes.garment_pool(args.data_dir, train=True)
-    test = test_scenes(args.data_dir, min(TEST_SCENES, args.det_num))
-    steps_per_epoch = -(-args.det_scenes // args.batch_size)
-    total_steps = args.num_epochs * steps_per_epoch
-    log_dir = Path(args.log_dir)   # created with the first epoch's metrics, not before
+    elif cfg.init_weights is not None:
+        load_state(model, read_init_weights(cfg.init_weights, meta),
+                   f"checkpoint {cfg.init_weights}", SCENE_ARCH)
+    train_images, train_labels = scenes.garment_pool(cfg.data_dir, train=True)
+    test = test_scenes(cfg.data_dir, min(TEST_SCENES, cfg.test_scenes))
+    steps_per_epoch = -(-cfg.scenes_per_epoch // cfg.batch_size)
+    total_steps = cfg.num_epochs * steps_per_epoch
+    log_dir = Path(cfg.log_dir)   # created with the first epoch's metrics, not before
     metrics_path = log_dir / "metrics.csv"
-    log.info(f"Training Faster R-CNN ResNet-18 FPN on Fashion-MNIST scenes: {args.det_scenes} "
-          f"scenes per epoch, epochs {start_epoch}..{args.num_epochs}, batch {args.batch_size}, "
-          f"{len(test)} test scenes, device {device}, precision "
-          f"{'fp32' if dtype is None else str(dtype).replace('torch.', '')}")
-    test_map = history[-1]["test_map"] if history else 0.0
-    for epoch in range(start_epoch, args.num_epochs + 1):
+    log.info(f"Training Faster R-CNN ResNet-18 FPN on Fashion-MNIST scenes: "
+             f"{cfg.scenes_per_epoch} scenes per epoch, epochs {start_epoch}..{cfg.num_epochs}, "
+             f"batch {cfg.batch_size}, {len(test)} test scenes, device {device}, precision "
+             f"{precision_label(dtype)}")
+    for epoch in range(start_epoch, cfg.num_epochs + 1):
         start = time.perf_counter()
-        lr = learning_rate(step, total_steps, args.lr)
-        stream = scenes.scene_stream(train_images, train_labels, (args.seed, epoch),
-                                     args.det_scenes)
-        losses, step = train_one_epoch(model, stream, args.det_scenes, optimizer, step,
-                                       total_steps, args.lr, args.batch_size, device, dtype,
-                                       desc=f"epoch {epoch}/{args.num_epochs}")
+        lr = learning_rate(step, total_steps, cfg.lr)
+        stream = scenes.scene_stream(train_images, train_labels, (cfg.seed, epoch),
+                                     cfg.scenes_per_epoch)
+        losses, step = train_one_epoch(model, stream, cfg.scenes_per_epoch, optimizer, step,
+                                       total_steps, cfg.lr, cfg.batch_size, device, dtype,
+                                       desc=f"epoch {epoch}/{cfg.num_epochs}")
         test_map = scene_map(detect_scenes(model, test, device, dtype), test)
         row = {"epoch": epoch, **losses, "test_map": test_map, "lr": lr,
                "seconds": time.perf_counter() - start}
         history.append(row)
-        training = {"epoch": epoch, "map": test_map, "seed": args.seed,
-                    "scenes_per_epoch": args.det_scenes, "batch_size": args.batch_size}
-        _save(save_path, model, meta, None, args.save_half, training)
+        training = {"epoch": epoch, "map": test_map, "seed": cfg.seed,
+                    "scenes_per_epoch": cfg.scenes_per_epoch, "batch_size": cfg.batch_size}
+        _save(save_path, model, meta, None, cfg.save_half, training)
         _save(state_path, model, meta, optimizer, False,
               {**training, "step": step, "history": history, "torch_rng": torch.get_rng_state()})
         outputs.write_csv(metrics_path, FIELDS, history)
         visualize.plot_detector_curves(history, log_dir / "training_curves.png")
-        log.info(f"epoch {epoch:3d}/{args.num_epochs}  loss {losses['loss']:.4f}  test mAP@0.5 "
+        log.info(f"epoch {epoch:3d}/{cfg.num_epochs}  loss {losses['loss']:.4f}  test mAP@0.5 "
                  f"{test_map:.4f}  ({row['seconds']:.0f}s)  -> saved {save_path}")
-    return history
+    best = max(history, key=lambda r: r["test_map"], default={"test_map": 0.0, "epoch": 0})
+    return History(history, float(best["test_map"]), int(best["epoch"]), save_path, metrics_path)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import jobs
 import outputs
 from errors import FlagError, ParamError, UserError
 from registry import DET_MIN_SIZES
@@ -27,12 +28,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise FlagError(message)
-
-    def parse_known_args(self, args=None, namespace=None):
-        _DEFAULTS.clear()
-        _DEFAULTS.update({a.dest: a.default for a in self._actions
-                          if a.dest != argparse.SUPPRESS and a.default != argparse.SUPPRESS})
-        return super().parse_known_args(args, namespace)
 
 
 @dataclass(frozen=True)
@@ -106,6 +101,8 @@ COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
     (lambda a: a.sanity and a.hidden_strategy != "none",
      "--sanity and --hidden_strategy are two runs: use one or the other"),
     (lambda a: a.sanity and a.mode != "test", "--sanity needs --mode test"),
+    (lambda a: bool(a.model) and a.arch is not None,
+     "--model builds your own network and --arch a torchvision one: use one or the other"),
     (lambda a: bool(a.image) and bool(a.image_dir),
      "--image and --image_dir both name the images: use one or the other"),
     (lambda a: a.target not in ("pred", "gt") and not (a.image or a.image_dir),
@@ -238,9 +235,10 @@ def check_paths(args: Namespace) -> None:
         raise UserError(f"--data_dir {data_dir} is a file, not a folder")
     if args.mode == "train":
         check_output_dir(args.log_dir, "--log_dir")
-        check_output_file(args.save_path, "--save_path")
+        save_path = str(jobs.setting(args, "save_path"))
+        check_output_file(save_path, "--save_path")
         if args.det_vis:   # detector training also writes its training state beside it
-            state = Path(args.save_path)
+            state = Path(save_path)
             check_output_file(str(state.with_name(state.stem + ".resume.pth")),
                               "--save_path's training state")
         _check_model_inputs(args)
@@ -264,111 +262,13 @@ def check_paths(args: Namespace) -> None:
         check_input_file(args.det_weights, "detector weights")
 
 
-# --------------------------------------------------------------------------------------------
-# Flags the chosen job does not read
-#
-# A flag that changes nothing is an error: "--mode train --image x.png" must not train and
-# replace a checkpoint while the user waits for a heatmap. ``JOBS`` says which flags each job
-# reads; ``SHARED`` are settings every job takes the same way (where to read and write, which
-# device). A flag counts as given when its value differs from the parser's default.
-
-SHARED = frozenset({"mode", "device", "precision", "data_dir", "out_dir", "log_dir",
-                    "save_path"})
-_CLASSIFIER = {"dataset", "batch_size", "arch", "weights", "model", "input_size", "mean", "std",
-               "classes"}
-_HEATMAPS = _CLASSIFIER | {"vis", "target", "target_layer", "cam_batch_size"}
-_DETECTION = {"det_vis", "det_weights", "det_arch", "det_layer", "det_method", "det_masks",
-              "det_score_thresh", "det_max", "det_per_box", "det_min_size"}
-
-JOBS: dict[str, tuple[str, frozenset[str]]] = {
-    "train": ("classifier training (--mode train)", frozenset(
-        {"dataset", "batch_size", "lr", "num_epochs", "weight_decay", "label_smoothing",
-         "save_half", "seed", "arch"})),
-    "finetune": ("fine-tuning on an image folder (--mode train --arch / --weights / --model)",
-                 frozenset(_CLASSIFIER - {"dataset"} | {"lr", "num_epochs", "weight_decay",
-                                                        "label_smoothing", "save_half", "seed",
-                                                        "val_fraction"})),
-    "train_detector": ("detector training (--mode train --det_vis)", frozenset(
-        {"det_vis", "batch_size", "lr", "num_epochs", "weight_decay", "save_half", "resume",
-         "det_scenes", "det_num", "seed", "det_weights"})),
-    "make_scenes": ("--make_scenes", frozenset({"make_scenes", "det_num"})),
-    "det_image": ("explaining one image's detections (--det_img)",
-                  frozenset(_DETECTION | {"det_img"})),
-    "det_voc": ("explaining detections on a VOC-style set (--det_vis)",
-                frozenset(_DETECTION | {"det_num", "voc_path", "det_explain_missed"})),
-    "sanity": ("the sanity check (--sanity)",
-               frozenset(_HEATMAPS | {"sanity", "vis_num", "seed"})),
-    "sanity_images": ("the sanity check on your images (--sanity --image)",
-                      frozenset(_HEATMAPS | {"sanity", "image", "image_dir", "vis_num",
-                                             "seed"})),
-    "images": ("explaining your images (--image, --image_dir)",
-               frozenset(_HEATMAPS | {"image", "image_dir"})),
-    "photo_evaluate": ("deletion / insertion on your images (--hidden_strategy --image)",
-                       frozenset(_CLASSIFIER | {"image", "image_dir", "vis", "target",
-                                                "target_layer", "cam_batch_size",
-                                                "hidden_strategy", "steps", "num_eval",
-                                                "eval_batch_size", "seed"})),
-    "list_layers": ("--list_layers", frozenset(_CLASSIFIER | {"list_layers"})),
-    "evaluate": ("deletion / insertion (--hidden_strategy)", frozenset(
-        _CLASSIFIER | {"vis", "target_layer", "cam_batch_size", "hidden_strategy", "steps",
-                       "num_eval", "eval_batch_size", "seed"})),
-    "vis": ("heatmaps of test images (--vis)", frozenset(_HEATMAPS | {"vis_num"})),
-    "test": ("test accuracy (--mode test)", frozenset(_CLASSIFIER | {"vis"})),
-}
-
-_DEFAULTS: dict[str, object] = {}   # the flags' defaults, from the parser that parsed last
-
-
-def job_of(args: Namespace) -> str:
-    """Which job of ``JOBS`` the flags ask for (the order in which ``main.dispatch`` looks)."""
-    if args.mode == "train":
-        if args.det_vis:
-            return "train_detector"
-        return "finetune" if fine_tuning(args) else "train"
-    if args.make_scenes:
-        return "make_scenes"
-    if args.det_vis or args.det_img:
-        return "det_image" if args.det_img else "det_voc"
-    if args.list_layers:
-        return "list_layers"
-    photos = bool(args.image or args.image_dir)
-    if args.sanity:
-        return "sanity_images" if photos else "sanity"
-    if photos:
-        return "photo_evaluate" if args.hidden_strategy != "none" else "images"
-    if args.hidden_strategy != "none":
-        return "evaluate"
-    return "vis" if args.vis != "none" else "test"
-
-
-def fine_tuning(args: Namespace) -> bool:
-    """Whether ``--mode train`` fine-tunes a model from anywhere on an image folder, rather
-    than training this tool's CIFAR ResNet-18 on a built-in dataset."""
-    return bool(args.weights or args.model or args.arch not in (None, "resnet18_cifar"))
-
-
-def check_unused(args: Namespace, defaults: dict[str, object] | None = None) -> None:
-    """Every flag given (not at its default) is one that the chosen job reads."""
-    defaults = _DEFAULTS if defaults is None else defaults
-    if not defaults:
-        return
-    what, reads = JOBS[job_of(args)]
-    unused = [name for name, default in defaults.items()
-              if name not in SHARED and name not in reads and hasattr(args, name)
-              and getattr(args, name) != default]
-    if unused:
-        flags = ", ".join(f"--{name}" for name in unused)
-        raise FlagError(f"argument{'s' * (len(unused) > 1)} {flags}: not used by {what}; "
-                        f"leave {'them' if len(unused) > 1 else 'it'} out")
-
-
-def check_args(args: Namespace) -> None:
+def check_args(args: Namespace, defaults: dict[str, object]) -> None:
     """All checks that need no model, no data and no torch: numbers, combinations, flags the
-    job does not read, names, paths.
+    job does not read (``defaults``: the parser's), names, paths.
     (The device is checked by the job, the first thing it does, once torch is imported.)"""
     check_numbers(args)
     check_combinations(args)
-    check_unused(args)
+    jobs.check_unused(args, defaults)
     check_names(args)
     rgb(args.mean, "--mean")
     rgb(args.std, "--std", positive=True)

@@ -19,20 +19,17 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.error import URLError
 
 import torch
-import torch.nn.functional as F
 import torchvision
-import torchvision.transforms.functional as TF
-from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
+import hub
 import model as cifar
 from cam import auto_layer
-from data import DATASETS, DatasetInfo
-from errors import UserError, reason
+from data import DatasetInfo, Preprocessing, dataset_info
+from errors import ParamError, UserError, reason
 
 CIFAR_ARCH = cifar.ARCH                      # "resnet18_cifar", the default
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,89 +38,11 @@ RESIZE_RATIO = 256 / 224                     # torchvision's resize-then-crop co
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """How a photo becomes the model's input, for PIL photos and pixel tensors alike.
-
-    ``resize_size`` None: the whole photo is resized to ``crop_size`` x ``crop_size`` (the
-    CIFAR model's way, aspect ratio not kept). Otherwise the shorter side is resized to
-    ``resize_size`` and the centre ``crop_size`` square is kept (torchvision's
-    ``ImageClassification``). Then ``(x - mean) / std`` on pixels in ``[0, 1]``. ``grayscale``
-    and ``pad`` are the built-in grayscale datasets' way (Fashion-MNIST: one luminance channel
-    resized to 28, zero-padded to 32, repeated to three channels), as ``data.load_image``.
-    """
-
-    crop_size: int
-    resize_size: int | None
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bilinear"
-    grayscale: bool = False
-    pad: int = 0
-
-    @property
-    def _mode(self) -> InterpolationMode:
-        return InterpolationMode(self.interpolation)
-
-    def pixels(self, photo: Image.Image | torch.Tensor) -> torch.Tensor:
-        """A photo (PIL, any mode; or a ``[3, H, W]`` tensor in ``[0, 1]``) as the model's
-        pixels ``[3, S, S]`` in ``[0, 1]`` (before normalization), as torchvision does it."""
-        if isinstance(photo, Image.Image):      # resized as PIL, as torchvision does it
-            if photo.mode in ("RGBA", "LA", "P"):
-                rgba = photo.convert("RGBA")
-                photo = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-            photo = photo.convert("L" if self.grayscale else "RGB")
-        elif self.grayscale:
-            photo = TF.rgb_to_grayscale(photo)
-        inner = self.crop_size - 2 * self.pad
-        size = [inner, inner] if self.resize_size is None else [self.resize_size]
-        out = TF.resize(photo, size, interpolation=self._mode, antialias=True)
-        if self.resize_size is not None:
-            out = TF.center_crop(out, [inner, inner])
-        out = (TF.pil_to_tensor(out).float().div(255) if isinstance(out, Image.Image)
-               else out.clamp(0, 1))
-        out = F.pad(out, (self.pad,) * 4)
-        return out.expand(3, -1, -1).contiguous() if out.shape[0] == 1 else out
-
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixel space ``[0, 1]`` (``[..., 3, H, W]``) -> the network's input space."""
-        mean = torch.tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
-        return (pixels - mean) / std
-
-    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
-        """The network's input space -> pixel space ``[0, 1]``."""
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
-        return (images * std + mean).clamp(0, 1)
-
-    def __call__(self, photo: Image.Image | torch.Tensor) -> torch.Tensor:
-        """A photo -> the normalized input ``[3, S, S]``."""
-        return self.normalize(self.pixels(photo))
-
-    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
-        """``(left, top, right, bottom)`` of the region of a ``width`` x ``height`` photo that
-        the model sees, in the photo's pixel coordinates (the whole photo when it is squashed
-        rather than cropped)."""
-        if self.resize_size is None:
-            return 0.0, 0.0, float(width), float(height)
-        side = min(width, height) * (self.crop_size - 2 * self.pad) / self.resize_size
-        side_w, side_h = min(side, width), min(side, height)
-        left, top = (width - side_w) / 2, (height - side_h) / 2
-        return left, top, left + side_w, top + side_h
-
-    def as_meta(self) -> dict[str, Any]:
-        """The fields a checkpoint records so that the preprocessing can be rebuilt."""
-        return {"input_size": self.crop_size, "resize_size": self.resize_size,
-                "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation}
-
-
-@dataclass(frozen=True)
 class LoadedModel:
     """A classifier ready to explain: ``module`` in eval mode on its device, how its inputs are
     made, its class names, the layer explained by default (None: the model has no layer with
-    a spatial map, which only matters once something is to be explained), and a line
-    describing it all."""
+    a spatial map, which only matters once something is to be explained), a line describing
+    it all, and for this tool's CIFAR ResNet-18 the built-in dataset it was trained on."""
 
     module: nn.Module
     preprocessing: Preprocessing
@@ -131,6 +50,14 @@ class LoadedModel:
     arch: str
     default_layer: str | None
     description: str
+    dataset: str | None = None     # the built-in dataset whose test split it is tested on
+
+    @property
+    def layer_reason(self) -> str:
+        """Why ``auto`` is the default layer, in a few words."""
+        if self.arch == CIFAR_ARCH:
+            return "the CIFAR ResNet-18's last stage, before global average pooling"
+        return "the last layer with a spatial map"
 
     def layer(self, name: str = "auto") -> str:
         """``name``, with ``auto`` resolved to the default layer (one line when there is none)."""
@@ -164,13 +91,13 @@ class LoadedModel:
             index = int(target)
             if 0 <= index < len(self.classes):
                 return index
-            raise UserError(f"target={target}: the model has classes 0..{len(self.classes) - 1}")
+            raise ParamError("target", f"{{param}} {target}: the model has classes 0..{len(self.classes) - 1}")
         folded = {c.lower(): i for i, c in enumerate(self.classes)}
         if target.lower() in folded:
             return folded[target.lower()]
         close = difflib.get_close_matches(target, self.classes, n=4, cutoff=0.6)
         hint = f" (close: {', '.join(close)})" if close else ""
-        raise UserError(f"target={target!r} is not one of the model's {len(self.classes)} "
+        raise ParamError("target", f"{{param}} {target!r} is not one of the model's {len(self.classes)} "
                         f"classes{hint}")
 
 
@@ -193,7 +120,7 @@ def _unknown_arch(arch: str) -> UserError:
     close = difflib.get_close_matches(arch, known_archs(), n=5, cutoff=0.5)
     hint = (f"close names: {', '.join(close)}" if close
             else f"e.g. {CIFAR_ARCH}, resnet50, convnext_tiny; {len(known_archs())} in all")
-    return UserError(f"unknown arch={arch!r} ({hint})")
+    return ParamError("arch", f"unknown {{param}} {arch!r} ({hint})")
 
 
 @functools.lru_cache(maxsize=1)
@@ -208,13 +135,13 @@ def read_classes(path: str | os.PathLike) -> tuple[str, ...]:
     try:
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"classes_file={path}: cannot read it ({reason(exc)})") from None
+        raise ParamError("classes_file", f"{{param}} {path}: cannot read it ({reason(exc)})") from None
     names = [n for n in names if n]
     if not names:
-        raise UserError(f"classes_file={path} names no class (one name per line)")
+        raise ParamError("classes_file", f"{{param}} {path} names no class (one name per line)")
     if len(set(names)) != len(names):
         twice = next(n for n in names if names.count(n) > 1)
-        raise UserError(f"classes_file={path} names '{twice}' twice")
+        raise ParamError("classes_file", f"{{param}} {path} names '{twice}' twice")
     return tuple(names)
 
 
@@ -234,25 +161,9 @@ def _weights_enum(arch: str, name: str) -> torchvision.models.WeightsEnum | None
 
 
 def hub_weights_file(weights: torchvision.models.WeightsEnum) -> Path:
-    """The weights' file in torch's hub cache, downloaded there when missing.
-
-    Where there is no network the file can be put there by hand; the error says which file,
-    from which address, into which folder.
-    """
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    path = folder / os.path.basename(weights.url)
-    if path.is_file():
-        return path
-    match = torch.hub.HASH_REGEX.search(path.name)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(weights.url, str(path), match.group(1) if match else None,
-                                       progress=False)
-    except (URLError, OSError, RuntimeError, ValueError) as exc:
-        raise UserError(f"weights={weights}: {path.name} is not in {folder} and downloading it "
-                        f"from {weights.url} failed ({reason(exc, 100)}); put the file in "
-                        f"{folder}") from None
-    return path
+    """The weights' file in torch's hub cache, downloaded there when missing
+    (:func:`hub.hub_weights_file`, the one reader for classifiers and detectors)."""
+    return hub.hub_weights_file(weights, f"weights {weights}")
 
 
 def _interpolation(transform: Any) -> str:
@@ -330,23 +241,9 @@ def replace_head(module: nn.Module, num_classes: int, input_size: int) -> str:
 
 def fit_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str, arch: str
                    ) -> None:
-    """Load ``state`` into ``model`` exactly, or raise one line naming what does not fit."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise UserError(f"{what} does not fit arch={arch}: {' and '.join(parts)} weights")
-    for key, value in expected.items():
-        if tuple(state[key].shape) != tuple(value.shape):
-            raise UserError(f"{what} does not fit arch={arch}: '{key}' has shape "
-                            f"{tuple(state[key].shape)} where the model has {tuple(value.shape)}")
-    cifar.check_finite(state, what)
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    """Load ``state`` into ``model`` exactly, or raise one line naming what does not fit
+    (:func:`model.load_state`)."""
+    cifar.load_state(model, state, what, f"arch {arch}")
 
 
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -360,17 +257,14 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _read_weights_file(path: str | os.PathLike, arch: str | None = None) -> dict[str, Any]:
     """A weights file as a checkpoint dict (``model_state_dict`` plus whatever it records)."""
-    if not Path(path).is_file():
-        names = ""
-        if arch in torchvision_archs():
-            members = ", ".join(torchvision.models.get_model_weights(arch).__members__)
-            names = f" of arch={arch} ({members})"
-        raise UserError(f"weights={path} is neither a file nor a torchvision weights "
-                        f"name{names}")
+    if not Path(path).is_file() and arch in torchvision_archs():
+        members = ", ".join(torchvision.models.get_model_weights(arch).__members__)
+        raise ParamError("weights", f"{{param}} {path} is neither a file nor a torchvision weights "
+                        f"name of {{arch}} {arch} ({members})", "arch")
     try:
         ckpt = cifar.read_checkpoint(path)
-    except UserError as exc:
-        raise UserError(f"weights={path}: {exc}") from None
+    except UserError as exc:   # a missing file, a folder, a FIFO, a broken checkpoint
+        raise ParamError("weights", f"{{param}} {path}: {exc}") from None
     ckpt["model_state_dict"] = _strip_prefix(ckpt["model_state_dict"])
     return ckpt
 
@@ -400,14 +294,14 @@ def load_factory(spec: str) -> nn.Module:
     """
     file, sep, function = spec.rpartition(":")
     if not sep or not file or not function:
-        raise UserError(f"model={spec!r}: expected FILE.py:FUNCTION")
+        raise ParamError("model_spec", f"{{param}} {spec!r}: expected FILE.py:FUNCTION")
     path = Path(file)
     if not path.is_file():
-        raise UserError(f"model={spec}: no file {path}")
+        raise ParamError("model_spec", f"{{param}} {spec}: no file {path}")
     name = f"_user_model_{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
-        raise UserError(f"model={spec}: {path} cannot be imported as Python")
+        raise ParamError("model_spec", f"{{param}} {spec}: {path} cannot be imported as Python")
     module = importlib.util.module_from_spec(module_spec)
     folder = str(path.resolve().parent)
     sys.path.insert(0, folder)
@@ -415,18 +309,18 @@ def load_factory(spec: str) -> nn.Module:
         module_spec.loader.exec_module(module)
         factory = getattr(module, function, None)
         if not callable(factory):
-            raise UserError(f"model={spec}: {path} defines no function {function}")
+            raise ParamError("model_spec", f"{{param}} {spec}: {path} defines no function {function}")
         built = factory()
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
-        raise UserError(f"model={spec} raised {type(exc).__name__}: {reason(exc, 100)}"
+        raise ParamError("model_spec", f"{{param}} {spec} raised {type(exc).__name__}: {reason(exc, 100)}"
                         ) from None
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
     if not isinstance(built, nn.Module):
-        raise UserError(f"model={spec} returned a {type(built).__name__}, not a torch.nn.Module")
+        raise ParamError("model_spec", f"{{param}} {spec} returned a {type(built).__name__}, not a torch.nn.Module")
     return built
 
 
@@ -462,7 +356,8 @@ def load_classifier(arch: str | None = None, weights: str | None = None,
                     mean: tuple[float, float, float] | None = None,
                     std: tuple[float, float, float] | None = None,
                     classes_file: str | os.PathLike | None = None,
-                    device: torch.device | str = "cpu") -> LoadedModel:
+                    device: torch.device | str = "cpu", dataset: str | None = None
+                    ) -> LoadedModel:
     """The classifier to explain, with its preprocessing and class names.
 
     - ``model_spec`` ``FILE.py:FUNCTION``: the user's factory (its code runs); ``weights`` may
@@ -476,10 +371,15 @@ def load_classifier(arch: str | None = None, weights: str | None = None,
       (a state dict, or a checkpoint this tool wrote, whose recorded fields are used).
 
     ``arch`` None means the checkpoint's own arch, else ``resnet18_cifar``. The default target
-    layer is ``auto`` (:func:`cam.auto_layer`) except for ``resnet18_cifar``.
+    layer is ``auto`` (:func:`cam.auto_layer`) except for ``resnet18_cifar``. ``dataset``
+    names the built-in dataset of a ``resnet18_cifar`` checkpoint that does not record its own
+    (it must agree with one that does); other models have none.
     """
     device = torch.device(device)
     classes = read_classes(classes_file) if classes_file is not None else None
+    if dataset is not None and (model_spec is not None or arch not in (None, CIFAR_ARCH)):
+        raise ParamError("dataset", f"{{param}} {dataset}: only {{arch}} {CIFAR_ARCH} trains on a built-in "
+                        f"dataset; other models are tested on an image folder", "arch")
     if model_spec is not None:
         return _load_factory_model(model_spec, weights, input_size, mean, std, classes, device)
     if arch is not None and arch not in known_archs():
@@ -491,13 +391,15 @@ def load_classifier(arch: str | None = None, weights: str | None = None,
         if arch is None:
             arch = recorded or CIFAR_ARCH
             if arch not in known_archs():
-                raise UserError(f"weights={weights} is a checkpoint of arch={arch}, which this "
-                                f"tool does not build; give model=FILE.py:FUNCTION")
+                raise ParamError("weights", f"{{param}} {weights} is a checkpoint of {{arch}} {arch}, which this "
+                                f"tool does not build; give {{model_spec}} FILE.py:FUNCTION",
+                                 "arch", "model_spec")
         elif recorded is not None and recorded != arch:
-            raise UserError(f"weights={weights} is a checkpoint of arch={recorded}, not {arch}")
+            raise ParamError("weights", f"{{param}} {weights} is a checkpoint of {{arch}} {recorded}, not {arch}",
+                             "arch")
     arch = arch or CIFAR_ARCH
     if arch == CIFAR_ARCH:
-        loaded = _load_cifar(weights, ckpt, classes, input_size, mean, std)
+        loaded = _load_cifar(weights, ckpt, classes, input_size, mean, std, dataset)
     else:
         loaded = _load_torchvision(arch, weights, ckpt, classes, input_size, mean, std)
     loaded.module.to(device).eval()
@@ -526,7 +428,7 @@ def _override(prep: Preprocessing, input_size: int | None,
 def _check_classes(classes: tuple[str, ...] | None, outputs: int, what: str
                    ) -> tuple[str, ...] | None:
     if classes is not None and len(classes) != outputs:
-        raise UserError(f"classes_file names {len(classes)} classes but {what} has {outputs} "
+        raise ParamError("classes_file", f"{{param}} names {len(classes)} classes but {what} has {outputs} "
                         f"outputs")
     return classes
 
@@ -534,12 +436,16 @@ def _check_classes(classes: tuple[str, ...] | None, outputs: int, what: str
 def _load_cifar(weights: str | None, ckpt: dict[str, Any] | None,
                 classes: tuple[str, ...] | None, input_size: int | None,
                 mean: tuple[float, float, float] | None,
-                std: tuple[float, float, float] | None) -> LoadedModel:
-    info = DATASETS["cifar10"]
+                std: tuple[float, float, float] | None, dataset: str | None) -> LoadedModel:
+    recorded = (ckpt or {}).get("dataset")
+    if dataset is not None and recorded is not None and dataset != recorded:
+        raise ParamError("dataset", f"{{param}} {dataset}: the checkpoint {weights} was trained on {recorded}; "
+                        f"leave it out to use its own")
+    info = dataset_info(recorded or dataset or "cifar10")
     if ckpt is None:
         if weights is not None:
-            raise UserError(f"weights={weights}: arch={CIFAR_ARCH} has no named weights; "
-                            f"give a checkpoint file")
+            raise ParamError("weights", f"{{param}} {weights}: {{arch}} {CIFAR_ARCH} has no named weights; "
+                            f"give a checkpoint file", "arch")
         module, meta, source = cifar.build_resnet18(len(classes or info.classes)), {}, "random"
     else:
         state = ckpt["model_state_dict"]
@@ -547,11 +453,10 @@ def _load_cifar(weights: str | None, ckpt: dict[str, Any] | None,
         outputs = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else len(info.classes)
         cifar.check_metadata(ckpt, weights, outputs)
         module = cifar.build_resnet18(outputs)
-        fit_state_dict(module, state, f"weights={weights}", CIFAR_ARCH)
+        fit_state_dict(module, state, f"weights {weights}", CIFAR_ARCH)
         meta = {k: v for k, v in ckpt.items() if k not in ("model_state_dict",
                                                            "optimizer_state_dict")}
         source = str(weights)
-        info = DATASETS.get(meta.get("dataset") or "cifar10", info)
     outputs = module.fc.out_features
     names = (_check_classes(classes, outputs, f"the checkpoint {weights}")
              or tuple(meta.get("classes") or ()) or
@@ -561,7 +466,8 @@ def _load_cifar(weights: str | None, ckpt: dict[str, Any] | None,
                          grayscale=info.grayscale, pad=info.pad)
     prep = _override(_preprocessing_from_meta(meta, base), input_size, mean, std)
     return LoadedModel(module, prep, names, CIFAR_ARCH, "layer4",
-                       f"{CIFAR_ARCH} ({source}), {len(names)} classes, {prep.crop_size} px")
+                       f"{CIFAR_ARCH} ({source}), {len(names)} classes, {prep.crop_size} px",
+                       info.name)
 
 
 def _load_torchvision(arch: str, weights: str | None, ckpt: dict[str, Any] | None,
@@ -580,7 +486,7 @@ def _load_torchvision(arch: str, weights: str | None, ckpt: dict[str, Any] | Non
             try:
                 module = torchvision.models.get_model(arch, weights=enum)
             except (RuntimeError, OSError, EOFError, ValueError) as exc:
-                raise UserError(f"weights={weights}: {path} is not the file of {enum} "
+                raise ParamError("weights", f"{{param}} {weights}: {path} is not the file of {enum} "
                                 f"({reason(exc, 100)}); delete it to download it again"
                                 ) from None
         prep = _override(preprocessing_of(enum), input_size, mean, std)
@@ -596,7 +502,7 @@ def _load_torchvision(arch: str, weights: str | None, ckpt: dict[str, Any] | Non
                    else last[1] if last is not None else 1000)
         module = _build_torchvision(arch, outputs)
         if state:
-            fit_state_dict(module, state, f"weights={weights}", arch)
+            fit_state_dict(module, state, f"weights {weights}", arch)
         names = (_check_classes(classes, outputs, arch) or tuple(meta.get("classes") or ())
                  or (imagenet_classes() if outputs == 1000
                      else tuple(f"class {i}" for i in range(outputs))))
@@ -621,17 +527,17 @@ def _load_factory_model(spec: str, weights: str | None, input_size: int | None,
         if recorded and _classifier_outputs(module.state_dict()) != _classifier_outputs(state):
             # a checkpoint fine-tuned here from this factory: the factory's head, new classes
             replace_head(module, len(recorded), int(meta.get("input_size") or input_size or 224))
-        fit_state_dict(module, state, f"weights={weights}", spec)
+        fit_state_dict(module, state, f"weights {weights}", spec)
     module.to(device).eval()
     base = Preprocessing(224, round(224 * RESIZE_RATIO), IMAGENET_MEAN, IMAGENET_STD)
     prep = _override(_preprocessing_from_meta(meta, base), input_size, mean, std)
-    outputs = _output_count(module, prep.crop_size, f"model={spec}")
-    names = (_check_classes(classes, outputs, f"model={spec}") or tuple(meta.get("classes") or ())
+    outputs = _output_count(module, prep.crop_size, f"model_spec {spec}")
+    names = (_check_classes(classes, outputs, f"model_spec {spec}") or tuple(meta.get("classes") or ())
              or (imagenet_classes() if outputs == 1000
                  else tuple(f"class {i}" for i in range(outputs))))
     if len(names) != outputs:
-        raise UserError(f"weights={weights} lists {len(names)} classes but model={spec} has "
-                        f"{outputs} outputs")
+        raise ParamError("weights", f"{{param}} {weights} lists {len(names)} classes but {{model_spec}} {spec} has "
+                        f"{outputs} outputs", "model_spec")
     layer = _default_layer(module, prep.crop_size)
     return LoadedModel(module, prep, tuple(names), spec, layer,
                        f"{spec}{f' ({weights})' if weights else ''}, {len(names)} classes, "

@@ -80,7 +80,7 @@ def test_target_class_by_name(world, capsys, tmp_path) -> None:
     code, _, err = run(world, capsys, "--image", f"{world}/photos/p0.png", "--vis", "gradcam",
                        "--target", "blue", "--out_dir", str(tmp_path))
     assert code == 0, err
-    assert [p.name for p in (tmp_path / "gradcam").iterdir()] == ["gradcam_p0_blue.png"]
+    assert [p.name for p in (tmp_path / "gradcam").iterdir()] == ["gradcam_p0_class_blue.png"]
 
 
 def test_image_folder_accuracy_streams_every_image(world, capsys) -> None:

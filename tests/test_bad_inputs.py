@@ -23,6 +23,8 @@ import pickle
 import shutil
 import socket
 import struct
+import sys
+import types
 import zlib
 from pathlib import Path
 
@@ -31,6 +33,7 @@ import pytest
 import torch
 from PIL import Image
 
+import jobs
 import main
 import train_detector
 import validation
@@ -243,12 +246,12 @@ CASES: list[tuple[str, str, int, str]] = [
     ("det-layer-with-vis", "--vis gradcam --det_layer layer3", BAD, "--det_layer"),
     ("lr-with-test", "--lr 0.5", BAD, "--lr"),
     ("steps-without-strategy", "--vis cam --steps 5", BAD, "--steps"),
-    ("vis-num-with-image", "--image {w}/good.png --vis cam --vis_num 3", BAD, "--vis_num"),
+    ("num-eval-with-image", "--image {w}/good.png --vis cam --num_eval 3", BAD, "--num_eval"),
     ("det-scenes-with-det-img", "--det_img {w}/good.png --det_scenes 10", BAD, "--det_scenes"),
     # ---- models from anywhere (issue 17)
     ("arch-unknown", "--arch resnet5O --image {w}/good.png --vis gradcam", BAD, "resnet50"),
     ("weights-do-not-fit", "--arch resnet18 --weights {w}/sd_tiny.pth --image {w}/good.png",
-     BAD, "does not fit --arch resnet18"),
+     BAD, "does not fit arch resnet18"),
     ("model-raises", "--model {w}/raises.py:build --image {w}/good.png", BAD, "boom"),
     ("model-not-a-module", "--model {w}/notmodule.py:build --image {w}/good.png", BAD,
      "not a torch.nn.Module"),
@@ -553,34 +556,55 @@ def test_a_flag_error_is_not_argparse_usage_block(capfd):
 
 
 def test_every_flag_is_read_by_some_job_or_shared():
-    """A new flag needs its place in validation.JOBS (or SHARED), or it is refused everywhere."""
+    """A new flag needs its place in a job of jobs.JOBS (or SHARED), or it is refused
+    everywhere."""
     flags = {a.dest for a in main.build_parser()._actions if a.dest != "help"}
-    read = set(validation.SHARED).union(*(reads for _, reads in validation.JOBS.values()))
+    read = set(jobs.SHARED).union(*(job.reads for job in jobs.JOBS))
     assert flags == read, flags ^ read
 
 
 @pytest.mark.parametrize("argv, job", [
     ([], "test"), (["--mode", "train"], "train"), (["--mode", "train", "--det_vis"],
                                                    "train_detector"),
-    (["--make_scenes", "x"], "make_scenes"), (["--det_img", "x.png"], "det_image"),
-    (["--det_vis"], "det_voc"), (["--sanity"], "sanity"), (["--sanity", "--image", "x"],
-                                                          "sanity_images"),
-    (["--image", "x"], "images"), (["--vis", "cam", "--hidden_strategy", "zero"], "evaluate"),
-    (["--vis", "cam"], "vis"), (["--mode", "train", "--arch", "resnet18"], "finetune"),
+    (["--make_scenes", "x"], "make_scenes"), (["--det_img", "x.png"], "detect_image"),
+    (["--det_vis"], "detect_set"), (["--sanity"], "sanity"), (["--sanity", "--image", "x"],
+                                                             "sanity"),
+    (["--image", "x"], "heatmaps"), (["--vis", "cam", "--hidden_strategy", "zero"],
+                                     "leaderboard"),
+    (["--vis", "cam"], "heatmaps"), (["--mode", "train", "--arch", "resnet18"], "finetune"),
+    (["--list_layers", "--arch", "resnet18"], "list_layers"),
 ])
 def test_defaults_never_count_as_unused_flags(argv, job):
     """Only a flag given with another value than its default is checked: every job with its
-    own flags alone passes, and the same flag given at its default value passes too."""
-    args = main.build_parser().parse_args(argv)
-    assert validation.job_of(args) == job
-    validation.check_unused(args)
-    args = main.build_parser().parse_args(argv + ["--batch_size", "128", "--vis_num", "20"])
-    validation.check_unused(args)   # both at their defaults
+    own flags alone passes."""
+    parser = main.build_parser()
+    args = parser.parse_args(argv)
+    assert jobs.job_of(args).name == job
+    jobs.check_unused(args, main.parser_defaults(parser))
 
 
 def test_an_unused_flag_names_the_job_that_ignores_it():
-    args = main.build_parser().parse_args(["--mode", "train", "--image", "x.png", "--vis",
-                                           "cam"])
+    parser = main.build_parser()
+    args = parser.parse_args(["--mode", "train", "--image", "x.png", "--vis", "cam"])
     with pytest.raises(validation.FlagError, match=r"arguments --vis, --image: not used by "
-                                                   r"classifier training"):
-        validation.check_unused(args)
+                                                   r"the job 'train'"):
+        jobs.check_unused(args, main.parser_defaults(parser))
+
+
+def test_dispatch_and_the_refusal_of_flags_come_from_one_declaration(monkeypatch):
+    """The job that runs is the job whose flags were checked: a job's function is called
+    through its declaration, and a flag it does not declare is refused before it runs."""
+    ran = []
+    fake = types.ModuleType("fake_job")
+    fake.run = lambda args: ran.append(args) or 0
+    monkeypatch.setitem(sys.modules, "fake_job", fake)
+    declared = jobs.Job("fake", "a job for this test", lambda a: True, frozenset({"vis"}),
+                        "fake_job:run")
+    monkeypatch.setattr(jobs, "JOBS", (declared,))
+    parser = main.build_parser()
+    args = parser.parse_args(["--vis", "cam"])
+    jobs.check_unused(args, main.parser_defaults(parser))
+    assert jobs.run(args) == 0 and ran == [args]
+    args = parser.parse_args(["--vis_num", "3"])
+    with pytest.raises(validation.FlagError, match="--vis_num: not used by the job 'fake'"):
+        jobs.check_unused(args, main.parser_defaults(parser))

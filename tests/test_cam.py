@@ -6,15 +6,15 @@ import torch
 from conftest import EvidenceNet, evidence_images, random_resnet
 from torch import nn
 
-from cam import CAM, capture_activation, normalize_heatmaps, resolve_layer
-from errors import UserError
+from cam import CAM, auto_layer, capture_activation, normalize_heatmaps, resolve_layer
+from errors import ParamError, UserError
 from model import build_resnet18
 from runtime import eval_mode
 
 
 def test_cam_maximum_lies_in_the_evidence_region():
     images, regions = evidence_images()
-    heatmaps = CAM(EvidenceNet(), target_layer="relu")(images, torch.ones(3, dtype=torch.long))
+    heatmaps = CAM(EvidenceNet(), layer="relu")(images, torch.ones(3, dtype=torch.long))
     for heatmap, (rows, cols) in zip(heatmaps, regions):
         assert heatmap[rows, cols].min() == 1.0
         assert heatmap.sum() == heatmap[rows, cols].sum()
@@ -33,7 +33,7 @@ def test_cam_matches_the_formula_on_resnet():
 
 def test_cam_refuses_a_layer_that_does_not_feed_the_classifier():
     with pytest.raises(UserError, match="feed the linear layer"):
-        CAM(random_resnet(), target_layer="layer3")(torch.randn(1, 3, 32, 32), torch.tensor([0]))
+        CAM(random_resnet(), layer="layer3")(torch.randn(1, 3, 32, 32), torch.tensor([0]))
 
 
 def test_resolve_layer_names_the_choices():
@@ -76,3 +76,21 @@ def test_eval_mode_restores_every_flag():
     with eval_mode(model):
         assert not any(m.training for m in model.modules())
     assert model.training and not model.layer2.training and model.layer3.training
+
+
+def test_auto_is_layer4_for_the_cifar_resnet18_whatever_the_input_size():
+    model = build_resnet18()
+    assert [auto_layer(model, size) for size in (32, 28, 64)] == ["layer4"] * 3
+    images, targets = torch.randn(2, 3, 32, 32), torch.tensor([1, 4])
+    explainer = CAM(model)
+    torch.testing.assert_close(explainer(images, targets), CAM(model, "layer4")(images, targets),
+                               rtol=0, atol=0)
+    assert explainer.layer == "layer4"
+
+
+def test_a_layer_is_one_name_and_batch_size_is_positive():
+    model = build_resnet18()
+    with pytest.raises(ParamError, match="^layer 'layer3,layer4' names several layers"):
+        CAM(model, "layer3,layer4")
+    with pytest.raises(ParamError, match="^batch_size must be at least 1"):
+        CAM(model, batch_size=0)

@@ -94,7 +94,30 @@ def test_every_flag_has_help_and_shows_its_default() -> None:
     start = text.index("--det_score_thresh DET_SCORE_THRESH explain")
     thresh = text[start:text.index("--det_max DET_MAX", start)]
     assert thresh.count("default") == 1, thresh      # its default said once, not twice
-    assert "examples:" in text and "(default: 128)" in text
+    assert "examples:" in text and "(default: 256)" in text     # --cam_batch_size
+    assert "default: None" not in text
+
+
+def test_help_shows_the_recipes_that_run() -> None:
+    """The defaults of the recipe flags in --help are the config dataclasses' own, per job,
+    and a job given no recipe flag runs its config's defaults."""
+    import jobs
+    import main
+    from recipes import DetectorTrainConfig, FineTuneConfig, TrainConfig
+    text = " ".join(main.build_parser().format_help().split())
+    epochs = (f"default {TrainConfig.num_epochs} training the CIFAR ResNet-18, "
+              f"{FineTuneConfig.num_epochs} fine-tuning, {DetectorTrainConfig.num_epochs} the "
+              f"detector")
+    assert epochs in text
+    parser = main.build_parser()
+    for argv, config in ((["--mode", "train"], TrainConfig),
+                         (["--mode", "train", "--arch", "resnet18"], FineTuneConfig),
+                         (["--mode", "train", "--det_vis"], DetectorTrainConfig)):
+        args = parser.parse_args(argv)
+        for name in ("num_epochs", "batch_size", "lr", "weight_decay", "save_path"):
+            assert jobs.setting(args, name) == getattr(config, name), (argv, name)
+    args = parser.parse_args(["--mode", "train", "--lr", "0.5"])
+    assert jobs.setting(args, "lr") == 0.5
 
 
 def test_from_python_script_runs_and_is_in_the_readme(tmp_path: Path) -> None:

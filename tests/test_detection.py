@@ -22,8 +22,9 @@ from conftest import random_image
 from PIL import Image
 from torchvision.models.detection.roi_heads import RoIHeads
 
-import commands
+import cli_detect
 import detection as det
+import detectors
 import detmetrics
 import main
 import voc
@@ -32,7 +33,7 @@ from cli import assert_one_line_error, run_main
 from errors import UserError
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
-PERSON, DOG = det.COCO_CLASSES.index("person"), det.COCO_CLASSES.index("dog")
+PERSON, DOG = detectors.COCO_CLASSES.index("person"), detectors.COCO_CLASSES.index("dog")
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +185,7 @@ def test_explained_logit_belongs_to_the_detections_proposal(detector: torch.nn.M
     regression = torch.zeros(5, 91 * 4)         # each decoded box is its proposal
     (boxes,), (scores,), (labels,) = roi_heads.postprocess_detections(
         logits, regression, [proposals], [(128, 128)])
-    rows = det._source_rows(roi_heads, logits, regression, proposals, (128, 128),
+    rows = det.source_rows(roi_heads, logits, regression, proposals, (128, 128),
                             boxes, scores, labels)
     assert torch.allclose(proposals[rows], boxes, atol=1e-4)
     assert torch.equal(F.softmax(logits, -1)[rows, labels], scores)
@@ -254,7 +255,7 @@ def test_single_image_without_detections_exits_0_with_one_line(
     args = main.build_parser().parse_args(["--det_vis", "--out_dir", str(tmp_path)])
     image = det.read_image(SAMPLES / "chelsea.jpg")
     with background_only(detector):
-        assert commands.detect_image(with_image(args, "chelsea.jpg"), det.coco_detector(detector), image,
+        assert cli_detect.detect_image(with_image(args, "chelsea.jpg"), detectors.coco_detector(detector), image,
                                      ["layer4"], torch.device("cpu")) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out == ["chelsea.jpg: no detection with score >= 0.50; nothing to explain"]
@@ -262,7 +263,7 @@ def test_single_image_without_detections_exits_0_with_one_line(
 
 
 def test_detector_layout_takes_torchvision_state_dicts(detector: torch.nn.Module) -> None:
-    model = det.build_detector(detector.state_dict(), min_size=96)
+    model = detectors.build_detector(detector.state_dict(), min_size=96)
     theirs, ours = detector.state_dict(), model.state_dict()
     assert all(torch.equal(theirs[k], v) for k, v in ours.items())
     assert set(theirs) - set(ours) == {k for k in theirs if k.endswith("num_batches_tracked")}
@@ -315,7 +316,7 @@ def test_voc_images_without_detections_are_reported_and_skipped(
     args = main.build_parser().parse_args(["--det_vis", "--out_dir", str(tmp_path),
                                            "--det_score_thresh", "0"])
     with voc.VOCReader(tar) as reader, background_only(detector):
-        assert commands.detect_voc(args, det.coco_detector(detector), reader, ["layer4"], torch.device("cpu")) == 0
+        assert cli_detect.detect_voc(args, detectors.coco_detector(detector), reader, ["layer4"], torch.device("cpu")) == 0
     report = json.loads((tmp_path / "detection" / "voc_metrics.json").read_text())
     out = capsys.readouterr().out
     assert report["images_without_detections"] == ["000001", "000002"]
@@ -352,7 +353,7 @@ def test_grayscale_rgba_and_palette_images_become_rgb(
     assert det.read_image(tmp_path / "palette.png").shape == (40, 60, 3)
     args = main.build_parser().parse_args(["--det_vis", "--out_dir", str(tmp_path),
                                            "--det_score_thresh", "0", "--det_max", "1"])
-    assert commands.detect_image(with_image(args, "gray.png"), det.coco_detector(detector), image,
+    assert cli_detect.detect_image(with_image(args, "gray.png"), detectors.coco_detector(detector), image,
                                      ["layer4"], torch.device("cpu")) == 0
     assert (tmp_path / "detection" / "gray_gradcam_layer4.png").is_file()
     assert "1 detection explained:" in capsys.readouterr().out
@@ -388,8 +389,8 @@ def test_missing_coco_weights_with_failed_download(
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     result = cli(capsys, "--det_img", SAMPLES / "chelsea.jpg")
     folder = tmp_path / "torch" / "hub" / "checkpoints"
-    assert_one_line_error(result, det.WEIGHTS_FILE, det.COCO_WEIGHTS.url, str(folder))
-    assert det.COCO_WEIGHTS.url == ("https://download.pytorch.org/models/"
+    assert_one_line_error(result, detectors.WEIGHTS_FILE, detectors.COCO_WEIGHTS.url, str(folder))
+    assert detectors.COCO_WEIGHTS.url == ("https://download.pytorch.org/models/"
                                     "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth")
 
 
@@ -404,12 +405,12 @@ def test_bad_weights_files_give_one_line(tmp_path: Path, capsys: pytest.CaptureF
     other = tmp_path / "other.pth"
     torch.save({"fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)}, other)
     assert_one_line_error(cli(capsys, "--det_img", image, "--det_weights", other),
-                          "do not fit Faster R-CNN", "missing")
-    wrong_shape = det.build_detector(min_size=64).state_dict()
+                          "does not fit Faster R-CNN", "missing")
+    wrong_shape = detectors.build_detector(min_size=64).state_dict()
     wrong_shape["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(21, 1024)
     torch.save(wrong_shape, tmp_path / "voc21.pth")
     assert_one_line_error(cli(capsys, "--det_img", image, "--det_weights",
-                              tmp_path / "voc21.pth"), "do not fit Faster R-CNN", "size mismatch")
+                              tmp_path / "voc21.pth"), "does not fit Faster R-CNN", "has shape (21, 1024)")
 
 
 def test_bad_flags_give_one_line(capsys: pytest.CaptureFixture) -> None:
@@ -454,8 +455,8 @@ def test_bad_annotation_gives_one_line() -> None:
 
 
 def test_coco_to_voc_maps_the_20_classes() -> None:
-    mapping = det.coco_to_voc()
-    names = {det.COCO_CLASSES[label]: voc.VOC_CLASSES[c] for label, c in mapping.items()}
+    mapping = detectors.coco_to_voc()
+    names = {detectors.COCO_CLASSES[label]: voc.VOC_CLASSES[c] for label, c in mapping.items()}
     assert sorted(names.values()) == sorted(voc.VOC_CLASSES)
     assert names["airplane"] == "aeroplane" and names["tv"] == "tvmonitor"
     assert names["couch"] == "sofa" and names["dining table"] == "diningtable"
@@ -516,9 +517,8 @@ def test_voc_numbers_from_hand_made_detections(tmp_path: Path, monkeypatch: pyte
         heat[0, 0] = 1.0
         return heat
 
-    def fake(model: object, image: torch.Tensor, layers: list[str], score_thresh: float,
-             max_explained: int, allowed: object = None, method: str = "gradcam"
-             ) -> det.DetectionResult:
+    def fake(model: object, image: torch.Tensor, target: det.DetectionTarget, layers: list[str],
+             method: str = "gradcam", drise: object = None) -> det.DetectionResult:
         h, w = image.shape[-2:]
         if (h, w) == (60, 80):                    # 000001: a person and the difficult dog
             boxes = torch.tensor([[10., 5, 30, 40], [40, 20, 70, 50]])
@@ -531,14 +531,14 @@ def test_voc_numbers_from_hand_made_detections(tmp_path: Path, monkeypatch: pyte
         return det.DetectionResult(boxes, labels, scores, torch.arange(len(boxes)),
                                    {layer: maps for layer in layers})
 
-    monkeypatch.setattr(detmetrics, "explain_detections", fake)
+    monkeypatch.setattr(detmetrics, "explain", fake)
     tar = write_voc_tar(tmp_path / "voc.tar", ["000001", "000002"])
     args = main.build_parser().parse_args(["--det_vis", "--out_dir", str(tmp_path)])
     with voc.VOCReader(tar) as reader:
-        hand_made = det.Detector(None, dict(enumerate(det.COCO_CLASSES)), voc.VOC_CLASSES,
-                                 det.coco_to_voc(), 0.5, (800, 1333), voc.POINTING_TOLERANCE,
+        hand_made = detectors.Detector(None, dict(enumerate(detectors.COCO_CLASSES)), voc.VOC_CLASSES,
+                                 detectors.coco_to_voc(), 0.5, (800, 1333), voc.POINTING_TOLERANCE,
                                  "hand-made detections")
-        assert commands.detect_voc(args, hand_made, reader, ["layer4"], torch.device("cpu")) == 0
+        assert cli_detect.detect_voc(args, hand_made, reader, ["layer4"], torch.device("cpu")) == 0
     report = json.loads((tmp_path / "detection" / "voc_metrics.json").read_text())
     # person: TP at 0.9, FP at 0.7, npos 2 -> precision 1 up to recall 1/2: 6 of 11 points.
     assert report["ap"]["person"] == pytest.approx(6 / 11)

@@ -14,6 +14,7 @@ from conftest import random_image
 from torchvision.ops import clip_boxes_to_image
 
 import detection as det
+import detectors
 import drise
 import main
 import misses
@@ -25,12 +26,12 @@ SIZES = {"ssd300_vgg16": 268}   # its smallest input; every other arch runs at 1
 FAMILY = {arch: family for arch, (family, _) in registry.DET_ARCHS.items()}
 
 
-@pytest.fixture(scope="module", params=det.ARCHS)
+@pytest.fixture(scope="module", params=detectors.ARCHS)
 def arch_model(request: pytest.FixtureRequest) -> tuple[str, torch.nn.Module]:
     arch = request.param
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = det.build_coco_detector(arch, min_size=SIZES.get(arch, 128), score_thresh=0.0)
+        model = detectors.build_coco_detector(arch, min_size=SIZES.get(arch, 128), score_thresh=0.0)
     return arch, model
 
 
@@ -150,7 +151,7 @@ def test_unknown_layer_names_the_detectors_layers(arch_model) -> None:
 def test_drise_and_misses_run_for_every_one_stage_family(arch: str) -> None:
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = det.build_coco_detector(arch, min_size=128, score_thresh=0.0)
+        model = detectors.build_coco_detector(arch, min_size=128, score_thresh=0.0)
     image = random_image(100, 140, seed=1)
     ((boxes, probs, objectness),) = drise.detections_with_probabilities(model, [image])
     with torch.no_grad():
@@ -199,7 +200,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         raise URLError("network is unreachable")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    url = det.coco_weights("fcos_resnet50_fpn").url
+    url = detectors.coco_weights("fcos_resnet50_fpn").url
     assert_one_line_error(cli(capsys, "--det_img", image, "--det_arch", "fcos_resnet50_fpn"),
                           url.rsplit("/", 1)[-1], url, str(tmp_path / "torch" / "hub"))
 
@@ -207,7 +208,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_cli_explains_a_one_stage_detector_from_a_state_dict(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     torch.manual_seed(0)
-    model = det.build_coco_detector("ssdlite320_mobilenet_v3_large")
+    model = detectors.build_coco_detector("ssdlite320_mobilenet_v3_large")
     weights = tmp_path / "ssdlite.pth"
     torch.save(model.state_dict(), weights)
     result = cli(capsys, "--det_img", SAMPLES / "chelsea.jpg", "--det_arch",
@@ -219,10 +220,10 @@ def test_cli_explains_a_one_stage_detector_from_a_state_dict(
     written = sorted(p.name for p in (tmp_path / "detection").iterdir())
     assert written == ["chelsea_gradcam_stride16.png", "chelsea_gradcam_stride64.png"]
     other = tmp_path / "retina.pth"
-    torch.save(det.build_coco_detector("fcos_resnet50_fpn", min_size=64).state_dict(), other)
+    torch.save(detectors.build_coco_detector("fcos_resnet50_fpn", min_size=64).state_dict(), other)
     bad = cli(capsys, "--det_img", SAMPLES / "chelsea.jpg", "--det_arch",
                    "retinanet_resnet50_fpn", "--det_weights", other, "--out_dir", tmp_path)
-    assert_one_line_error(bad, "do not fit retinanet_resnet50_fpn")
+    assert_one_line_error(bad, "does not fit retinanet_resnet50_fpn")
 
 
 def test_voc_run_with_a_one_stage_detector_explains_its_misses(
@@ -232,7 +233,7 @@ def test_voc_run_with_a_one_stage_detector_explains_its_misses(
     from test_detection import write_voc_tar
     torch.manual_seed(0)
     weights = tmp_path / "ssdlite.pth"
-    torch.save(det.build_coco_detector("ssdlite320_mobilenet_v3_large").state_dict(), weights)
+    torch.save(detectors.build_coco_detector("ssdlite320_mobilenet_v3_large").state_dict(), weights)
     tar = write_voc_tar(tmp_path / "VOCtest_06-Nov-2007.tar", ["000001", "000002"])
     result = cli(capsys, "--voc_path", tar, "--det_arch", "ssdlite320_mobilenet_v3_large",
                  "--det_weights", weights, "--det_min_size", 128, "--det_num", 2,

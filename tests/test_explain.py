@@ -9,7 +9,7 @@ import torch
 from conftest import random_resnet
 from PIL import Image
 
-import commands
+import cli_classify
 import explain
 import main
 from cli import assert_one_line_error, run_here
@@ -127,7 +127,7 @@ def test_many_panels_are_written_chunk_by_chunk_and_the_grid_is_capped(setup, tm
         return block(model, explainers, pixels, *args)
 
     monkeypatch.setattr(explain, "_explain_block", counting_block)
-    monkeypatch.setattr(commands, "GRID_MAX", 3)
+    monkeypatch.setattr(cli_classify, "GRID_MAX", 3)
     assert main.main(["--save_path", str(ckpt), "--data_dir", str(data_dir), "--vis", "gradcam",
                       "--vis_num", "7", "--batch_size", "3", "--out_dir", str(tmp_path)]) == 0
     assert chunks == [3, 3, 1] and panels_before == [0, 3, 6]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from data import Preprocessing
 from errors import UserError
 from folders import (
     NO_LABEL,
@@ -20,7 +21,7 @@ from folders import (
     train_val_folders,
     training_pixels,
 )
-from zoo import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from zoo import IMAGENET_MEAN, IMAGENET_STD
 
 PREP = Preprocessing(32, 36, IMAGENET_MEAN, IMAGENET_STD)
 

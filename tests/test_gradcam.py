@@ -25,7 +25,7 @@ def test_cam_equals_gradcam_at_the_last_block_for_every_class():
 @pytest.mark.parametrize("method", METHODS)
 def test_maximum_lies_in_the_evidence_region(method):
     images, regions = evidence_images()
-    heatmaps = method(EvidenceNet(), target_layer="relu")(images, torch.ones(3, dtype=torch.long))
+    heatmaps = method(EvidenceNet(), layer="relu")(images, torch.ones(3, dtype=torch.long))
     for heatmap, (rows, cols) in zip(heatmaps, regions):
         peak = divmod(int(heatmap.argmax()), heatmap.shape[1])
         assert rows.start <= peak[0] < rows.stop and cols.start <= peak[1] < cols.stop
@@ -38,7 +38,7 @@ def test_batched_equals_one_at_a_time(method, layer):
     model = random_resnet()
     images = torch.randn(5, 3, 32, 32)
     targets = torch.tensor([0, 3, 3, 7, 9])
-    explainer = method(model, target_layer=layer)
+    explainer = method(model, layer=layer)
     batched = explainer(images, targets)
     single = torch.cat([explainer(images[i:i + 1], targets[i:i + 1]) for i in range(5)])
     torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)
@@ -49,7 +49,7 @@ def test_contract_shape_range_and_untouched_state(method):
     model = random_resnet().train()                       # left in train mode by its owner
     images = torch.randn(3, 3, 32, 32)
     original = images.clone()
-    heatmaps = method(model, target_layer="layer3")(images, torch.tensor([1, 2, 3]))
+    heatmaps = method(model, layer="layer3")(images, torch.tensor([1, 2, 3]))
     assert heatmaps.shape == (3, 32, 32) and heatmaps.dtype == torch.float32
     assert heatmaps.min() >= 0 and heatmaps.max() <= 1 and not heatmaps.isnan().any()
     assert torch.equal(images, original) and not images.requires_grad
@@ -69,7 +69,7 @@ def test_hooks_are_removed_after_an_exception(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_constant_map_gives_zeros_not_nan(method):
     model = EvidenceNet()
-    heatmaps = method(model, target_layer="relu")(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]))
+    heatmaps = method(model, layer="relu")(torch.zeros(2, 3, 8, 8), torch.tensor([0, 1]))
     assert torch.equal(heatmaps, torch.zeros(2, 8, 8))
 
 

@@ -174,8 +174,7 @@ def test_eigencam_does_not_depend_on_the_target():
 @pytest.mark.parametrize("name", list(EXPLAINERS))
 def test_batched_equals_one_at_a_time(name):
     model, images, layer = TinyNet().double(), IMAGES.double(), "block2"
-    explainer = (EXPLAINERS["cam"](model, target_layer=layer) if name == "cam"
-                 else make_explainer(name, model, layer, batch_size=2))
+    explainer = make_explainer(name, model, layer, batch_size=2)
     batched = explainer(images, TARGETS)
     single = torch.cat([explainer(images[i:i + 1], TARGETS[i:i + 1]) for i in range(3)])
     torch.testing.assert_close(batched, single, rtol=0, atol=1e-5)
@@ -288,3 +287,17 @@ def test_derived_networks_are_rebuilt_when_the_weights_change(method):
                                method(model, "block1", batch_size=64)(IMAGES, TARGETS),
                                rtol=0, atol=1e-6)
     assert not torch.allclose(explainer(IMAGES, TARGETS), before, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", list(EXPLAINERS))
+def test_every_method_is_built_the_same_way_and_auto_is_the_models_default_layer(name):
+    """``Method(model, layer, batch_size=..., dtype=...)`` for every method; ``"auto"`` is
+    resolved on the first batch (TinyNet's last spatial layer, ``block2``, which also feeds its
+    global average pooling) and gives the same maps as naming that layer."""
+    model = TinyNet().double()
+    explainer = EXPLAINERS[name](model, batch_size=4, dtype=None)
+    assert explainer.layer == "auto"
+    maps = explainer(IMAGES.double(), TARGETS)
+    assert explainer.layer == "block2"
+    assert torch.equal(maps, EXPLAINERS[name](model, "block2", batch_size=4)(IMAGES.double(),
+                                                                              TARGETS))

@@ -8,7 +8,8 @@ from conftest import random_image
 from torchvision.ops import box_iou, clip_boxes_to_image
 
 import misses
-from detection import DetectionResult, _second_stage, explain_detections
+from detection import DetectionResult, explain_detections, second_stage
+from drise import DriseSettings
 
 
 def test_an_object_counts_as_missed_without_a_confident_detection_of_its_class() -> None:
@@ -38,7 +39,7 @@ def test_every_miss_is_classified_by_its_best_proposal(detector) -> None:
         size = batch.image_sizes[0]
         feats = detector.backbone(batch.tensors)
         (props,), _ = detector.rpn(batch, feats)
-        logits, regression = _second_stage(detector.roi_heads, feats, [props], [size])
+        logits, regression = second_stage(detector.roi_heads, feats, [props], [size])
         decoded = clip_boxes_to_image(detector.roi_heads.box_coder.decode(regression, [props]),
                                       size)
         probs = F.softmax(logits, -1)
@@ -59,7 +60,27 @@ def test_every_miss_is_classified_by_its_best_proposal(detector) -> None:
 def test_drise_explains_a_miss_with_its_ground_truth_box(detector) -> None:
     image = random_image(64, 90, seed=2)
     result = explain_detections(detector, image, ("layer4",), 0.0, 5)
-    found = misses.explain_misses_drise(detector, image, result, torch.tensor([[2.0, 2, 6, 6]]),
-                                        torch.tensor([5]), 0.99, masks=4, grid=4, batch_size=4)
+    found = misses.explain_misses(detector, image, result, torch.tensor([[2.0, 2, 6, 6]]),
+                                  torch.tensor([5]), 0.99, method="drise",
+                                  drise=DriseSettings(masks=4, grid=4, batch_size=4))
     assert len(found) == 1 and list(found[0].maps) == ["input"]
     assert found[0].maps["input"].shape == (64, 90)
+
+
+def test_miss_rows_summary_and_table() -> None:
+    names = {1: "Shirt", 2: "Pullover"}
+    box = torch.zeros(4)
+    found = [misses.Miss(0, box, 1, box, 0.9, 0.3, "classification", 2, 2),
+             misses.Miss(1, box, 1, box, 0.2, 0.1, "localisation", 0, None),
+             misses.Miss(2, box, 2, box, 0.8, 0.01, "classification", 0, None)]
+    rows = [misses.miss_row("000001", miss, names) for miss in found]
+    assert rows[0] == {"image": "000001", "class": "Shirt", "kind": "classification",
+                       "best_iou": 0.9, "score": 0.3, "won_by": "Pullover",
+                       "detected_as": "Pullover"}
+    assert tuple(rows[0]) == misses.MISS_FIELDS
+    summary = misses.miss_summary(rows)
+    assert summary["total"] == 3 and summary["by_kind"] == {"classification": 2,
+                                                           "localisation": 1}
+    assert summary["by_class"]["Shirt"]["won_by"] == {"Pullover": 1}
+    table = misses.miss_table(summary).splitlines()
+    assert table[0].startswith("Missed objects: 3") and len(table) == 4

@@ -7,7 +7,7 @@ from conftest import random_resnet
 from torch import nn
 
 from errors import UserError
-from runtime import inference_copy, resolve_device
+from runtime import inference_copy, precision_label, resolve_device
 
 
 def test_inference_copy_folds_batchnorm_and_computes_the_same():
@@ -40,3 +40,8 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_precision_label_is_one_wording_for_every_job():
+    assert [precision_label(d) for d in (None, torch.float32, torch.bfloat16, torch.float16)] \
+        == ["fp32", "fp32", "bfloat16", "float16"]

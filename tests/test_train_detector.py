@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import detection as det
+import detectors
 import main
 import scenes
 import train_detector
@@ -68,12 +69,12 @@ def test_checkpoint_describes_itself_and_loads_back(data_dir: Path, tmp_path: Pa
     result = train(data_dir, tmp_path, 1)
     assert result.returncode == 0, result.stderr
     ckpt = read_checkpoint(tmp_path / "det.pth")
-    assert ckpt["arch"] == det.SCENE_ARCH and "optimizer_state_dict" not in ckpt
+    assert ckpt["arch"] == detectors.SCENE_ARCH and "optimizer_state_dict" not in ckpt
     assert ckpt["classes"] == ["__background__", *scenes.CLASSES]
     assert ckpt["input_size"] == scenes.CANVAS and ckpt["score_thresh"] == 0.5
     assert all(v.dtype == torch.float16 for v in ckpt["model_state_dict"].values()
                if v.is_floating_point())
-    detector = det.load_detector(str(tmp_path / "det.pth"), torch.device("cpu"))
+    detector = detectors.load_detector(str(tmp_path / "det.pth"), torch.device("cpu"))
     assert detector.names[1] == "T-shirt/top" and detector.classes == scenes.CLASSES
     assert detector.score_thresh == 0.5 and detector.input_fit == (128, 128)
     # the loaded weights are the saved ones (fp16 -> fp32), BatchNorm is trainable
@@ -97,7 +98,7 @@ def resume_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model import save_checkpoint
     folder = tmp_path_factory.mktemp("resume")
     meta = train_detector.detector_meta()
-    model = det.build_scene_detector(meta)
+    model = detectors.build_scene_detector(meta)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     extra = {"epoch": 1, "map": 0.0, "seed": 0, "scenes_per_epoch": 4, "batch_size": 2,
              "step": 2, "history": [{"epoch": 1, "test_map": 0.0}],

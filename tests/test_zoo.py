@@ -13,9 +13,9 @@ from torch import nn
 
 import model as cifar
 import zoo
-from data import DATASETS
+from data import DATASETS, Preprocessing
 from errors import UserError
-from zoo import Preprocessing, load_classifier
+from zoo import load_classifier
 
 SMALL = "mobilenet_v3_small"       # 2.5 M parameters: cheap to build and to save
 
@@ -111,7 +111,7 @@ def test_missing_named_weights_offline_name_file_address_and_folder(hub):
 def test_unknown_arch_lists_close_names():
     with pytest.raises(UserError, match="resnet50") as exc:
         load_classifier("resnet5")
-    assert "arch=" in one_line(exc)
+    assert "unknown arch " in one_line(exc)
 
 
 def test_unknown_weights_name_lists_the_archs_names():
@@ -149,7 +149,7 @@ def test_a_checkpoint_this_tool_wrote_describes_itself(tmp_path):
     assert loaded.arch == SMALL and loaded.classes == ("a", "b", "c")
     assert loaded.preprocessing == prep
     assert load_classifier(weights=str(path)).as_meta()["resize_size"] == 110
-    with pytest.raises(UserError, match=f"checkpoint of arch={SMALL}, not resnet18"):
+    with pytest.raises(UserError, match=f"checkpoint of arch {SMALL}, not resnet18"):
         load_classifier("resnet18", weights=str(path))
 
 
@@ -166,14 +166,14 @@ def test_a_cifar_checkpoint_loads_as_before(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(again.module.state_dict().values(),
                                                  loaded.module.state_dict().values()))
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    with pytest.raises(UserError, match="does not fit arch=resnet18_cifar: .*'conv1.weight'"):
+    with pytest.raises(UserError, match="does not fit arch resnet18_cifar: .*'conv1.weight'"):
         load_classifier(weights=str(path))
 
 
 def test_weights_that_do_not_fit_name_the_keys_or_the_shape(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    with pytest.raises(UserError, match=r"does not fit arch=resnet34: \d+ missing \(e.g. layer1"):
+    with pytest.raises(UserError, match=r"does not fit arch resnet34: \d+ missing \(e.g. layer1"):
         load_classifier("resnet34", weights=str(path))
     state = torchvision.models.get_model(SMALL, weights=None).state_dict()
     state["features.0.0.weight"] = torch.zeros(16, 3, 5, 5)
@@ -188,7 +188,7 @@ def test_a_missing_or_corrupt_weights_file(tmp_path):
         load_classifier(SMALL, weights=str(tmp_path / "nope.pth"))
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x00\x01garbage")
-    with pytest.raises(UserError, match="weights=.*bad.pth") as exc:
+    with pytest.raises(UserError, match="weights .*bad.pth") as exc:
         load_classifier(SMALL, weights=str(bad))
     one_line(exc)
 
@@ -232,7 +232,7 @@ def test_factory_model_with_explicit_size_statistics_and_classes(factory, tmp_pa
     assert loaded.preprocessing.resize_size == round(48 * 256 / 224)
     assert loaded.default_layer == "3" and loaded.layer() == "3"     # the last ReLU, 23x23
     assert loaded.class_index("c") == 2 and loaded.class_index("4") == 4
-    with pytest.raises(UserError, match="target='z'"):
+    with pytest.raises(UserError, match="target 'z'"):
         loaded.class_index("z")
     with pytest.raises(UserError, match="0..4"):
         loaded.class_index(5)
@@ -252,7 +252,7 @@ def test_factory_errors_are_one_line(factory):
 def test_a_model_without_spatial_layer_loads_but_auto_says_why(factory):
     loaded = load_classifier(model_spec=f"{factory}:mlp", input_size=16)
     assert loaded.default_layer is None and loaded.classes[3] == "class 3"
-    with pytest.raises(UserError, match="target_layer=auto: no module") as exc:
+    with pytest.raises(UserError, match="layer auto: no module") as exc:
         loaded.layer("auto")
     one_line(exc)
 

@@ -1,0 +1,48 @@
+"""The classifier training jobs of the command line: this tool's CIFAR ResNet-18 on a built-in
+dataset, and fine-tuning any classifier on an image folder. A flag left out takes the job's
+recipe (``recipes.py``), the same one a script gets."""
+from __future__ import annotations
+
+from argparse import Namespace
+
+import distributed
+from jobs import setting
+from recipes import FineTuneConfig, TrainConfig, given
+from runtime import precision_dtype, resolve_device
+
+RECIPE = ("num_epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "save_path")
+
+
+def train_classifier(args: Namespace) -> int:
+    """``--mode train``: train, keep the best checkpoint, log metrics and curves."""
+    from train import fit
+    device = resolve_device(args.device)
+    cfg = given(TrainConfig, dataset=args.dataset, data_dir=args.data_dir, log_dir=args.log_dir,
+                seed=args.seed, save_half=args.save_half, device=device,
+                dtype=precision_dtype(args.precision, device),
+                **{name: getattr(args, name) for name in RECIPE})
+    history = fit(cfg)
+    if distributed.world().is_main:
+        print(f"Best test accuracy: {history.best:.2f}%  (checkpoint {cfg.save_path}, "
+              f"metrics {history.metrics})")
+    return 0
+
+
+def fine_tune(args: Namespace) -> int:
+    """``--mode train --arch/--weights/--model --data_dir FOLDER``: fine-tune on the folder,
+    keep the best checkpoint (with arch, classes, preprocessing), log metrics and curves."""
+    from finetune import fine_tune as run_fine_tuning
+    from validation import rgb
+    device = resolve_device(args.device)
+    cfg = given(FineTuneConfig, data_dir=args.data_dir, arch=args.arch, weights=args.weights,
+                model_spec=args.model, classes_file=args.classes, input_size=args.input_size,
+                mean=rgb(args.mean, "--mean"), std=rgb(args.std, "--std", positive=True),
+                log_dir=args.log_dir, val_fraction=setting(args, "val_fraction"),
+                seed=args.seed, save_half=args.save_half, device=device,
+                dtype=precision_dtype(args.precision, device),
+                **{name: getattr(args, name) for name in RECIPE})
+    history = run_fine_tuning(cfg)
+    if distributed.world().is_main:
+        print(f"Best validation accuracy: {history.best:.2f}% at epoch {history.best_epoch} "
+              f"(checkpoint {cfg.save_path}, metrics {history.metrics})")
+    return 0

@@ -1,0 +1,109 @@
+"""The recipes: what each kind of training and explaining runs when nothing says otherwise.
+
+These dataclasses are the one home of the defaults. The library's functions take them
+(``train.fit``, ``finetune.fine_tune``, ``train_detector.fit_detector``) and the command line
+reads its defaults from them, so ``--help`` shows the recipe that runs and a script runs the
+same recipe as the command line. Where a default differs by job (the CIFAR recipe, fine-tuning,
+the detector), each job's config says so. No torch here: ``--help`` imports this module.
+
+``device`` is a ``torch.device`` or its name; ``dtype`` the autocast precision (None: fp32).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+# The classifier that ships, tested when no checkpoint is named and none was trained here.
+SHIPPED_CLASSIFIER = "checkpoints/resnet18_fashion_mnist.pth"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """:func:`train.fit`: this tool's CIFAR ResNet-18 on a built-in dataset, one-cycle SGD."""
+
+    dataset: str = "cifar10"
+    data_dir: str = "./data"
+    save_path: str = "./checkpoints/resnet_best.pth"
+    log_dir: str = "./logs"
+    num_epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    seed: int = 0
+    save_half: bool = False
+    device: Any = "cpu"
+    dtype: Any = None
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """:func:`finetune.fine_tune`: a pretrained network on an image folder, warm-up + cosine.
+    ``arch`` / ``weights`` / ``model_spec`` name the starting network as
+    :func:`zoo.load_classifier` takes them."""
+
+    data_dir: str = "./data"
+    arch: str | None = None
+    weights: str | None = None
+    model_spec: str | None = None
+    classes_file: str | None = None
+    input_size: int | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    save_path: str = "./checkpoints/finetuned.pth"
+    log_dir: str = "./logs"
+    num_epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.01            # for a pretrained network at batch 32
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.1
+    seed: int = 0
+    workers: int | None = None  # None: folders.loader_workers(device)
+    save_half: bool = False
+    device: Any = "cpu"
+    dtype: Any = None
+
+
+@dataclass(frozen=True)
+class DetectorTrainConfig:
+    """:func:`train_detector.fit_detector`: the Fashion-MNIST scene detector. ``test_scenes``:
+    test scenes scored after each epoch (at most 300); ``init_weights``: a scene-detector
+    checkpoint to start a new schedule from; ``resume``: continue the run that wrote
+    ``save_path``'s training state."""
+
+    data_dir: str = "./data"
+    save_path: str = "./checkpoints/scene_detector.pth"
+    log_dir: str = "./logs"
+    num_epochs: int = 6
+    batch_size: int = 8
+    lr: float = 0.02
+    weight_decay: float = 1e-4
+    seed: int = 0
+    scenes_per_epoch: int = 4000
+    test_scenes: int = 300
+    save_half: bool = False
+    resume: bool = False
+    init_weights: str | None = None
+    device: Any = "cpu"
+    dtype: Any = None
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """The classifier explanation jobs: images per chunk of explanation, and how many test
+    images the heatmap and sanity jobs explain (your own photos: all of them)."""
+
+    batch_size: int = 128
+    num_images: int = 20
+
+
+def default(config: type, name: str) -> Any:
+    """The default of field ``name`` of a config class."""
+    return next(f.default for f in fields(config) if f.name == name)
+
+
+def given(config: type, **values: Any) -> Any:
+    """``config`` built from the values that are not None: a None means "the recipe's
+    default", as a flag left out does."""
+    return config(**{k: v for k, v in values.items() if v is not None})

@@ -1,0 +1,133 @@
+"""Where a classifier job's images come from: the model's built-in test split, an image folder
+with a subfolder per class, or photos. Every job (test accuracy, heatmaps, leaderboard, sanity
+check) takes any of them for any classifier that :func:`zoo.load_classifier` loads.
+
+The test split is already in memory at the model's resolution; a folder or photos are decoded
+as the work goes (``folders.photo_loader``), and held in memory only where a job scores the
+same images many times (the leaderboard, the sanity check), and then only as many as it scores.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from data import ImageSplit, load_split
+from errors import ParamError
+from evaluate import select_correct
+from explain import probabilities
+from folders import (
+    PhotoDataset,
+    image_folder,
+    list_images,
+    loader_workers,
+    photo_batches,
+    photo_loader,
+    train_val_folders,
+)
+from runtime import autocast
+from zoo import LoadedModel
+
+
+def test_split(loaded: LoadedModel, data_dir: str | os.PathLike) -> ImageSplit:
+    """The test split of the built-in dataset ``loaded`` was trained on, described as the
+    model describes its inputs (its class names and normalization). Its images have the
+    dataset's size: a model asked to run at another ``input_size`` is refused."""
+    split = load_split(loaded.dataset, data_dir, train=False)
+    side = split.images.shape[-1]
+    if loaded.input_size != side:
+        raise ParamError("input_size", f"{{param}} {loaded.input_size}: the {loaded.dataset} "
+                                       f"test images are {side} px; explain photos or an image "
+                                       f"folder at another size")
+    return ImageSplit(split.images, split.labels, loaded.info(loaded.dataset))
+
+
+def folder_images(root: str | os.PathLike, classes: Sequence[str]
+                  ) -> tuple[list[Path], list[int], Path]:
+    """An image folder's photos and labels (a subfolder per class, named as the model's
+    classes); a fine-tuning layout (``train/`` and ``val/``) is tested on ``val/``. The root
+    tested is returned too."""
+    pair = train_val_folders(root)
+    tested = Path(pair[1]) if pair else Path(root)
+    paths, labels = image_folder(tested, classes)
+    return [Path(p) for p in paths], list(labels), tested
+
+
+def photo_files(images: Sequence[str | os.PathLike] = (), image_dir: str | None = None
+                ) -> list[Path]:
+    """The photos named one by one, or every image in a folder tree."""
+    return [Path(p) for p in images] if images else list_images(image_dir)
+
+
+@torch.no_grad()
+def folder_logits(loaded: LoadedModel, paths: Sequence[Path], labels: Sequence[int],
+                  device: torch.device, dtype: torch.dtype | None = None,
+                  batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities ``[N, C]`` and labels ``[N]`` of a folder's photos, decoded by worker
+    processes while the model works, in the precision ``dtype`` (None: fp32)."""
+    prep = loaded.preprocessing
+    loader = photo_loader(PhotoDataset(paths, prep, labels), batch_size,
+                          workers=loader_workers(device))
+    logits, truth = [], []
+    for batch in photo_batches(loader):
+        with autocast(device, dtype):
+            probs = probabilities(loaded.module, prep.normalize(batch.pixels).to(device),
+                                  batch_size)
+        logits.append(probs.log().cpu())
+        truth.append(batch.labels)
+    return torch.cat(logits), torch.cat(truth)
+
+
+def _as_split(pixels: list[torch.Tensor], labels: list[torch.Tensor], loaded: LoadedModel,
+              n: int) -> ImageSplit:
+    return ImageSplit(torch.cat(pixels)[:n], torch.cat(labels)[:n], loaded.info())
+
+
+def photos_in_memory(loaded: LoadedModel, paths: Sequence[Path], device: torch.device, n: int,
+                     batch_size: int = 128, target_class: int | None = None) -> ImageSplit:
+    """The first ``n`` photos at the model's resolution, as a split whose labels are the
+    classes to explain: ``target_class``, else the model's prediction."""
+    pixels, labels = [], []
+    loader = photo_loader(PhotoDataset(paths[:n], loaded.preprocessing), batch_size,
+                          workers=loader_workers(device))
+    for batch in photo_batches(loader):
+        if target_class is None:
+            probs = probabilities(loaded.module,
+                                  loaded.preprocessing.normalize(batch.pixels).to(device),
+                                  batch_size)
+            truth = probs.argmax(1).cpu()
+        else:
+            truth = torch.full((len(batch.pixels),), target_class, dtype=torch.long)
+        pixels.append(batch.pixels.mul(255).round().to(torch.uint8))
+        labels.append(truth)
+    return _as_split(pixels, labels, loaded, n)
+
+
+def folder_in_memory(loaded: LoadedModel, paths: Sequence[Path], labels: Sequence[int],
+                     device: torch.device, n: int, correct_only: bool, batch_size: int = 128
+                     ) -> ImageSplit:
+    """The first ``n`` images of a folder with their true labels, at the model's resolution;
+    with ``correct_only`` the first ``n`` the model classifies correctly
+    (:func:`evaluate.select_correct`, batch by batch, reading no more of the folder than
+    that needs)."""
+    pixels, kept, have = [], [], 0
+    loader = photo_loader(PhotoDataset(paths if correct_only else paths[:n],
+                                       loaded.preprocessing, labels if correct_only
+                                       else labels[:n]),
+                          batch_size, workers=loader_workers(device))
+    for batch in photo_batches(loader):
+        chunk = ImageSplit(batch.pixels.mul(255).round().to(torch.uint8), batch.labels,
+                           loaded.info())
+        keep = (select_correct(loaded.module, chunk, device, n - have, batch_size).indices
+                if correct_only else torch.arange(len(chunk)))
+        pixels.append(chunk.images[keep])
+        kept.append(chunk.labels[keep])
+        have += len(keep)
+        if have >= n:
+            break
+    if have == 0:
+        raise ParamError("model", "{param} classifies none of the images correctly: "
+                                  "nothing to evaluate")
+    return _as_split(pixels, kept, loaded, n)
