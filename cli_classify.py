@@ -53,13 +53,16 @@ def _weights(args: Namespace) -> str | None:
 def load(args: Namespace, device: torch.device) -> LoadedModel:
     """The classifier the flags name (see ``zoo.load_classifier``), with its first line."""
     from validation import rgb
-    from zoo import load_classifier
+    from zoo import CIFAR_ARCH, load_classifier
     weights = _weights(args)
     if weights == SHIPPED_CLASSIFIER and args.save_path is None:
         print(f"No --save_path, and no {default(TrainConfig, 'save_path')} trained here: "
               f"testing the shipped classifier {SHIPPED_CLASSIFIER}")
+    arch = args.arch
+    if weights is not None and args.weights is None:
+        arch = CIFAR_ARCH       # --save_path names a checkpoint of this tool's ResNet-18
     try:
-        loaded = load_classifier(args.arch, weights, args.model, args.input_size,
+        loaded = load_classifier(arch, weights, args.model, args.input_size,
                                  rgb(args.mean, "--mean"), rgb(args.std, "--std", positive=True),
                                  args.classes, device, dataset=args.dataset)
     except ParamError as exc:   # the checkpoint came from --save_path, not from --weights
@@ -260,7 +263,9 @@ def sanity(args: Namespace) -> int:
         paths = sources.photo_files(args.image, args.image_dir)[:n]
         part = sources.photos_in_memory(loaded, paths, device, len(paths), batch_size,
                                         _target_class(args, loaded))
-        source, use_true = f"{len(part)} of your images", True
+        source = (f"{len(part)} image(s) from --image" if args.image
+                  else f"{len(part)} of your images")
+        use_true = True
     elif loaded.dataset is None:
         paths, labels = _folder(args, loaded)
         part = sources.folder_in_memory(loaded, paths, labels, device, n, False, batch_size)

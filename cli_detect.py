@@ -20,22 +20,22 @@ from registry import DET_TITLES
 from runtime import precision_dtype, resolve_device
 
 GRID_IMAGES = 16  # images in the grid of detections that a VOC-style run writes
-# The flags that set the parameters of the detector trainer and the scene writer (jobs.py's
-# DETECTOR_PARAMS names the ones the other detector jobs share).
-TRAIN_PARAMS = {"seed": "--seed", "scenes_per_epoch": "--det_scenes", "resume": "--resume",
-                "init_weights": "--det_weights", "test_scenes": "--det_num",
+# The flags that set the parameters of the VOC reader, the detector trainer and the scene
+# writer, beside those of jobs.py's DETECTOR_PARAMS (which words every other one).
+EXTRA_PARAMS = {"path": "--voc_path", "seed": "--seed", "scenes_per_epoch": "--det_scenes",
+                "resume": "--resume", "init_weights": "--det_weights", "test_scenes": "--det_num",
                 "folder": "--make_scenes"}
 
 
 @contextlib.contextmanager
-def _training_flags() -> Iterator[None]:
-    """A trainer parameter's error worded as the flag that set it."""
+def _extra_flags() -> Iterator[None]:
+    """An error about one of ``EXTRA_PARAMS`` worded as the flag that set it."""
     try:
         yield
     except ParamError as exc:
-        if exc.param not in TRAIN_PARAMS:
+        if exc.param not in EXTRA_PARAMS:
             raise
-        raise UserError(exc.worded(TRAIN_PARAMS)) from None
+        raise UserError(exc.worded(EXTRA_PARAMS)) from None
 
 
 def train_detector(args: Namespace) -> int:
@@ -44,7 +44,7 @@ def train_detector(args: Namespace) -> int:
     from recipes import DetectorTrainConfig, given
     from train_detector import fit_detector
     device = resolve_device(args.device)
-    with _training_flags():
+    with _extra_flags():
         history = fit_detector(given(
             DetectorTrainConfig, data_dir=args.data_dir, save_path=args.save_path,
             log_dir=args.log_dir, num_epochs=args.num_epochs, batch_size=args.batch_size,
@@ -61,7 +61,7 @@ def train_detector(args: Namespace) -> int:
 def make_scenes(args: Namespace) -> int:
     """``--make_scenes DIR``: the shipped test scenes' generator, ``--det_num`` of them."""
     from train_detector import TEST_SEED, write_test_scenes
-    with _training_flags():
+    with _extra_flags():
         written = write_test_scenes(args.data_dir, args.make_scenes, args.det_num)
     print(f"wrote {args.det_num} test scenes (Fashion-MNIST test split, key {TEST_SEED}) to "
           f"{written}")
@@ -119,7 +119,9 @@ def score_set(args: Namespace) -> int:
     from voc import VOCReader
     device = resolve_device(args.device)
     layers = _layers(args)
-    with VOCReader(args.voc_path) as reader:
+    with _extra_flags():
+        reader = VOCReader(args.voc_path)
+    with reader:
         reader.ids()   # a bad list of ids is refused before the weights are loaded
         detector = _load_detector(args, device)
         reader.classes = detector.classes

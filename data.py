@@ -163,30 +163,6 @@ def dataset_info(name: str) -> DatasetInfo:
         raise UserError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})") from None
 
 
-def info_from_meta(meta: dict, dataset: str | None = None,
-                   num_outputs: int | None = None) -> DatasetInfo:
-    """The dataset a checkpoint was trained on, with the statistics the checkpoint recorded.
-
-    ``dataset`` (the ``--dataset`` flag) fills in for checkpoints that do not record theirs and
-    must agree with those that do; ``num_outputs`` (the model's class count) must match the
-    class list.
-    """
-    recorded = meta.get("dataset")
-    if dataset and recorded and dataset != recorded:
-        raise UserError(f"the checkpoint was trained on {recorded}, not {dataset}; "
-                        f"leave --dataset out to use its own")
-    base = dataset_info(recorded or dataset or "cifar10")
-    classes = tuple(meta.get("classes") or base.classes)
-    if num_outputs is not None and num_outputs != len(classes):
-        raise UserError(f"the checkpoint's model has {num_outputs} outputs but {base.name} has "
-                        f"{len(classes)} classes")
-    return DatasetInfo(
-        name=base.name, classes=classes,
-        mean=tuple(meta.get("mean") or base.mean), std=tuple(meta.get("std") or base.std),
-        input_size=int(meta.get("input_size") or base.input_size), grayscale=base.grayscale,
-        pad=base.pad, crop_padding=base.crop_padding, hflip=base.hflip)
-
-
 # --------------------------------------------------------------------------------------------
 # Normalization
 

@@ -271,8 +271,7 @@ def load_detector(weights: str | None, device: torch.device, min_size: int | Non
         ckpt, source = read_checkpoint(weights), f"weights file {weights}"
     if ckpt.get("arch") == SCENE_ARCH:
         if arch != DEFAULT_ARCH:
-            where = source.replace("{", "{{").replace("}", "}}")
-            raise ParamError("arch", f"{{param}} {arch}: {where} is this tool's scene "
+            raise ParamError("arch", f"{{param}} {arch}: {source} is this tool's scene "
                                      f"detector ({SCENE_ARCH}), which records its own layout; "
                                      f"leave {{param}} out")
         model, meta = scene_detector(ckpt, source)

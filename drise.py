@@ -31,11 +31,8 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_iou
 
 from cam import normalize_heatmaps
-from detection import (
-    DetectionResult,
-    DetectionTarget,
-    MissTarget,
-    explain,
+from detection import DetectionResult, DetectionTarget, MissTarget, explain
+from detheads import (
     family,
     one_stage_detections,
     one_stage_outputs,

@@ -43,6 +43,5 @@ def hub_weights_file(weights: torchvision.models.WeightsEnum, what: str,
                    f"{weights.url} failed ({reason(exc, 100)}); put the file in {folder}")
         if param is None:
             raise UserError(message) from None
-        raise ParamError(param, message.replace("{", "{{").replace("}", "}}")
-                         + " or pass {param} PATH") from None
+        raise ParamError(param, message + " or pass {param} PATH") from None
     return path

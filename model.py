@@ -79,7 +79,7 @@ def half_state(state: dict[str, torch.Tensor], path: str | os.PathLike) -> dict[
     if kept and str(path) not in _told_fp32:
         _told_fp32.add(str(path))
         note(f"{len(kept)} tensor{'s' * (len(kept) > 1)} of {path} exceed fp16's range and "
-             f"stay fp32 (--save_half), e.g. {kept[0]}")
+             f"stay fp32 in the half-precision file, e.g. {kept[0]}")
     return halved
 
 
@@ -92,8 +92,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     kind = outputs.path_kind(path)
     if kind == outputs.MISSING:
-        raise UserError(f"checkpoint not found: {path} (train one with --mode train, "
-                        f"or pass --save_path PATH)")
+        raise UserError(f"checkpoint not found: {path}")
     if kind != outputs.REGULAR:
         raise UserError(f"checkpoint {path} is {kind}, not a checkpoint file")
     try:
@@ -303,44 +302,3 @@ def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise UserError(f"{what}: weight '{key}' is not finite (NaN or inf); the model "
                             f"that wrote it had diverged")
-
-
-def load_model(path: str | os.PathLike, device: torch.device | str = "cpu",
-               num_classes: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the network a checkpoint describes, load its weights, return ``(model, meta)``.
-
-    The model is in eval mode, fp32, on ``device``. ``meta`` is the checkpoint without its
-    weights. A checkpoint of another architecture or class count is a one-line ``UserError``.
-    """
-    ckpt = read_checkpoint(path)
-    arch = ckpt.get("arch", ARCH)
-    if arch != ARCH:
-        raise UserError(f"checkpoint {path} is a '{arch}' model; this tool loads '{ARCH}'")
-    state = ckpt["model_state_dict"]
-    fc_weight = state.get("fc.weight")
-    if fc_weight is None or fc_weight.ndim != 2:
-        raise UserError(f"checkpoint {path} is not a ResNet-18 of this project (no 'fc.weight'; "
-                        f"first keys: {', '.join(list(state)[:3])})")
-    n_classes = int(fc_weight.shape[0])
-    check_metadata(ckpt, path, n_classes)
-    if num_classes is not None and num_classes != n_classes:
-        raise UserError(f"checkpoint {path} has {n_classes} classes, the dataset has {num_classes}")
-    model = build_resnet18(n_classes)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing or unexpected:
-        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
-        raise UserError(f"checkpoint {path} does not fit ResNet-18 ({len(missing)} missing and "
-                        f"{len(unexpected)} unexpected weights, e.g. {detail})")
-    for key, value in expected.items():
-        if state[key].shape != value.shape:
-            raise UserError(f"checkpoint {path} does not fit ResNet-18: '{key}' has shape "
-                            f"{tuple(state[key].shape)}, expected {tuple(value.shape)}")
-    check_weight_types(state, expected, f"checkpoint {path}")
-    check_finite(state, f"checkpoint {path}")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    model.to(device).eval()
-    meta = {k: v for k, v in ckpt.items() if k not in ("model_state_dict", "optimizer_state_dict")}
-    meta.setdefault("arch", ARCH)
-    return model, meta

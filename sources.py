@@ -36,6 +36,10 @@ def test_split(loaded: LoadedModel, data_dir: str | os.PathLike) -> ImageSplit:
     model describes its inputs (its class names and normalization). Its images have the
     dataset's size: a model asked to run at another ``input_size`` is refused."""
     split = load_split(loaded.dataset, data_dir, train=False)
+    if len(loaded.classes) != len(split.info.classes):
+        raise ParamError("model", f"{{param}} has {len(loaded.classes)} outputs but the "
+                                  f"{loaded.dataset} test split has {len(split.info.classes)} "
+                                  f"classes")
     side = split.images.shape[-1]
     if loaded.input_size != side:
         raise ParamError("input_size", f"{{param}} {loaded.input_size}: the {loaded.dataset} "

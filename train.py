@@ -250,8 +250,8 @@ class EpochRecorder:
             kept = (f"the best checkpoint of this run (epoch {self.best_epoch}) is in "
                     f"{self.save_path}" if self.best_epoch else f"{self.save_path} was not touched")
             raise TrainingStopped(f"training stopped in epoch {epoch}, step {exc.step}: the loss "
-                                  f"is not finite ({exc.loss}); {kept}. Try a lower --lr than "
-                                  f"{lr:g}") from None
+                                  f"is not finite ({exc.loss}); {kept}. Try a learning rate "
+                                  f"lower than {lr:g}") from None
 
     def epoch(self, epoch: int, stats: EpochStats, logits: torch.Tensor, labels: torch.Tensor,
               lr: float, start: float, model: nn.Module, meta: dict,

@@ -153,8 +153,7 @@ def write_test_scenes(data_dir: str, folder: str | Path, count: int = TEST_SCENE
     one."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
-        where = str(folder).replace("{", "{{").replace("}", "}}")
-        raise ParamError("folder", f"{{param}}: {where} exists and is not empty; pick a new "
+        raise ParamError("folder", f"{{param}}: {folder} exists and is not empty; pick a new "
                                    f"folder")
     return scenes.write_voc(folder, test_scenes(data_dir, count))
 
@@ -171,35 +170,30 @@ RESUME_KEYS = ("model_state_dict", "optimizer_state_dict", "history", "epoch", "
 RESUME_MUST_MATCH = (("seed", "seed"), ("scenes_per_epoch", "scenes_per_epoch"))
 
 
-def _braces(value: object) -> str:
-    """``value`` as text that goes into a ParamError's template unchanged."""
-    return str(value).replace("{", "{{").replace("}", "}}")
-
-
 def read_resume_state(state_path: Path, cfg: DetectorTrainConfig) -> dict:
     """The training state ``resume`` continues from, checked whole before any training: a
     scene-detector state with every part (weights, optimizer, history, RNG), fields that fit
     ``model.FIELDS``, and written with the ``seed`` and ``scenes_per_epoch`` of ``cfg``."""
-    where = _braces(state_path)
     if not state_path.is_file():
-        raise ParamError("resume", f"{{param}}: no training state {where} to resume from")
+        raise ParamError("resume", f"{{param}}: no training state {state_path} to resume from")
     state = read_checkpoint(state_path)
     if state.get("arch") != SCENE_ARCH:
-        raise ParamError("resume", f"{{param}}: {where} is not a scene-detector training state")
+        raise ParamError("resume", f"{{param}}: {state_path} is not a scene-detector training "
+                                   f"state")
     missing = [key for key in RESUME_KEYS if key not in state]
     if missing:
-        raise ParamError("resume", f"{{param}}: {where} is not a complete training state (no "
-                                   f"{', '.join(missing)}); start anew without {{param}}")
+        raise ParamError("resume", f"{{param}}: {state_path} is not a complete training state "
+                                   f"(no {', '.join(missing)}); start anew without {{param}}")
     scores = state["model_state_dict"].get("roi_heads.box_predictor.cls_score.weight")
     check_metadata(state, state_path, len(scores) if scores is not None else
                    len(state.get("classes") or []))
     for key, param in RESUME_MUST_MATCH:
         if state[key] != getattr(cfg, param):
-            written, now = _braces(state[key]), _braces(getattr(cfg, param))
-            raise ParamError(param, f"resuming {where}: it was written with {{param}} {written}, "
-                                    f"this run has {{param}} {now}; resuming would train on "
+            written, now = state[key], getattr(cfg, param)
+            raise ParamError(param, f"{{resume}}: {state_path} was written with {{param}} "
+                                    f"{written}, this run has {{param}} {now}; resuming would train on "
                                     f"other scenes than the run it continues (use {{param}} "
-                                    f"{written}, or start anew)")
+                                    f"{written}, or start anew without {{resume}})", "resume")
     return state
 
 
@@ -214,16 +208,15 @@ def read_init_weights(path: str | Path, meta: dict) -> dict:
     very run that wrote its state. The checkpoint must describe the detector that ``meta``
     describes."""
     ckpt = read_checkpoint(path)
-    where = _braces(path)
     if ckpt.get("arch") != SCENE_ARCH:
-        raise ParamError("init_weights", f"{{param}} {where} is not a '{SCENE_ARCH}' "
+        raise ParamError("init_weights", f"{{param}} {path} is not a '{SCENE_ARCH}' "
                                          f"checkpoint; training starts only from the scene "
                                          f"detector's own")
     differ = [key for key in _LAYOUT_KEYS if key in ckpt and ckpt[key] != meta[key]]
     if differ:
-        raise ParamError("init_weights", f"{{param}} {where} describes another detector "
-                                         f"({differ[0]} {_braces(ckpt[differ[0]])} where this "
-                                         f"trainer builds {_braces(meta[differ[0]])})")
+        raise ParamError("init_weights", f"{{param}} {path} describes another detector "
+                                         f"({differ[0]} {ckpt[differ[0]]} where this trainer "
+                                         f"builds {meta[differ[0]]})")
     check_finite(ckpt["model_state_dict"], str(path))
     return ckpt["model_state_dict"]
 

@@ -26,7 +26,7 @@ import torch
 
 import outputs
 from data import open_image
-from errors import UserError, note, reason
+from errors import ParamError, UserError, note, reason
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -153,17 +153,17 @@ class VOCReader:
         elif self.path.is_file():
             self._root = self._open_tar()
         elif (kind := outputs.path_kind(self.path)) != outputs.MISSING:
-            raise UserError(f"--voc_path {self.path} is {kind}, not a VOC tar or folder")
+            raise ParamError("path", f"{{param}} {self.path} is {kind}, not a VOC tar or folder")
         else:
-            raise UserError(f"VOC 2007 test not found at {self.path}: download {VOC_URL} and "
-                            f"pass it (no need to extract it) with --voc_path")
+            raise ParamError("path", f"VOC 2007 test not found at {self.path}: download {VOC_URL} "
+                                     f"and pass it (no need to extract it) as {{param}}")
 
     def _folder_root(self) -> str:
         for root in (self.path, self.path / "VOC2007", self.path / "VOCdevkit" / "VOC2007"):
             if (root / "Annotations").is_dir():
                 return str(root) + "/"
-        raise UserError(f"{self.path} holds no VOC2007/Annotations folder (pass the VOCdevkit "
-                        f"folder or the VOC tar with --voc_path)")
+        raise ParamError("path", f"{self.path} holds no VOC2007/Annotations folder (pass the "
+                                 f"VOCdevkit folder or the VOC tar as {{param}})")
 
     def _open_tar(self) -> str:
         try:

@@ -5,17 +5,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from data import info_from_meta, load_split
 from leaderboard import leaderboard
-from model import load_model
+from sources import test_split
+from zoo import load_classifier
 
-model, meta = load_model("checkpoints/resnet18_fashion_mnist.pth", "cpu")
-info = info_from_meta(meta)
-split = load_split(info.name, "data", train=False)
-split.info = info
+model = load_classifier(weights="checkpoints/resnet18_fashion_mnist.pth")
+split = test_split(model, "data")     # the test split of the dataset the model was trained on
 
-board = leaderboard(model, split, "cpu", methods=["gradcam", "layercam"], layers=["layer4"],
-                    strategies=["zero"], steps=10, num_images=8)
+board = leaderboard(model.module, split, "cpu", methods=["gradcam", "layercam"],
+                    layers=["layer4"], strategies=["zero"], steps=10, num_images=8)
 
 order = board.ranked("zero")
 for rank, result in enumerate(order, 1):

@@ -25,6 +25,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 import cli_detect
 import detection as det
 import detectors
+import detheads
 import detmetrics
 import main
 import voc
@@ -185,7 +186,7 @@ def test_explained_logit_belongs_to_the_detections_proposal(detector: torch.nn.M
     regression = torch.zeros(5, 91 * 4)         # each decoded box is its proposal
     (boxes,), (scores,), (labels,) = roi_heads.postprocess_detections(
         logits, regression, [proposals], [(128, 128)])
-    rows = det.source_rows(roi_heads, logits, regression, proposals, (128, 128),
+    rows = detheads.source_rows(roi_heads, logits, regression, proposals, (128, 128),
                             boxes, scores, labels)
     assert torch.allclose(proposals[rows], boxes, atol=1e-4)
     assert torch.equal(F.softmax(logits, -1)[rows, labels], scores)

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import random_image
+from torchvision.models.detection import FasterRCNN
 from torchvision.ops import clip_boxes_to_image
 
 import detection as det
@@ -46,7 +47,7 @@ def literal_gradcam(model: torch.nn.Module, image: torch.Tensor, layer: str, sou
         with torch.enable_grad():
             batch, _ = model.transform([image])
             features = model.backbone(batch.tensors)
-            if isinstance(model, det.FasterRCNN):
+            if isinstance(model, FasterRCNN):
                 proposals, _ = model.rpn(batch, features)
                 pooled = model.roi_heads.box_roi_pool(
                     features, [proposals[0][source:source + 1]], batch.image_sizes)

@@ -91,3 +91,22 @@ def test_explain_detections_drise_result(detector) -> None:
     assert len(result.explained) == 2 and result.heatmap("input", 1).shape == (64, 90)
     nothing = drise.explain_detections_drise(detector, image, score_thresh=1.1, masks=4)
     assert len(nothing.explained) == 0 and nothing.maps["input"].shape == (0, 64, 90)
+
+
+def test_the_one_explanation_pass_dispatches_every_method(detector) -> None:
+    """detection.explain takes a target and a method name: D-RISE and the gradient methods go
+    through it; an unknown name is refused with the parameter named."""
+    import detection
+    from errors import ParamError
+    image = random_image(64, 90, seed=3)
+    target = detection.DetectionTarget(0.0, 2)
+    settings = drise.DriseSettings(masks=4, grid=4, batch_size=4)
+    via_pass = detection.explain(detector, image, target, method="drise", drise=settings)
+    direct = drise.explain_detections_drise(detector, image, score_thresh=0.0, max_explained=2,
+                                            masks=4, grid=4, batch_size=4)
+    assert torch.equal(via_pass.maps["input"], direct.maps["input"])
+    assert settings.as_dict() == {"masks": 4, "grid": 4, "keep": 0.5, "seed": 0}
+    layercam = detection.explain(detector, image, target, ["layer4"], "layercam")
+    assert layercam.method_title == "LayerCAM" and layercam.maps["layer4"].shape[0] == 2
+    with pytest.raises(ParamError, match="^method: unknown detection method 'lime'"):
+        detection.explain(detector, image, target, method="lime")

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import data
-from data import info_from_meta, load_split
-from model import load_model
+from data import ImageSplit, load_split
+from model import read_checkpoint
+from zoo import load_classifier
 from train import accuracy_report, predict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,18 +25,17 @@ def committed_split_only(monkeypatch):
 
 def test_shipped_checkpoint_is_small_and_describes_itself():
     assert CHECKPOINT.stat().st_size <= 25 * 2**20
-    _, meta = load_model(CHECKPOINT)
+    meta = read_checkpoint(CHECKPOINT)
     assert meta["dataset"] == "fashion_mnist" and len(meta["classes"]) == 10
     assert meta["acc"] >= 94.0
 
 
 def test_shipped_checkpoint_accuracy_on_the_committed_test_split(committed_split_only):
-    model, meta = load_model(CHECKPOINT)
-    info = info_from_meta(meta, num_outputs=model.fc.out_features)
+    loaded = load_classifier(weights=CHECKPOINT)
+    model, info = loaded.module, loaded.info(loaded.dataset)
     split = load_split("fashion_mnist", ROOT / "data", train=False)
     assert len(split) == 10_000
-    part = split.subset(500)
-    part.info = info
+    part = ImageSplit(split.images[:500], split.labels[:500], info)
     logits = predict(model, part, torch.device("cpu"), dtype=None)
     accuracy, _, _ = accuracy_report(logits, part.labels, info.classes)
     assert accuracy > 90.0

@@ -10,7 +10,8 @@ import main
 from cli import assert_one_line_error, run_here, run_main
 from data import DATASETS
 from errors import TrainingStopped
-from model import build_resnet18, load_model, read_checkpoint, save_checkpoint
+from model import build_resnet18, read_checkpoint, save_checkpoint
+from zoo import load_classifier
 from tinydata import random_checkpoint, write_fashion_mnist
 from train import TrainConfig, accuracy_report, fit, warmup_fraction
 
@@ -48,8 +49,8 @@ def test_train_cli_writes_checkpoint_metrics_and_curves(trained):
 
 def test_checkpoint_loads_back_with_its_dataset_and_classes(trained):
     _, ckpt, _, _ = trained
-    _, meta = load_model(ckpt)
-    assert meta["dataset"] == "fashion_mnist"
+    meta = read_checkpoint(ckpt)
+    assert load_classifier(weights=ckpt).dataset == meta["dataset"] == "fashion_mnist"
     assert tuple(meta["classes"]) == DATASETS["fashion_mnist"].classes
     assert meta["mean"] == list(DATASETS["fashion_mnist"].mean)
 
@@ -110,9 +111,9 @@ def test_checkpoint_of_another_architecture(tmp_path, capfd):
                tmp_path / "r50.pth")
     torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "bare_r50.pth")
     assert_one_line_error(run_here(capfd, "--mode", "test", "--save_path", tmp_path / "r50.pth"),
-                          "'resnet50'")
+                          "arch resnet50, not resnet18_cifar")
     assert_one_line_error(run_here(capfd, "--mode", "test", "--save_path", tmp_path / "bare_r50.pth"),
-                          "does not fit ResNet-18")
+                          "does not fit arch resnet18_cifar")
 
 
 def test_checkpoint_of_another_class_count(tmp_path, fashion_dir, capfd):
