@@ -165,7 +165,7 @@ def test_accuracy(args: Namespace) -> int:
                   f"{precision_line(device, dtype)}")
         report = split_accuracy(loaded.module, split, device, dtype, batch_size=batch_size)
         name = loaded.dataset
-    if report is None:  # another rank than 0 under torchrun: rank 0 reports
+    if not distributed.world().is_main:  # under torchrun rank 0 reports
         return 0
     print(f"Test Accuracy: {report.accuracy:.2f}%")
     present = report.confusion.sum(1) > 0
@@ -228,7 +228,7 @@ def leaderboard(args: Namespace) -> int:
         cam_batch_size=args.cam_batch_size, dtype=dtype, seed=args.seed,
         context={"model": str(args.model or _weights(args) or "random weights"),
                  "arch": loaded.arch, **({"images": images} if images else {})})
-    if board is None:  # another rank than 0
+    if not distributed.world().is_main:  # under torchrun rank 0 reports and writes
         return 0
     for note in [*board.notes, *board.warnings]:
         print(note, file=sys.stderr)
@@ -275,7 +275,7 @@ def sanity(args: Namespace) -> int:
         source = f"the first {len(part)} {loaded.dataset} test images"
         use_true = args.target == "gt"
     pixels = part.images.float().div(255)
-    images = loaded.preprocessing.normalize(pixels).to(device)
+    images = loaded.inputs.normalize(pixels).to(device)
     dtype = precision_dtype(args.precision, device)
     print(f"Sanity check: {source}, {len(methods)} method(s) at {', '.join(layers)}, "
           f"{precision_line(device, dtype)} (Score-CAM / Ablation-CAM passes; the rest fp32)")
@@ -336,7 +336,7 @@ def explain_dataset(args: Namespace, loaded: LoadedModel, split: ImageSplit,
         bar.update(len(block.indices))
     bar.close()
     gathered = distributed.gather((correct, grid), here)
-    if gathered is None:  # another rank than 0: rank 0 draws the grids and reports
+    if not here.is_main:  # rank 0 draws the grids and reports
         return 0
     correct = sum(count for count, _ in gathered)
     which = "predicted" if args.target == "pred" else "true"
@@ -369,7 +369,7 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
         photo_batches,
         photo_loader,
     )
-    prep = loaded.preprocessing
+    prep = loaded.inputs
     batch_size = _batch(args)
     target_class = _target_class(args, loaded)
     loader = photo_loader(PhotoDataset(paths, prep, labels), batch_size,

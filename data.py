@@ -36,8 +36,20 @@ FASHION_MNIST_SIDE = (28, 28)
 
 
 @dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about the data it was trained on."""
+class InputSpec:
+    """What a classifier's inputs are and what its outputs mean: one description for the
+    built-in datasets and for every model :func:`zoo.load_classifier` loads.
+
+    ``name`` (the dataset, or the model's arch) and ``classes`` name the outputs. A photo
+    becomes an input as torchvision does it: with ``resize_size`` None the whole photo is
+    resized to ``input_size`` x ``input_size`` (the CIFAR model's way, aspect ratio not kept);
+    otherwise the shorter side is resized to ``resize_size`` and the centre ``input_size``
+    square is kept (torchvision's ``ImageClassification``). Then ``(x - mean) / std`` on pixels
+    in ``[0, 1]``. ``grayscale`` and ``pad`` are the built-in grayscale datasets' way
+    (Fashion-MNIST: one luminance channel resized to 28, zero-padded to 32, repeated to three
+    channels). ``crop_padding`` and ``hflip`` are the built-in datasets' training
+    augmentation.
+    """
 
     name: str
     classes: tuple[str, ...]
@@ -48,32 +60,14 @@ class DatasetInfo:
     pad: int = 0              # border added around the source images (Fashion-MNIST 28 -> 32)
     crop_padding: int = 4     # random-crop padding for training augmentation
     hflip: bool = True
-
-    def as_meta(self) -> dict:
-        """The fields a checkpoint records so that test mode needs no dataset flag."""
-        return {"dataset": self.name, "classes": list(self.classes), "mean": list(self.mean),
-                "std": list(self.std), "input_size": self.input_size}
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a photo becomes the model's input, for PIL photos and pixel tensors alike.
-
-    ``resize_size`` None: the whole photo is resized to ``crop_size`` x ``crop_size`` (the
-    CIFAR model's way, aspect ratio not kept). Otherwise the shorter side is resized to
-    ``resize_size`` and the centre ``crop_size`` square is kept (torchvision's
-    ``ImageClassification``). Then ``(x - mean) / std`` on pixels in ``[0, 1]``. ``grayscale``
-    and ``pad`` are the built-in grayscale datasets' way (Fashion-MNIST: one luminance channel
-    resized to 28, zero-padded to 32, repeated to three channels), as ``data.load_image``.
-    """
-
-    crop_size: int
-    resize_size: int | None
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    resize_size: int | None = None
     interpolation: str = "bilinear"
-    grayscale: bool = False
-    pad: int = 0
+
+    def as_meta(self) -> dict[str, Any]:
+        """The fields a checkpoint records so that the description can be rebuilt."""
+        return {"classes": list(self.classes), "mean": list(self.mean), "std": list(self.std),
+                "input_size": self.input_size, "resize_size": self.resize_size,
+                "interpolation": self.interpolation}
 
     @property
     def _mode(self) -> InterpolationMode:
@@ -89,7 +83,7 @@ class Preprocessing:
             photo = photo.convert("L" if self.grayscale else "RGB")
         elif self.grayscale:
             photo = TF.rgb_to_grayscale(photo)
-        inner = self.crop_size - 2 * self.pad
+        inner = self.input_size - 2 * self.pad
         size = [inner, inner] if self.resize_size is None else [self.resize_size]
         out = TF.resize(photo, size, interpolation=self._mode, antialias=True)
         if self.resize_size is not None:
@@ -101,15 +95,11 @@ class Preprocessing:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixel space ``[0, 1]`` (``[..., 3, H, W]``) -> the network's input space."""
-        mean = torch.tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
-        return (pixels - mean) / std
+        return normalize(pixels, self)
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
-        """The network's input space -> pixel space ``[0, 1]``."""
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
-        return (images * std + mean).clamp(0, 1)
+        """The network's input space -> pixel space ``[0, 1]`` (clamped)."""
+        return denormalize(images, self).clamp(0, 1)
 
     def __call__(self, photo: Image.Image | torch.Tensor) -> torch.Tensor:
         """A photo -> the normalized input ``[3, S, S]``."""
@@ -121,20 +111,15 @@ class Preprocessing:
         rather than cropped)."""
         if self.resize_size is None:
             return 0.0, 0.0, float(width), float(height)
-        side = min(width, height) * (self.crop_size - 2 * self.pad) / self.resize_size
+        side = min(width, height) * (self.input_size - 2 * self.pad) / self.resize_size
         side_w, side_h = min(side, width), min(side, height)
         left, top = (width - side_w) / 2, (height - side_h) / 2
         return left, top, left + side_w, top + side_h
 
-    def as_meta(self) -> dict[str, Any]:
-        """The fields a checkpoint records so that the preprocessing can be rebuilt."""
-        return {"input_size": self.crop_size, "resize_size": self.resize_size,
-                "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation}
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(
+DATASETS: dict[str, InputSpec] = {
+    "cifar10": InputSpec(
         name="cifar10",
         classes=("airplane", "automobile", "bird", "cat", "deer",
                  "dog", "frog", "horse", "ship", "truck"),
@@ -142,7 +127,7 @@ DATASETS: dict[str, DatasetInfo] = {
         std=(0.2470, 0.2435, 0.2616),
     ),
     # Statistics of the 28x28 images zero-padded to 32x32, measured on the 60k training images.
-    "fashion_mnist": DatasetInfo(
+    "fashion_mnist": InputSpec(
         name="fashion_mnist",
         classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
@@ -155,7 +140,7 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def dataset_info(name: str) -> DatasetInfo:
+def dataset_info(name: str) -> InputSpec:
     """The registered dataset called ``name``."""
     try:
         return DATASETS[name]
@@ -167,19 +152,19 @@ def dataset_info(name: str) -> DatasetInfo:
 # Normalization
 
 
-def _stats(info: DatasetInfo, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _stats(info: InputSpec, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean = torch.tensor(info.mean, dtype=like.dtype, device=like.device).view(-1, 1, 1)
     std = torch.tensor(info.std, dtype=like.dtype, device=like.device).view(-1, 1, 1)
     return mean, std
 
 
-def normalize(pixels: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+def normalize(pixels: torch.Tensor, info: InputSpec) -> torch.Tensor:
     """Pixel space ``[0, 1]`` -> the network's input space."""
     mean, std = _stats(info, pixels)
     return (pixels - mean) / std
 
 
-def denormalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
+def denormalize(images: torch.Tensor, info: InputSpec) -> torch.Tensor:
     """The network's input space -> pixel space ``[0, 1]`` (not clamped)."""
     mean, std = _stats(info, images)
     return images * std + mean
@@ -195,7 +180,7 @@ class ImageSplit:
 
     images: torch.Tensor
     labels: torch.Tensor
-    info: DatasetInfo
+    info: InputSpec
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -493,23 +478,3 @@ def to_8bit(img: Image.Image, bits: int | None, name: str) -> Image.Image:
         if values.min() < 0 or values.max() > scale:
             raise UserError(f"image {name} has values outside its {bits}-bit range")
     return Image.fromarray(np.rint(values * (255.0 / scale)).astype(np.uint8))
-
-
-def load_image(path: str | os.PathLike, info: DatasetInfo) -> torch.Tensor:
-    """A user's image file as a pixel tensor ``[3, S, S]`` in ``[0, 1]``, shaped like the data.
-
-    Any mode PIL reads (grayscale, RGBA, palette) is converted: to RGB, or for a grayscale
-    dataset to one luminance channel resized to the source size and padded as the data was.
-    """
-    img = open_image(path)
-    if img.mode in ("RGBA", "LA", "P"):
-        img = img.convert("RGBA")
-        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(background, img)
-    img = img.convert("L" if info.grayscale else "RGB")
-    size = info.input_size - 2 * info.pad
-    img = img.resize((size, size), Image.Resampling.BILINEAR)
-    pixels = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
-    pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
-    pixels = F.pad(pixels, (info.pad,) * 4)
-    return pixels.expand(3, -1, -1).contiguous()

@@ -198,28 +198,28 @@ def shard(n: int, here: World | None = None) -> slice:
     return slice(start, start + base + (here.rank < extra))
 
 
-def gather(value: Any, here: World | None = None) -> list[Any] | None:
-    """Every rank's ``value`` on rank 0, in rank order (``None`` on the other ranks).
+def gather(value: Any, here: World | None = None) -> list[Any]:
+    """Every rank's ``value``, in rank order, on every rank: each rank then returns the same
+    result, of the same type.
 
-    Tensors, also inside lists, tuples and dicts, travel through the CPU so that rank 0 never
+    Tensors, also inside lists, tuples and dicts, travel through the CPU so that no rank
     touches another rank's GPU. One process: ``[value]``.
     """
     here = here or world()
     if not here.distributed:
         return [value]
-    values: list[Any] | None = [None] * here.size if here.is_main else None
-    dist.gather_object(_to_cpu(value), values, dst=0)
+    values: list[Any] = [None] * here.size
+    dist.all_gather_object(values, _to_cpu(value))
     return values
 
 
-def gather_concat(tensor: torch.Tensor, here: World | None = None) -> torch.Tensor | None:
-    """The ranks' blocks (from :func:`shard`) concatenated along dim 0 on rank 0, on the
-    CPU; ``None`` on the other ranks. One process: ``tensor`` itself."""
+def gather_concat(tensor: torch.Tensor, here: World | None = None) -> torch.Tensor:
+    """The ranks' blocks (from :func:`shard`) concatenated along dim 0, on the CPU, on every
+    rank. One process: ``tensor`` itself."""
     here = here or world()
     if not here.distributed:
         return tensor
-    parts = gather(tensor, here)
-    return None if parts is None else torch.cat(parts)
+    return torch.cat(gather(tensor, here))
 
 
 def _to_cpu(value: Any) -> Any:

@@ -30,16 +30,9 @@ from torchvision.models.detection.fcos import FCOS
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_iou
 
+import detheads
 from cam import normalize_heatmaps
 from detection import DetectionResult, DetectionTarget, MissTarget, explain
-from detheads import (
-    family,
-    one_stage_detections,
-    one_stage_outputs,
-    second_stage,
-    source_anchors,
-    source_rows,
-)
 from errors import ParamError
 from runtime import eval_mode
 
@@ -98,19 +91,19 @@ def detections_with_probabilities(model: nn.Module, images: list[torch.Tensor]
     with eval_mode(model):
         batch, _ = model.transform(images)
         sizes = batch.image_sizes
-        if family(model) != "fasterrcnn":
+        if detheads.family(model) != "fasterrcnn":
             return _one_stage_probabilities(model, images, batch)
         features = model.backbone(batch.tensors)
         proposals, _ = model.rpn(batch, features)
-        logits, regression = second_stage(model.roi_heads, features, proposals, sizes)
+        logits, regression = detheads.second_stage(model.roi_heads, features, proposals, sizes)
         boxes, scores, labels = model.roi_heads.postprocess_detections(logits, regression,
                                                                        proposals, sizes)
         counts = [len(p) for p in proposals]
         out = []
         for i, (own_logits, own_regression) in enumerate(zip(logits.split(counts),
                                                              regression.split(counts))):
-            rows = source_rows(model.roi_heads, own_logits, own_regression, proposals[i],
-                               sizes[i], boxes[i], scores[i], labels[i])
+            rows = detheads.source_rows(model.roi_heads, own_logits, own_regression,
+                                        proposals[i], sizes[i], boxes[i], scores[i], labels[i])
             original = model.transform.postprocess([{"boxes": boxes[i]}], [sizes[i]],
                                                    [tuple(images[i].shape[-2:])])[0]["boxes"]
             out.append((original.float(), F.softmax(own_logits[rows].float(), -1), None))
@@ -121,13 +114,13 @@ def _one_stage_probabilities(model: nn.Module, images: list[torch.Tensor], batch
                              ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
     """:func:`detections_with_probabilities` for RetinaNet, FCOS and SSD."""
     sizes = batch.image_sizes
-    outputs = one_stage_outputs(model, batch)
-    found = one_stage_detections(model, outputs, sizes)
+    outputs = detheads.one_stage_outputs(model, batch)
+    found = detheads.one_stage_detections(model, outputs, sizes)
     out = []
     for i, det in enumerate(found):
         head = {k: v[i] for k, v in outputs.head.items()}
-        rows = source_anchors(model, head, outputs.anchors[i], sizes[i], det["boxes"],
-                              det["scores"], det["labels"])
+        rows = detheads.source_anchors(model, head, outputs.anchors[i], sizes[i],
+                                       det["boxes"], det["scores"], det["labels"])
         logits = head["cls_logits"][rows].float()
         probs = F.softmax(logits, -1) if isinstance(model, SSD) else torch.sigmoid(logits)
         objectness = (torch.sigmoid(head["bbox_ctrness"][rows, 0].float())

@@ -28,7 +28,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 from tqdm import tqdm
 
-from data import DatasetInfo, ImageSplit, normalize
+from data import ImageSplit, InputSpec, normalize
 from errors import ParamError
 from explain import Explainer
 from registry import FILL_STRATEGIES, TITLES
@@ -186,7 +186,7 @@ def _check_inputs(pixels: torch.Tensor, heatmaps: torch.Tensor, targets: torch.T
 
 
 def deletion_insertion(model: nn.Module, pixels: torch.Tensor, heatmaps: torch.Tensor,
-                       targets: torch.Tensor, info: DatasetInfo, strategy: str = "zero",
+                       targets: torch.Tensor, info: InputSpec, strategy: str = "zero",
                        steps: int = 100, batch_size: int = 256,
                        dtype: torch.dtype | None = None, desc: str | None = None) -> Curves:
     """Both curves of every image, all ``2 * N * (steps + 1)`` forward passes batched.
@@ -224,7 +224,7 @@ def deletion_insertion(model: nn.Module, pixels: torch.Tensor, heatmaps: torch.T
 
 
 def reference_curves(model: nn.Module, pixels: torch.Tensor, heatmap: torch.Tensor, target: int,
-                     info: DatasetInfo, strategy: str = "zero", steps: int = 100
+                     info: InputSpec, strategy: str = "zero", steps: int = 100
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The original algorithm for one image: edit the image step by step, one batch-1 forward
     pass per point, in fp32. Slow on purpose: the specification that ``deletion_insertion`` is
@@ -251,7 +251,7 @@ def reference_curves(model: nn.Module, pixels: torch.Tensor, heatmap: torch.Tens
 
 
 def confidence_change(model: nn.Module, pixels: torch.Tensor, heatmaps: torch.Tensor,
-                      targets: torch.Tensor, info: DatasetInfo, batch_size: int = 256,
+                      targets: torch.Tensor, info: InputSpec, batch_size: int = 256,
                       dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Average Drop and Increase in Confidence (Chattopadhay et al., 2018), per image.
 
@@ -376,7 +376,7 @@ class ImageScores:
 
 
 def score_images(model: nn.Module, pixels: torch.Tensor, heatmaps: torch.Tensor,
-                 targets: torch.Tensor, info: DatasetInfo, strategy: str, steps: int,
+                 targets: torch.Tensor, info: InputSpec, strategy: str, steps: int,
                  batch_size: int, dtype: torch.dtype | None, desc: str | None = None
                  ) -> ImageScores:
     """Deletion/insertion curves and confidence change of every image for one method."""

@@ -15,7 +15,7 @@ from torch import nn
 
 import distributed
 from cam import map_layers, resolve_layer
-from data import DatasetInfo, ImageSplit, normalize
+from data import ImageSplit, InputSpec, normalize
 from errors import ParamError, UserError
 from registry import METHODS, TITLES, parse_layers, parse_methods
 from runtime import eval_mode
@@ -176,7 +176,7 @@ def explain_split(model: nn.Module, split: ImageSplit, methods: Sequence[str], l
 
 
 def _explain_block(model: nn.Module, explainers: dict[str, Explainer], pixels: torch.Tensor,
-                   labels: torch.Tensor, info: DatasetInfo, device: torch.device, target: str,
+                   labels: torch.Tensor, info: InputSpec, device: torch.device, target: str,
                    batch_size: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Class probabilities ``[n, C]`` and each method's heatmaps ``[n, H, W]`` (on the CPU) for
     a block of test images."""

@@ -75,7 +75,7 @@ def starting_model(cfg: FineTuneConfig, classes: tuple[str, ...]) -> tuple[Loade
     else:
         start += f", its {len(classes)} classes kept"
     described = f"{start}, {loaded.input_size} px"
-    return LoadedModel(loaded.module, loaded.preprocessing, tuple(classes),
+    return LoadedModel(loaded.module, loaded.inputs, tuple(classes),
                        loaded.arch, loaded.default_layer, described), described
 
 
@@ -106,7 +106,7 @@ def _stream(loader: DataLoader, loaded: LoadedModel, device: torch.device,
             channels_last: bool):
     """``(images, labels)`` on ``device``, normalized as the model expects."""
     for batch in photo_batches(loader):
-        images = loaded.preprocessing.normalize(batch.pixels).to(device, non_blocking=True)
+        images = loaded.inputs.normalize(batch.pixels).to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         yield images, batch.labels.to(device, non_blocking=True)
@@ -114,11 +114,10 @@ def _stream(loader: DataLoader, loaded: LoadedModel, device: torch.device,
 
 @torch.inference_mode()
 def _validation_logits(model: nn.Module, loaded: LoadedModel, data: TrainingData,
-                       cfg: FineTuneConfig, here: distributed.World) -> torch.Tensor | None:
-    """fp32 logits of every validation image on rank 0 (each rank scores its block), None on
-    the others."""
+                       cfg: FineTuneConfig, here: distributed.World) -> torch.Tensor:
+    """fp32 logits of every validation image, on every rank (each rank scores its block)."""
     part = distributed.shard(len(data.val_paths), here)
-    mine = PhotoDataset(data.val_paths[part], loaded.preprocessing, data.val_labels[part])
+    mine = PhotoDataset(data.val_paths[part], loaded.inputs, data.val_labels[part])
     logits = []
     with eval_mode(model):
         for images, _ in _stream(photo_loader(mine, max(cfg.batch_size, 64), _workers(cfg)),
@@ -142,8 +141,8 @@ def fine_tune(cfg: FineTuneConfig) -> History:
     if cfg.dtype is not None:
         model = model.to(memory_format=torch.channels_last)
     net = distributed.wrap_model(model, here)
-    dataset = PhotoDataset(data.train_paths, loaded.preprocessing, data.train_labels,
-                           transform=training_pixels(loaded.preprocessing))
+    dataset = PhotoDataset(data.train_paths, loaded.inputs, data.train_labels,
+                           transform=training_pixels(loaded.inputs))
     loader, sampler = _train_loader(dataset, cfg, here)
     steps_per_epoch = len(loader)
     total = cfg.num_epochs * steps_per_epoch
@@ -176,7 +175,7 @@ def fine_tune(cfg: FineTuneConfig) -> History:
                                 cfg.dtype, f"epoch {epoch}/{cfg.num_epochs}", scaler)
         distributed.sync_buffers(model, here)
         logits = _validation_logits(model, loaded, data, cfg, here)
-        if logits is None:       # another rank than 0: rank 0 scores, logs and saves
+        if not here.is_main:     # rank 0 scores, logs and saves
             continue
         record.epoch(epoch, stats, logits, torch.tensor(data.val_labels), lr, start, model,
                      meta, optimizer)

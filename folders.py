@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from data import Preprocessing, open_image
+from data import InputSpec, open_image
 from errors import ParamError, UserError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
@@ -110,14 +110,14 @@ class PhotoDataset(Dataset):
     ``transform``, a PIL image -> pixels ``[3, S, S]`` in ``[0, 1]``, such as
     :func:`training_pixels`)."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], preprocessing: Preprocessing,
+    def __init__(self, paths: Sequence[str | os.PathLike], preprocessing: InputSpec,
                  labels: Sequence[int] | None = None,
                  transform: Callable[[Image.Image], torch.Tensor] | None = None):
         self.paths = [Path(p) for p in paths]
         if labels is not None and len(labels) != len(self.paths):
             raise ValueError(f"{len(self.paths)} paths but {len(labels)} labels")
         self.labels = list(labels) if labels is not None else [NO_LABEL] * len(self.paths)
-        self.preprocessing = preprocessing
+        self.inputs = preprocessing
         self.transform = transform or preprocessing.pixels
 
     def __len__(self) -> int:
@@ -129,7 +129,7 @@ class PhotoDataset(Dataset):
             pixels = self.transform(photo)
             return PhotoItem(pixels, self.labels[index], index, photo.size)
         except UserError as exc:
-            side = self.preprocessing.crop_size
+            side = self.inputs.input_size
             return PhotoItem(torch.zeros(3, side, side), self.labels[index], index, (0, 0),
                              str(exc))
 
@@ -218,10 +218,10 @@ class _TrainingPixels:
     """RandomResizedCrop to the model's size and a horizontal flip, as torchvision's reference
     classification recipe trains; a class (not a lambda) so worker processes can pickle it."""
 
-    def __init__(self, preprocessing: Preprocessing):
+    def __init__(self, preprocessing: InputSpec):
         mode = TF.InterpolationMode(preprocessing.interpolation)
         self.augment = transforms.Compose([
-            transforms.RandomResizedCrop(preprocessing.crop_size, interpolation=mode,
+            transforms.RandomResizedCrop(preprocessing.input_size, interpolation=mode,
                                          antialias=True),
             transforms.RandomHorizontalFlip()])
 
@@ -232,7 +232,7 @@ class _TrainingPixels:
         return TF.pil_to_tensor(self.augment(photo.convert("RGB"))).float().div(255)
 
 
-def training_pixels(preprocessing: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
+def training_pixels(preprocessing: InputSpec) -> Callable[[Image.Image], torch.Tensor]:
     """The augmenting transform for fine-tuning at ``preprocessing``'s size (random in each
     worker: PyTorch seeds every worker's generator differently)."""
     return _TrainingPixels(preprocessing)
@@ -346,7 +346,7 @@ def load_photo(path: str | os.PathLike, max_side: int | None = None) -> torch.Te
 
 
 def heatmap_on_photo(heatmap: torch.Tensor, photo_size: tuple[int, int],
-                     preprocessing: Preprocessing, original_size: tuple[int, int] | None = None
+                     preprocessing: InputSpec, original_size: tuple[int, int] | None = None
                      ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
     """A map at the model's resolution ``[S, S]`` -> the same map over a photo of
     ``photo_size`` ``(width, height)``: ``[height, width]``, bilinearly resized into the region
@@ -360,7 +360,7 @@ def heatmap_on_photo(heatmap: torch.Tensor, photo_size: tuple[int, int],
     width, height = photo_size
     ow, oh = original_size or photo_size
     if preprocessing.pad:          # the border the model's input got around the photo
-        cut = round(preprocessing.pad * heatmap.shape[-1] / preprocessing.crop_size)
+        cut = round(preprocessing.pad * heatmap.shape[-1] / preprocessing.input_size)
         heatmap = heatmap[cut:heatmap.shape[-2] - cut, cut:heatmap.shape[-1] - cut]
     left, top, right, bottom = preprocessing.crop_box(ow, oh)
     sx, sy = width / ow, height / oh

@@ -22,7 +22,7 @@ import distributed
 import outputs
 import visualize
 from cam import resolve_layer
-from data import DatasetInfo, ImageSplit, normalize
+from data import ImageSplit, InputSpec, normalize
 from errors import ParamError
 from evaluate import (
     BASELINES,
@@ -177,15 +177,16 @@ def leaderboard(model: nn.Module, split: ImageSplit, device: torch.device,
                 steps: int = 100, num_images: int = 100, batch_size: int = 128,
                 eval_batch_size: int = 256, cam_batch_size: int = 256,
                 dtype: torch.dtype | None = None, seed: int = 0, context: dict | None = None
-                ) -> Leaderboard | None:
+                ) -> Leaderboard:
     """Every method of ``methods`` at every layer of ``layers``, and the baselines, scored on the
     first ``num_images`` correctly classified images of ``split`` under every hiding strategy.
 
     Each heatmap is computed once and scored under every strategy. ``dtype`` is the autocast
-    precision of the scoring passes (None: fp32). Returns None on ranks other than 0.
+    precision of the scoring passes (None: fp32). Under torchrun every rank returns the whole
+    leaderboard.
     """
     layers, strategies = list(layers), list(strategies)
-    info: DatasetInfo = split.info
+    info: InputSpec = split.info
     probe = normalize(split.images[:1].float().div(255), info).to(device)
     probe_layers(model, layers, probe)
     entries, notes = explainers_by_layer(model, list(methods), layers, cam_batch_size, dtype,
@@ -213,12 +214,8 @@ def leaderboard(model: nn.Module, split: ImageSplit, device: torch.device,
                 model, pixels[mine], maps, targets[mine], info, strategy, steps,
                 eval_batch_size, dtype, desc=f"{label} ({strategy})" if here.is_main else None)
             blocks = distributed.gather(block, here)
-            if blocks is None:  # another rank than 0: rank 0 aggregates
-                continue
             results[strategy].append(aggregate(name, layer, ImageScores.join(
                 [b for b in blocks if b is not None])))
-    if not here.is_main:
-        return None
     return Leaderboard(strategies, results, selection, notes, context, layers, warnings)
 
 

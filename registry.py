@@ -26,9 +26,6 @@ METHODS: dict[str, tuple[str, str, str]] = {
 }
 TITLES: dict[str, str] = {name: title for name, (_, _, title) in METHODS.items()}
 
-# Methods that take a chunk size for their extra forward passes (Score-CAM, Ablation-CAM).
-CHUNKED = frozenset({"scorecam", "ablationcam"})
-
 # How hidden pixels are filled in deletion / insertion (evaluate.fill_pixels implements them).
 FILL_STRATEGIES = ("zero", "gray", "mean", "blur", "blur_rise")
 

@@ -45,7 +45,7 @@ def test_split(loaded: LoadedModel, data_dir: str | os.PathLike) -> ImageSplit:
         raise ParamError("input_size", f"{{param}} {loaded.input_size}: the {loaded.dataset} "
                                        f"test images are {side} px; explain photos or an image "
                                        f"folder at another size")
-    return ImageSplit(split.images, split.labels, loaded.info(loaded.dataset))
+    return ImageSplit(split.images, split.labels, loaded.inputs)
 
 
 def folder_images(root: str | os.PathLike, classes: Sequence[str]
@@ -71,7 +71,7 @@ def folder_logits(loaded: LoadedModel, paths: Sequence[Path], labels: Sequence[i
                   batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities ``[N, C]`` and labels ``[N]`` of a folder's photos, decoded by worker
     processes while the model works, in the precision ``dtype`` (None: fp32)."""
-    prep = loaded.preprocessing
+    prep = loaded.inputs
     loader = photo_loader(PhotoDataset(paths, prep, labels), batch_size,
                           workers=loader_workers(device))
     logits, truth = [], []
@@ -86,7 +86,7 @@ def folder_logits(loaded: LoadedModel, paths: Sequence[Path], labels: Sequence[i
 
 def _as_split(pixels: list[torch.Tensor], labels: list[torch.Tensor], loaded: LoadedModel,
               n: int) -> ImageSplit:
-    return ImageSplit(torch.cat(pixels)[:n], torch.cat(labels)[:n], loaded.info())
+    return ImageSplit(torch.cat(pixels)[:n], torch.cat(labels)[:n], loaded.inputs)
 
 
 def photos_in_memory(loaded: LoadedModel, paths: Sequence[Path], device: torch.device, n: int,
@@ -94,12 +94,12 @@ def photos_in_memory(loaded: LoadedModel, paths: Sequence[Path], device: torch.d
     """The first ``n`` photos at the model's resolution, as a split whose labels are the
     classes to explain: ``target_class``, else the model's prediction."""
     pixels, labels = [], []
-    loader = photo_loader(PhotoDataset(paths[:n], loaded.preprocessing), batch_size,
+    loader = photo_loader(PhotoDataset(paths[:n], loaded.inputs), batch_size,
                           workers=loader_workers(device))
     for batch in photo_batches(loader):
         if target_class is None:
             probs = probabilities(loaded.module,
-                                  loaded.preprocessing.normalize(batch.pixels).to(device),
+                                  loaded.inputs.normalize(batch.pixels).to(device),
                                   batch_size)
             truth = probs.argmax(1).cpu()
         else:
@@ -118,12 +118,12 @@ def folder_in_memory(loaded: LoadedModel, paths: Sequence[Path], labels: Sequenc
     that needs)."""
     pixels, kept, have = [], [], 0
     loader = photo_loader(PhotoDataset(paths if correct_only else paths[:n],
-                                       loaded.preprocessing, labels if correct_only
+                                       loaded.inputs, labels if correct_only
                                        else labels[:n]),
                           batch_size, workers=loader_workers(device))
     for batch in photo_batches(loader):
         chunk = ImageSplit(batch.pixels.mul(255).round().to(torch.uint8), batch.labels,
-                           loaded.info())
+                           loaded.inputs)
         keep = (select_correct(loaded.module, chunk, device, n - have, batch_size).indices
                 if correct_only else torch.arange(len(chunk)))
         pixels.append(chunk.images[keep])

@@ -22,7 +22,7 @@ from tqdm import tqdm
 import distributed
 import outputs
 import visualize
-from data import DatasetInfo, ImageSplit, batches, dataset_info, load_split
+from data import ImageSplit, InputSpec, batches, dataset_info, load_split
 from errors import TrainingStopped
 from model import build_resnet18, save_checkpoint
 from recipes import TrainConfig
@@ -136,9 +136,9 @@ def predict(model: nn.Module, split: ImageSplit, device: torch.device,
 
 def predict_sharded(model: nn.Module, split: ImageSplit, device: torch.device,
                     dtype: torch.dtype | None = None, batch_size: int = 256,
-                    desc: str | None = None) -> torch.Tensor | None:
-    """:func:`predict` with the images split across ``torchrun``'s ranks: all logits on rank 0
-    (in split order), None on the others. One process: :func:`predict` itself."""
+                    desc: str | None = None) -> torch.Tensor:
+    """:func:`predict` with the images split across ``torchrun``'s ranks: all logits (in split
+    order) on every rank. One process: :func:`predict` itself."""
     here = distributed.world()
     part = distributed.shard(len(split), here)
     mine = ImageSplit(split.images[part], split.labels[part], split.info)
@@ -181,7 +181,7 @@ def fit(cfg: TrainConfig) -> History:
     generator = seed_everything(cfg.seed)  # the epochs' order: the same on every rank
     augment_generator = (torch.Generator().manual_seed(cfg.seed + 7919 * (here.rank + 1))
                          if here.distributed else None)
-    info: DatasetInfo = dataset_info(cfg.dataset)
+    info: InputSpec = dataset_info(cfg.dataset)
     train_split = load_split(info.name, cfg.data_dir, train=True).to(device)
     test_split = load_split(info.name, cfg.data_dir, train=False).to(device)
 
@@ -218,10 +218,10 @@ def fit(cfg: TrainConfig) -> History:
         distributed.sync_buffers(model, here)
         logits = predict_sharded(model, test_split, device, dtype,
                                  batch_size=max(cfg.batch_size, 256))
-        if logits is None:  # another rank than 0: rank 0 scores, logs and saves
+        if not here.is_main:  # rank 0 scores, logs and saves
             continue
         record.epoch(epoch, stats, logits, test_split.labels.cpu(), lr, start, model,
-                     info.as_meta(), optimizer)
+                     {"dataset": info.name, **info.as_meta()}, optimizer)
     return record.history()
 
 
@@ -295,10 +295,9 @@ class AccuracyReport:
 
 def test_accuracy(model: nn.Module, split: ImageSplit, device: torch.device,
                   dtype: torch.dtype | None = None, batch_size: int = 256
-                  ) -> AccuracyReport | None:
-    """Accuracy of ``model`` on ``split`` (split across torchrun's ranks; None off rank 0)."""
+                  ) -> AccuracyReport:
+    """Accuracy of ``model`` on ``split`` (split across torchrun's ranks; every rank returns
+    the whole report)."""
     logits = predict_sharded(model, split, device, dtype, batch_size=batch_size, desc="test")
-    if logits is None:
-        return None
     acc, per_class, confusion = accuracy_report(logits, split.labels, split.info.classes)
     return AccuracyReport(acc, per_class, confusion, split.info.classes, len(split))

@@ -16,7 +16,7 @@ import importlib.util
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from torchvision.transforms import InterpolationMode
 import hub
 import model as cifar
 from cam import auto_layer
-from data import DatasetInfo, Preprocessing, dataset_info
+from data import InputSpec, dataset_info
 from errors import ParamError, UserError, reason
 
 CIFAR_ARCH = cifar.ARCH                      # "resnet18_cifar", the default
@@ -39,14 +39,13 @@ RESIZE_RATIO = 256 / 224                     # torchvision's resize-then-crop co
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A classifier ready to explain: ``module`` in eval mode on its device, how its inputs are
-    made, its class names, the layer explained by default (None: the model has no layer with
+    """A classifier ready to explain: ``module`` in eval mode on its device, its inputs and
+    class names (one :class:`data.InputSpec`, named after its dataset or its arch), the layer explained by default (None: the model has no layer with
     a spatial map, which only matters once something is to be explained), a line describing
     it all, and for this tool's CIFAR ResNet-18 the built-in dataset it was trained on."""
 
     module: nn.Module
-    preprocessing: Preprocessing
-    classes: tuple[str, ...]
+    inputs: InputSpec
     arch: str
     default_layer: str | None
     description: str
@@ -70,18 +69,16 @@ class LoadedModel:
     @property
     def input_size(self) -> int:
         """The side of the square input the model is run at."""
-        return self.preprocessing.crop_size
+        return self.inputs.input_size
 
-    def info(self, name: str | None = None) -> DatasetInfo:
-        """The model's data description in the form ``data.py`` uses (normalize, checkpoints)."""
-        return DatasetInfo(name=name or self.arch, classes=self.classes,
-                           mean=self.preprocessing.mean, std=self.preprocessing.std,
-                           input_size=self.input_size)
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The names of the model's outputs, in order."""
+        return self.inputs.classes
 
     def as_meta(self) -> dict[str, Any]:
         """What a checkpoint of this model records besides its weights."""
-        return {"arch": self.arch, "classes": list(self.classes),
-                **self.preprocessing.as_meta()}
+        return {"arch": self.arch, **self.inputs.as_meta()}
 
     def class_index(self, target: str | int) -> int:
         """A class given by name or index -> its index; a one-line error when there is none."""
@@ -171,15 +168,16 @@ def _interpolation(transform: Any) -> str:
     return mode.value if isinstance(mode, InterpolationMode) else str(mode)
 
 
-def preprocessing_of(weights: torchvision.models.WeightsEnum) -> Preprocessing:
-    """The preprocessing that ``weights.transforms()`` applies, as a :class:`Preprocessing`."""
+def inputs_of(weights: torchvision.models.WeightsEnum, arch: str) -> InputSpec:
+    """The inputs that ``weights.transforms()`` makes and the classes of ``weights.meta``."""
     transform = weights.transforms()
     crop = getattr(transform, "crop_size", [224])
     resize = getattr(transform, "resize_size", None)
-    return Preprocessing(crop_size=int(crop[0]), resize_size=int(resize[0]) if resize else None,
-                         mean=tuple(float(v) for v in transform.mean),
-                         std=tuple(float(v) for v in transform.std),
-                         interpolation=_interpolation(transform))
+    return InputSpec(name=arch, classes=tuple(weights.meta.get("categories") or ()),
+                     input_size=int(crop[0]), resize_size=int(resize[0]) if resize else None,
+                     mean=tuple(float(v) for v in transform.mean),
+                     std=tuple(float(v) for v in transform.std),
+                     interpolation=_interpolation(transform))
 
 
 # Keywords for building a random-weight model that runs as it would with trained weights:
@@ -269,16 +267,16 @@ def _read_weights_file(path: str | os.PathLike, arch: str | None = None) -> dict
     return ckpt
 
 
-def _preprocessing_from_meta(meta: dict[str, Any], base: Preprocessing) -> Preprocessing:
-    size = int(meta.get("input_size") or base.crop_size)
-    resize = meta.get("resize_size", base.resize_size if size == base.crop_size else "auto")
+def _inputs_from_meta(meta: dict[str, Any], base: InputSpec) -> InputSpec:
+    """``base`` with what a checkpoint recorded."""
+    size = int(meta.get("input_size") or base.input_size)
+    resize = meta.get("resize_size", base.resize_size if size == base.input_size else "auto")
     if resize == "auto":
         resize = None if base.resize_size is None else round(size * RESIZE_RATIO)
-    return Preprocessing(crop_size=size, resize_size=None if resize is None else int(resize),
-                         mean=tuple(meta.get("mean") or base.mean),
-                         std=tuple(meta.get("std") or base.std),
-                         interpolation=str(meta.get("interpolation") or base.interpolation),
-                         grayscale=base.grayscale, pad=base.pad)
+    return replace(base, input_size=size, resize_size=None if resize is None else int(resize),
+                   mean=tuple(meta.get("mean") or base.mean),
+                   std=tuple(meta.get("std") or base.std),
+                   interpolation=str(meta.get("interpolation") or base.interpolation))
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,16 +411,17 @@ def _default_layer(module: nn.Module, size: int) -> str | None:
         return None
 
 
-def _override(prep: Preprocessing, input_size: int | None,
+def _override(inputs: InputSpec, input_size: int | None,
               mean: tuple[float, float, float] | None,
-              std: tuple[float, float, float] | None) -> Preprocessing:
-    """``prep`` with what the caller says explicitly (a new size keeps the resize ratio)."""
-    size = input_size or prep.crop_size
-    resize = prep.resize_size
-    if input_size is not None and input_size != prep.crop_size and resize is not None:
-        resize = round(input_size * resize / prep.crop_size)
-    return Preprocessing(size, resize, tuple(mean or prep.mean), tuple(std or prep.std),
-                         prep.interpolation, prep.grayscale, prep.pad)
+              std: tuple[float, float, float] | None, classes: tuple[str, ...]) -> InputSpec:
+    """``inputs`` with the model's ``classes`` and what the caller says explicitly (a new size
+    keeps the resize ratio)."""
+    size = input_size or inputs.input_size
+    resize = inputs.resize_size
+    if input_size is not None and input_size != inputs.input_size and resize is not None:
+        resize = round(input_size * resize / inputs.input_size)
+    return replace(inputs, classes=tuple(classes), input_size=size, resize_size=resize,
+                   mean=tuple(mean or inputs.mean), std=tuple(std or inputs.std))
 
 
 def _check_classes(classes: tuple[str, ...] | None, outputs: int, what: str
@@ -462,11 +461,9 @@ def _load_cifar(weights: str | None, ckpt: dict[str, Any] | None,
              or tuple(meta.get("classes") or ()) or
              (info.classes if len(info.classes) == outputs
               else tuple(f"class {i}" for i in range(outputs))))
-    base = Preprocessing(info.input_size, None, info.mean, info.std,
-                         grayscale=info.grayscale, pad=info.pad)
-    prep = _override(_preprocessing_from_meta(meta, base), input_size, mean, std)
-    return LoadedModel(module, prep, names, CIFAR_ARCH, "layer4",
-                       f"{CIFAR_ARCH} ({source}), {len(names)} classes, {prep.crop_size} px",
+    inputs = _override(_inputs_from_meta(meta, info), input_size, mean, std, names)
+    return LoadedModel(module, inputs, CIFAR_ARCH, "layer4",
+                       f"{CIFAR_ARCH} ({source}), {len(names)} classes, {inputs.input_size} px",
                        info.name)
 
 
@@ -475,7 +472,7 @@ def _load_torchvision(arch: str, weights: str | None, ckpt: dict[str, Any] | Non
                       mean: tuple[float, float, float] | None,
                       std: tuple[float, float, float] | None) -> LoadedModel:
     default = torchvision.models.get_model_weights(arch).DEFAULT
-    base = preprocessing_of(default)
+    base = inputs_of(default, arch)
     if weights is not None and ckpt is None:
         enum = _weights_enum(arch, weights)
         path = hub_weights_file(enum)
@@ -489,9 +486,9 @@ def _load_torchvision(arch: str, weights: str | None, ckpt: dict[str, Any] | Non
                 raise ParamError("weights", f"{{param}} {weights}: {path} is not the file of {enum} "
                                 f"({reason(exc, 100)}); delete it to download it again"
                                 ) from None
-        prep = _override(preprocessing_of(enum), input_size, mean, std)
-        source = f"{enum}, {path}"
         names = classes or categories
+        prep = _override(inputs_of(enum, arch), input_size, mean, std, names)
+        source = f"{enum}, {path}"
     else:
         meta = ckpt or {}
         state = {k: v for k, v in meta.get("model_state_dict", {}).items()
@@ -506,11 +503,11 @@ def _load_torchvision(arch: str, weights: str | None, ckpt: dict[str, Any] | Non
         names = (_check_classes(classes, outputs, arch) or tuple(meta.get("classes") or ())
                  or (imagenet_classes() if outputs == 1000
                      else tuple(f"class {i}" for i in range(outputs))))
-        prep = _override(_preprocessing_from_meta(meta, base), input_size, mean, std)
+        prep = _override(_inputs_from_meta(meta, base), input_size, mean, std, names)
         source = str(weights) if weights is not None else "random weights"
-    layer = _default_layer(module, prep.crop_size)
-    return LoadedModel(module, prep, tuple(names), arch, layer,
-                       f"{arch} ({source}), {len(names)} classes, {prep.crop_size} px, "
+    layer = _default_layer(module, prep.input_size)
+    return LoadedModel(module, prep, arch, layer,
+                       f"{arch} ({source}), {len(names)} classes, {prep.input_size} px, "
                        f"layer {layer}")
 
 
@@ -529,16 +526,19 @@ def _load_factory_model(spec: str, weights: str | None, input_size: int | None,
             replace_head(module, len(recorded), int(meta.get("input_size") or input_size or 224))
         fit_state_dict(module, state, f"weights {weights}", spec)
     module.to(device).eval()
-    base = Preprocessing(224, round(224 * RESIZE_RATIO), IMAGENET_MEAN, IMAGENET_STD)
-    prep = _override(_preprocessing_from_meta(meta, base), input_size, mean, std)
-    outputs = _output_count(module, prep.crop_size, f"model_spec {spec}")
+    base = InputSpec(name=spec, classes=(), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                     input_size=224, resize_size=round(224 * RESIZE_RATIO))
+    prep = _inputs_from_meta(meta, base)
+    prep = _override(prep, input_size, mean, std, prep.classes)
+    outputs = _output_count(module, prep.input_size, f"model_spec {spec}")
     names = (_check_classes(classes, outputs, f"model_spec {spec}") or tuple(meta.get("classes") or ())
              or (imagenet_classes() if outputs == 1000
                  else tuple(f"class {i}" for i in range(outputs))))
     if len(names) != outputs:
         raise ParamError("weights", f"{{param}} {weights} lists {len(names)} classes but {{model_spec}} {spec} has "
                         f"{outputs} outputs", "model_spec")
-    layer = _default_layer(module, prep.crop_size)
-    return LoadedModel(module, prep, tuple(names), spec, layer,
+    prep = replace(prep, classes=tuple(names))
+    layer = _default_layer(module, prep.input_size)
+    return LoadedModel(module, prep, spec, layer,
                        f"{spec}{f' ({weights})' if weights else ''}, {len(names)} classes, "
-                       f"{prep.crop_size} px, layer {layer}")
+                       f"{prep.input_size} px, layer {layer}")

@@ -177,7 +177,7 @@ def main() -> None:
     for name in EXPLAINERS:
         if name == "cam" and args.layer != "layer4":
             continue
-        explainer = make_explainer(name, model, args.layer, args.cam_batch_size)
+        explainer = make_explainer(name, model, args.layer, batch_size=args.cam_batch_size)
         batched_maps[name] = explain_batched(explainer, images, targets, args.batch_size)  # warm
         seconds = best_time(partial(explain_batched, explainer, images, targets, args.batch_size),
                             args.repeat, device) / n
@@ -196,7 +196,7 @@ def main() -> None:
                          f"network")),
     }
     for label, (name, loop, how) in loops.items():
-        explainer = make_explainer(name, model, args.layer, args.cam_batch_size)
+        explainer = make_explainer(name, model, args.layer, batch_size=args.cam_batch_size)
         looped = loop()
         diff = (looped - batched_maps[name]).abs().max().item()
         slow = best_time(loop, args.repeat, device) / n
@@ -206,7 +206,7 @@ def main() -> None:
               f"({how}): {slow / fast:.2f}x faster; max |batched - loop| {diff:.1e}")
         if name == "scorecam" and fast_dtype(device) is not None:
             dtype = fast_dtype(device)
-            reduced = make_explainer(name, model, args.layer, args.cam_batch_size, dtype)
+            reduced = make_explainer(name, model, args.layer, batch_size=args.cam_batch_size, dtype=dtype)
             diff = (explain_batched(reduced, images, targets, args.batch_size)
                     - looped).abs().max().item()
             quick = best_time(partial(explain_batched, reduced, images, targets, args.batch_size),

@@ -36,10 +36,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cam import capture_activation, resolve_layer  # noqa: E402
-from explain import heatmaps  # noqa: E402
-from folders import PhotoDataset, loader_workers, photo_batches, photo_loader  # noqa: E402
-from zoo import load_classifier  # noqa: E402
+from cam import capture_activation, resolve_layer
+from explain import heatmaps
+from folders import PhotoDataset, loader_workers, photo_batches, photo_loader
+from zoo import load_classifier
 
 
 def best_of(fn, repeat: int) -> float:

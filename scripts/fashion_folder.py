@@ -17,7 +17,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data import load_split  # noqa: E402
+from data import load_split
 
 
 def main() -> None:

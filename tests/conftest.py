@@ -10,6 +10,14 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn
 from model import build_resnet18
 
 
+@pytest.fixture(scope="session", autouse=True)
+def console() -> None:
+    """The library's notes on stderr as the command line prints them, in every test, not only
+    in those that run after a command-line test has set the console up."""
+    import commands
+    commands.configure_console()
+
+
 @pytest.fixture(scope="module")
 def detector() -> torch.nn.Module:
     with torch.random.fork_rng():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,32 @@ def test_only_the_command_layer_knows_argparse_and_prints() -> None:
             if isinstance(node, ast.Name) and node.id == "Namespace":
                 offenders.append(f"{path.name}:{node.lineno} reads a Namespace")
     assert library_modules() and not offenders, offenders
+
+
+def flag_names_in_strings(source: str) -> list[tuple[int, str]]:
+    """``--name`` inside a string of ``source`` that is not a docstring: a message that names
+    a flag where it should name its parameter (the command layer words parameters as
+    flags)."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                       ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, m.group(0)) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings
+            for m in re.finditer(r"(?<![\w-])--[a-z][a-z_]+", node.value)]
+
+
+def test_library_messages_name_parameters_not_flags() -> None:
+    found = [f"{path.name}:{line} {flag}" for path in library_modules()
+             for line, flag in flag_names_in_strings(path.read_text())]
+    assert library_modules() and not found, found
+
+
+def test_the_flag_guard_sees_a_flag() -> None:
+    assert flag_names_in_strings('"""--doc is fine"""\nx = f"use --lr {1}"\n') == [(2, "--lr")]
 
 
 def test_the_guard_sees_a_print(tmp_path: Path) -> None:

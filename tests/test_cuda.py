@@ -25,11 +25,12 @@ import pytest
 import torch
 
 import detection as det
-from data import info_from_meta, load_split, normalize
+from data import normalize
 from evaluate import deletion_insertion
 from explain import EXPLAINERS, explain_batched, make_explainer
-from model import load_model
 from runtime import autocast
+from sources import test_split
+from zoo import load_classifier
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -57,10 +58,11 @@ def no_tf32() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def shipped():
     """The shipped Fashion-MNIST model on both devices and six real test images."""
-    cpu, meta = load_model(ROOT / "checkpoints" / "resnet18_fashion_mnist.pth", "cpu")
-    gpu, _ = load_model(ROOT / "checkpoints" / "resnet18_fashion_mnist.pth", "cuda")
-    info = info_from_meta(meta, None, num_outputs=cpu.fc.out_features)
-    split = load_split(info.name, ROOT / "data", train=False)
+    path = ROOT / "checkpoints" / "resnet18_fashion_mnist.pth"
+    loaded = load_classifier(weights=path)
+    cpu, gpu = loaded.module, load_classifier(weights=path, device="cuda").module
+    split = test_split(loaded, ROOT / "data")
+    info = split.info
     pixels = split.images[:6].float().div(255)
     return cpu, gpu, info, pixels, split.labels[:6]
 

@@ -20,7 +20,6 @@ from data import (
     ImageSplit,
     batches,
     denormalize,
-    load_image,
     load_split,
     normalize,
     open_image,
@@ -144,6 +143,11 @@ def test_batches_cover_every_sample_once_and_are_seeded():
     expected = normalize(labels.float().div(255).view(10, 1, 1, 1).expand(10, 3, 2, 2),
                          split.info)
     torch.testing.assert_close(images, expected)
+
+
+def load_image(path, info):
+    """A photo as the model's pixels: the one decoder, then the input description."""
+    return info.pixels(open_image(path))
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "RGB"])

@@ -17,9 +17,10 @@ import main
 from cli import ROOT
 from data import DATASETS, ImageSplit, batches
 from errors import UserError
-from model import load_model, read_checkpoint
+from model import read_checkpoint
 from ranks import run_ranks, run_torchrun
 from tinydata import write_fashion_mnist
+from zoo import load_classifier
 
 # -- one process: everything is the identity, no process group ---------------------------------
 
@@ -153,8 +154,8 @@ def test_torchrun_trains_the_real_model_and_its_checkpoint_loads(tmp_path, fashi
     result = run_torchrun(2, *_train_args(fashion_dir, tmp_path, 16))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("Best test accuracy") == 1
-    model, meta = load_model(tmp_path / "ck.pth")
-    assert meta["dataset"] == "fashion_mnist" and model.fc.out_features == 10
+    loaded = load_classifier(weights=tmp_path / "ck.pth")
+    assert loaded.dataset == "fashion_mnist" and loaded.module.fc.out_features == 10
     assert len((tmp_path / "logs" / "metrics.csv").read_text().splitlines()) == 4
 
 

@@ -20,22 +20,22 @@ import main
 from cli import run_here
 from data import (
     DATASETS,
-    DatasetInfo,
+    InputSpec,
     denormalize,
-    info_from_meta,
     load_fashion_mnist,
-    load_split,
     normalize,
 )
 from errors import ParamError
 from explain import EXPLAINERS, make_explainer
-from model import build_resnet18, load_model
+from model import build_resnet18
+from sources import test_split
 from tinydata import idx_bytes, random_checkpoint, write_fashion_mnist
 from train import predict
+from zoo import load_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "checkpoints" / "resnet18_fashion_mnist.pth"
-INFO = DatasetInfo(name="toy", classes=("other", "evidence"), mean=(0.4, 0.5, 0.6),
+INFO = InputSpec(name="toy", classes=("other", "evidence"), mean=(0.4, 0.5, 0.6),
                    std=(0.2, 0.25, 0.3), input_size=8)
 REGION = (slice(1, 4), slice(2, 5))  # the 3x3 patch the hand-built model looks at
 
@@ -94,7 +94,7 @@ def tiny_cnn(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def probability(model: nn.Module, pixels: torch.Tensor, target: int, info: DatasetInfo) -> float:
+def probability(model: nn.Module, pixels: torch.Tensor, target: int, info: InputSpec) -> float:
     with torch.no_grad():
         return model(normalize(pixels[None], info)).softmax(1)[0, target].item()
 
@@ -321,10 +321,10 @@ def test_bf16_aucs_stay_within_0005_of_fp32() -> None:
 
 
 def test_bf16_aucs_stay_within_0005_of_fp32_on_the_shipped_model() -> None:
-    model, meta = load_model(SHIPPED)
-    info = info_from_meta(meta)
-    split = load_split(info.name, ROOT / "data", train=False)
-    split.info = info
+    loaded = load_classifier(weights=SHIPPED)
+    model = loaded.module
+    split = test_split(loaded, ROOT / "data")
+    info = split.info
     selection = evaluate.select_correct(model, split, torch.device("cpu"), 6)
     pixels = split.images[selection.indices].float() / 255
     heat = make_explainer("gradcam", model)(normalize(pixels, info), selection.labels)
@@ -363,7 +363,7 @@ def labelled_data(tmp_path: Path, correct: int, n_test: int) -> tuple[Path, Path
     ``correct`` images are classified correctly (labels rewritten from its predictions)."""
     ckpt = random_checkpoint(tmp_path / "random.pth")
     folder = write_fashion_mnist(tmp_path / "fm", n_test)
-    model, _ = load_model(ckpt)
+    model = load_classifier(weights=ckpt).module
     preds = predict(model, load_fashion_mnist(folder, train=False), torch.device("cpu"))
     preds = preds.argmax(1).numpy()
     labels = np.where(np.arange(n_test) < correct, preds, (preds + 1) % 10).astype(np.uint8)

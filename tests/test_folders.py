@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data import Preprocessing
+from data import InputSpec
 from errors import UserError
 from folders import (
     NO_LABEL,
@@ -23,7 +23,13 @@ from folders import (
 )
 from zoo import IMAGENET_MEAN, IMAGENET_STD
 
-PREP = Preprocessing(32, 36, IMAGENET_MEAN, IMAGENET_STD)
+
+def spec(size, resize, mean, std, **kw):
+    """An input description with test classes: ``size`` px, resized to ``resize`` first."""
+    return InputSpec(name="test", classes=("a", "b", "c"), mean=tuple(mean), std=tuple(std),
+                     input_size=size, resize_size=resize, **kw)
+
+PREP = spec(32, 36, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def write_image(path, size=(40, 30), colour=(200, 10, 10), fmt=None):
@@ -113,7 +119,7 @@ def test_image_folder_refuses_a_folder_that_is_no_class(tmp_path):
 def test_heatmap_lands_on_the_centre_crop_of_the_photo():
     """A 300 x 200 photo at resize 256 / crop 224: the model saw the centre 175 x 175 square.
     A map that is 1 on the model's left half covers the left half of that square only."""
-    prep = Preprocessing(224, 256, IMAGENET_MEAN, IMAGENET_STD)
+    prep = spec(224, 256, IMAGENET_MEAN, IMAGENET_STD)
     heatmap = torch.zeros(224, 224)
     heatmap[:, :112] = 1.0
     photo_map, box = heatmap_on_photo(heatmap, (300, 200), prep)
@@ -127,7 +133,7 @@ def test_heatmap_lands_on_the_centre_crop_of_the_photo():
 
 
 def test_a_squashed_model_sees_the_whole_photo():
-    prep = Preprocessing(32, None, IMAGENET_MEAN, IMAGENET_STD)
+    prep = spec(32, None, IMAGENET_MEAN, IMAGENET_STD)
     photo_map, box = heatmap_on_photo(torch.ones(32, 32), (60, 20), prep)
     assert box == (0, 0, 60, 20)
     torch.testing.assert_close(photo_map, torch.ones(20, 60))
@@ -171,7 +177,7 @@ def test_train_val_folders_and_a_seeded_stratified_split(tmp_path):
 def test_a_padded_input_drops_the_padding_before_the_photo():
     """Fashion-MNIST's way: the photo fills the inner 28 x 28 of the 32 x 32 input, so the
     map's 2-pixel border lies outside the photo."""
-    prep = Preprocessing(32, None, (0.2,) * 3, (0.3,) * 3, grayscale=True, pad=2)
+    prep = spec(32, None, (0.2,) * 3, (0.3,) * 3, grayscale=True, pad=2)
     heatmap = torch.zeros(32, 32)
     heatmap[2:30, 2:16] = 1.0                     # the photo's left half
     photo_map, box = heatmap_on_photo(heatmap, (56, 56), prep)

@@ -8,8 +8,8 @@ import torch
 
 from errors import UserError
 from model import ARCH, build_resnet18, read_checkpoint, save_checkpoint
-from zoo import load_classifier
 from tinydata import random_checkpoint
+from zoo import load_classifier
 
 
 def test_cifar_resnet18_shape_and_size():

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli import assert_one_line_error, run_here
 from PIL import Image
-from tinydata import write_fashion_mnist
 
 import sources
+from cli import assert_one_line_error, run_here
 from recipes import SHIPPED_CLASSIFIER
+from tinydata import write_fashion_mnist
 from zoo import load_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def test_std_applies_to_the_shipped_checkpoint_and_its_test_split(small_split) -
     plain = load_classifier(weights=SHIPPED)
     other = load_classifier(weights=SHIPPED, std=(0.5, 0.5, 0.5))
     assert plain.dataset == other.dataset == "fashion_mnist"
-    assert other.preprocessing.std == (0.5, 0.5, 0.5) != plain.preprocessing.std
+    assert other.inputs.std == (0.5, 0.5, 0.5) != plain.inputs.std
     assert sources.test_split(other, small_split).info.std == (0.5, 0.5, 0.5)
 
 

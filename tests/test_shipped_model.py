@@ -9,8 +9,8 @@ import torch
 import data
 from data import ImageSplit, load_split
 from model import read_checkpoint
-from zoo import load_classifier
 from train import accuracy_report, predict
+from zoo import load_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "checkpoints" / "resnet18_fashion_mnist.pth"
@@ -32,7 +32,7 @@ def test_shipped_checkpoint_is_small_and_describes_itself():
 
 def test_shipped_checkpoint_accuracy_on_the_committed_test_split(committed_split_only):
     loaded = load_classifier(weights=CHECKPOINT)
-    model, info = loaded.module, loaded.info(loaded.dataset)
+    model, info = loaded.module, loaded.inputs
     split = load_split("fashion_mnist", ROOT / "data", train=False)
     assert len(split) == 10_000
     part = ImageSplit(split.images[:500], split.labels[:500], info)

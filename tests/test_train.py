@@ -11,9 +11,9 @@ from cli import assert_one_line_error, run_here, run_main
 from data import DATASETS
 from errors import TrainingStopped
 from model import build_resnet18, read_checkpoint, save_checkpoint
-from zoo import load_classifier
 from tinydata import random_checkpoint, write_fashion_mnist
 from train import TrainConfig, accuracy_report, fit, warmup_fraction
+from zoo import load_classifier
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,10 @@ preprocessing and class names, and the one-line errors for what does not fit."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -13,11 +15,17 @@ from torch import nn
 
 import model as cifar
 import zoo
-from data import DATASETS, Preprocessing
+from data import DATASETS, InputSpec
 from errors import UserError
 from zoo import load_classifier
 
 SMALL = "mobilenet_v3_small"       # 2.5 M parameters: cheap to build and to save
+
+
+def spec(size, resize, mean, std, **kw):
+    """An input description with test classes: ``size`` px, resized to ``resize`` first."""
+    return InputSpec(name="test", classes=("a", "b", "c"), mean=tuple(mean), std=tuple(std),
+                     input_size=size, resize_size=resize, **kw)
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -45,15 +53,15 @@ def test_default_is_the_cifar_resnet18_at_layer4():
     loaded = load_classifier()
     assert loaded.arch == "resnet18_cifar" and loaded.default_layer == "layer4"
     assert loaded.classes == DATASETS["cifar10"].classes and loaded.input_size == 32
-    assert loaded.preprocessing.resize_size is None and not loaded.module.training
+    assert loaded.inputs.resize_size is None and not loaded.module.training
 
 
 def test_torchvision_arch_takes_preprocessing_and_classes_from_its_weights():
     loaded = load_classifier(SMALL)
     weights = torchvision.models.get_model_weights(SMALL).DEFAULT
     assert loaded.classes == tuple(weights.meta["categories"]) and len(loaded.classes) == 1000
-    prep = loaded.preprocessing
-    assert (prep.crop_size, prep.resize_size) == (224, 256)
+    prep = loaded.inputs
+    assert (prep.input_size, prep.resize_size) == (224, 256)
     assert prep.mean == (0.485, 0.456, 0.406) and prep.interpolation == "bilinear"
     assert loaded.default_layer == "features" and SMALL in loaded.description
 
@@ -61,32 +69,37 @@ def test_torchvision_arch_takes_preprocessing_and_classes_from_its_weights():
 def test_preprocessing_matches_torchvisions_transform_on_a_photo():
     photo = Image.fromarray((torch.rand(200, 300, 3) * 255).byte().numpy())
     weights = torchvision.models.get_model_weights(SMALL).DEFAULT
-    prep = zoo.preprocessing_of(weights)
+    prep = zoo.inputs_of(weights, "resnet18")
     torch.testing.assert_close(prep(photo), weights.transforms()(photo), rtol=0, atol=1e-5)
     pixels = prep.pixels(photo)
     torch.testing.assert_close(prep.denormalize(prep.normalize(pixels)), pixels)
 
 
-def test_a_grayscale_checkpoint_reads_photos_as_data_load_image_does(tmp_path):
-    from data import load_image
+def test_a_grayscale_checkpoint_reads_photos_as_its_dataset_is_made(tmp_path):
+    """Fashion-MNIST's way: one luminance channel resized to 28, zero-padded to 32, repeated
+    to three channels."""
     info = DATASETS["fashion_mnist"]
     path = tmp_path / "f.pth"
-    cifar.save_checkpoint(path, cifar.build_resnet18(10), {**info.as_meta(), "epoch": 0,
+    cifar.save_checkpoint(path, cifar.build_resnet18(10), {"dataset": info.name, **info.as_meta(), "epoch": 0,
                                                            "acc": 0.1})
     loaded = load_classifier(weights=str(path))
-    assert loaded.classes == info.classes and loaded.preprocessing.grayscale
+    assert loaded.classes == info.classes and loaded.inputs.grayscale
     photo = tmp_path / "p.png"
     Image.fromarray((torch.rand(40, 50, 3) * 255).byte().numpy()).save(photo)
-    pixels = loaded.preprocessing.pixels(Image.open(photo))
-    torch.testing.assert_close(pixels, load_image(photo, info), rtol=0, atol=2 / 255)
+    pixels = loaded.inputs.pixels(Image.open(photo))
+    assert pixels.shape == (3, 32, 32) and torch.equal(pixels[0], pixels[2])
+    assert pixels[:, :2].abs().max() == 0 and pixels[:, 2:30, 2:30].max() > 0
+    gray = Image.open(photo).convert("L").resize((28, 28), Image.Resampling.BILINEAR)
+    expected = torch.from_numpy(np.asarray(gray, dtype=np.float32) / 255)
+    torch.testing.assert_close(pixels[0, 2:30, 2:30], expected, rtol=0, atol=2 / 255)
 
 
 def test_crop_box_is_the_region_the_model_sees():
-    prep = Preprocessing(224, 256, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD)
+    prep = spec(224, 256, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD)
     left, top, right, bottom = prep.crop_box(300, 200)        # shorter side 200 -> 256
     assert right - left == pytest.approx(175) and bottom - top == pytest.approx(175)
     assert (left + right) / 2 == pytest.approx(150) and (top + bottom) / 2 == pytest.approx(100)
-    assert Preprocessing(32, None, (0, 0, 0), (1, 1, 1)).crop_box(300, 200) == (0, 0, 300, 200)
+    assert spec(32, None, (0, 0, 0), (1, 1, 1)).crop_box(300, 200) == (0, 0, 300, 200)
 
 
 def test_named_weights_are_read_from_the_hub_cache(hub):
@@ -141,13 +154,13 @@ def test_a_plain_state_dict_file_with_its_own_class_count(tmp_path):
 
 def test_a_checkpoint_this_tool_wrote_describes_itself(tmp_path):
     net = torchvision.models.get_model(SMALL, weights=None, num_classes=3)
-    prep = Preprocessing(96, 110, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    prep = spec(96, 110, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     meta = {"arch": SMALL, "classes": ["a", "b", "c"], **prep.as_meta(), "epoch": 1, "acc": 0.5}
     path = tmp_path / "ckpt.pth"
     cifar.save_checkpoint(path, net, meta)
     loaded = load_classifier(weights=str(path))                  # arch from the checkpoint
     assert loaded.arch == SMALL and loaded.classes == ("a", "b", "c")
-    assert loaded.preprocessing == prep
+    assert loaded.inputs == replace(prep, name=SMALL)
     assert load_classifier(weights=str(path)).as_meta()["resize_size"] == 110
     with pytest.raises(UserError, match=f"checkpoint of arch {SMALL}, not resnet18"):
         load_classifier("resnet18", weights=str(path))
@@ -156,11 +169,11 @@ def test_a_checkpoint_this_tool_wrote_describes_itself(tmp_path):
 def test_a_cifar_checkpoint_loads_as_before(tmp_path):
     info = DATASETS["cifar10"]
     path = tmp_path / "cifar.pth"
-    cifar.save_checkpoint(path, cifar.build_resnet18(10), {**info.as_meta(), "epoch": 0,
+    cifar.save_checkpoint(path, cifar.build_resnet18(10), {"dataset": info.name, **info.as_meta(), "epoch": 0,
                                                             "acc": 0.1})
     loaded = load_classifier(weights=str(path))
     assert loaded.arch == "resnet18_cifar" and loaded.classes == info.classes
-    assert loaded.default_layer == "layer4" and loaded.preprocessing.mean == info.mean
+    assert loaded.default_layer == "layer4" and loaded.inputs.mean == info.mean
     torch.save({f"module.{k}": v for k, v in loaded.module.state_dict().items()}, path)
     again = load_classifier(weights=str(path))                  # a DDP-style state dict
     assert all(torch.equal(a, b) for a, b in zip(again.module.state_dict().values(),
@@ -201,6 +214,7 @@ FACTORY = '''
 import torch
 from torch import nn
 
+
 def build():
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2),
                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
@@ -229,7 +243,7 @@ def test_factory_model_with_explicit_size_statistics_and_classes(factory, tmp_pa
     loaded = load_classifier(model_spec=f"{factory}:build", input_size=48, mean=(0.5, 0.5, 0.5),
                              std=(0.2, 0.2, 0.2), classes_file=classes)
     assert loaded.classes == ("a", "b", "c", "d", "e") and loaded.input_size == 48
-    assert loaded.preprocessing.resize_size == round(48 * 256 / 224)
+    assert loaded.inputs.resize_size == round(48 * 256 / 224)
     assert loaded.default_layer == "3" and loaded.layer() == "3"     # the last ReLU, 23x23
     assert loaded.class_index("c") == 2 and loaded.class_index("4") == 4
     with pytest.raises(UserError, match="target 'z'"):
@@ -277,7 +291,7 @@ def test_efficientnet_lite0_example_classifies_the_cat_and_every_method_runs():
     loaded = load_classifier(model_spec="examples/efficientnet_lite0.py:build")
     assert loaded.default_layer == "_head_act" and cam_head(loaded.module, 224).linear == "_fc"
     photos = [Image.open(f"data/samples/{name}.jpg") for name in ("chelsea", "astronaut")]
-    images = torch.stack([loaded.preprocessing(p) for p in photos])
+    images = torch.stack([loaded.inputs(p) for p in photos])
     with torch.no_grad():
         top = loaded.module(images).topk(5, dim=1).indices
     cats = {loaded.classes.index(c) for c in ("tabby", "tiger cat", "Egyptian cat")}
@@ -286,8 +300,7 @@ def test_efficientnet_lite0_example_classifies_the_cat_and_every_method_runs():
     for name in EXPLAINERS:
         # Score-CAM's 1280 full passes per image at the head are a benchmark's job, not a test's
         layer = "_blocks.1" if name == "scorecam" else loaded.layer()
-        explainer = (EXPLAINERS["cam"](loaded.module, target_layer=layer) if name == "cam"
-                     else make_explainer(name, loaded.module, layer, batch_size=64))
+        explainer = make_explainer(name, loaded.module, layer, batch_size=64)
         maps = explainer(images, targets)
         assert maps.shape == (2, 224, 224) and maps.isfinite().all() and maps.max() == 1.0, name
     # The signed block outputs where the old Eigen-CAM sign rule gave all-zero maps

@@ -71,7 +71,7 @@ def random_checkpoint(path: Path, dataset: str = "fashion_mnist", num_classes: i
     torch.manual_seed(seed)
     info = DATASETS[dataset]
     model = build_resnet18(num_classes or len(info.classes))
-    meta = {**info.as_meta(), "epoch": 0, "acc": 0.0}
+    meta = {"dataset": info.name, **info.as_meta(), "epoch": 0, "acc": 0.0}
     if num_classes is not None:
         meta["classes"] = [f"class{i}" for i in range(num_classes)]
     save_checkpoint(path, model, meta, half=half)
