@@ -159,7 +159,7 @@ def test_accuracy(args: Namespace) -> int:
                                 len(truth))
         name = root.name or str(root)
     else:
-        split = sources.test_split(loaded, args.data_dir)
+        split = sources.dataset_split(loaded, args.data_dir)
         if distributed.world().is_main:
             print(f"Testing on {len(split)} {loaded.dataset} test images, "
                   f"{precision_line(device, dtype)}")
@@ -194,7 +194,7 @@ def heatmaps(args: Namespace) -> int:
     if loaded.dataset is None:
         paths, labels = _folder(args, loaded)
         return explain_photos(args, loaded, paths[:n], methods, layer, device, labels[:n])
-    return explain_dataset(args, loaded, sources.test_split(loaded, args.data_dir), methods,
+    return explain_dataset(args, loaded, sources.dataset_split(loaded, args.data_dir), methods,
                            layer, n, device)
 
 
@@ -219,7 +219,7 @@ def leaderboard(args: Namespace) -> int:
         split = sources.folder_in_memory(loaded, paths, labels, device, args.num_eval, True,
                                          batch_size)
     else:
-        split = sources.test_split(loaded, args.data_dir)
+        split = sources.dataset_split(loaded, args.data_dir)
     dtype = precision_dtype(args.precision, device)
     board = board_api.leaderboard(
         loaded.module, split, device, parse_methods(args.vis), layers,
@@ -271,7 +271,7 @@ def sanity(args: Namespace) -> int:
         part = sources.folder_in_memory(loaded, paths, labels, device, n, False, batch_size)
         source, use_true = f"{len(part)} of your images", True
     else:
-        part = sources.test_split(loaded, args.data_dir).subset(n)
+        part = sources.dataset_split(loaded, args.data_dir).subset(n)
         source = f"the first {len(part)} {loaded.dataset} test images"
         use_true = args.target == "gt"
     pixels = part.images.float().div(255)

@@ -4,9 +4,7 @@ parameters, calls the API and prints the summary (see ``jobs.py`` for which flag
 """
 from __future__ import annotations
 
-import contextlib
 from argparse import Namespace
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -15,43 +13,25 @@ from tqdm import tqdm
 import outputs
 import visualize
 from commands import precision_line
-from errors import ParamError, UserError
 from registry import DET_TITLES
 from runtime import precision_dtype, resolve_device
 
 GRID_IMAGES = 16  # images in the grid of detections that a VOC-style run writes
 # The flags that set the parameters of the VOC reader, the detector trainer and the scene
 # writer, beside those of jobs.py's DETECTOR_PARAMS (which words every other one).
-EXTRA_PARAMS = {"path": "--voc_path", "seed": "--seed", "scenes_per_epoch": "--det_scenes",
-                "resume": "--resume", "init_weights": "--det_weights", "test_scenes": "--det_num",
-                "folder": "--make_scenes"}
-
-
-@contextlib.contextmanager
-def _extra_flags() -> Iterator[None]:
-    """An error about one of ``EXTRA_PARAMS`` worded as the flag that set it."""
-    try:
-        yield
-    except ParamError as exc:
-        if exc.param not in EXTRA_PARAMS:
-            raise
-        raise UserError(exc.worded(EXTRA_PARAMS)) from None
-
-
 def train_detector(args: Namespace) -> int:
     """``--mode train --det_vis``: train the scene detector (``--resume`` continues). A recipe
     flag left out (None) takes ``DetectorTrainConfig``'s default."""
     from recipes import DetectorTrainConfig, given
     from train_detector import fit_detector
     device = resolve_device(args.device)
-    with _extra_flags():
-        history = fit_detector(given(
-            DetectorTrainConfig, data_dir=args.data_dir, save_path=args.save_path,
-            log_dir=args.log_dir, num_epochs=args.num_epochs, batch_size=args.batch_size,
-            lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-            scenes_per_epoch=args.det_scenes, test_scenes=args.det_num,
-            save_half=args.save_half, resume=args.resume, init_weights=args.det_weights,
-            device=device, dtype=precision_dtype(args.precision, device)))
+    history = fit_detector(given(
+        DetectorTrainConfig, data_dir=args.data_dir, save_path=args.save_path,
+        log_dir=args.log_dir, num_epochs=args.num_epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+        scenes_per_epoch=args.det_scenes, test_scenes=args.det_num,
+        save_half=args.save_half, resume=args.resume, init_weights=args.det_weights,
+        device=device, dtype=precision_dtype(args.precision, device)))
     last = history.rows[-1]["test_map"] if history.rows else 0.0
     print(f"Last test mAP@0.5: {last:.4f}  (checkpoint {history.checkpoint}, metrics "
           f"{history.metrics})")
@@ -61,8 +41,7 @@ def train_detector(args: Namespace) -> int:
 def make_scenes(args: Namespace) -> int:
     """``--make_scenes DIR``: the shipped test scenes' generator, ``--det_num`` of them."""
     from train_detector import TEST_SEED, write_test_scenes
-    with _extra_flags():
-        written = write_test_scenes(args.data_dir, args.make_scenes, args.det_num)
+    written = write_test_scenes(args.data_dir, args.make_scenes, args.det_num)
     print(f"wrote {args.det_num} test scenes (Fashion-MNIST test split, key {TEST_SEED}) to "
           f"{written}")
     return 0
@@ -119,9 +98,7 @@ def score_set(args: Namespace) -> int:
     from voc import VOCReader
     device = resolve_device(args.device)
     layers = _layers(args)
-    with _extra_flags():
-        reader = VOCReader(args.voc_path)
-    with reader:
+    with VOCReader(args.voc_path) as reader:
         reader.ids()   # a bad list of ids is refused before the weights are loaded
         detector = _load_detector(args, device)
         reader.classes = detector.classes

@@ -13,14 +13,19 @@ from runtime import precision_dtype, resolve_device
 RECIPE = ("num_epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "save_path")
 
 
+def _run(args: Namespace) -> dict:
+    """What both trainings take from the flags alike; None where a flag was left out."""
+    device = resolve_device(args.device)
+    return {"data_dir": args.data_dir, "log_dir": args.log_dir, "seed": args.seed,
+            "save_half": args.save_half, "device": device,
+            "dtype": precision_dtype(args.precision, device),
+            **{name: getattr(args, name) for name in RECIPE}}
+
+
 def train_classifier(args: Namespace) -> int:
     """``--mode train``: train, keep the best checkpoint, log metrics and curves."""
     from train import fit
-    device = resolve_device(args.device)
-    cfg = given(TrainConfig, dataset=args.dataset, data_dir=args.data_dir, log_dir=args.log_dir,
-                seed=args.seed, save_half=args.save_half, device=device,
-                dtype=precision_dtype(args.precision, device),
-                **{name: getattr(args, name) for name in RECIPE})
+    cfg = given(TrainConfig, dataset=args.dataset, **_run(args))
     history = fit(cfg)
     if distributed.world().is_main:
         print(f"Best test accuracy: {history.best:.2f}%  (checkpoint {cfg.save_path}, "
@@ -33,14 +38,10 @@ def fine_tune(args: Namespace) -> int:
     keep the best checkpoint (with arch, classes, preprocessing), log metrics and curves."""
     from finetune import fine_tune as run_fine_tuning
     from validation import rgb
-    device = resolve_device(args.device)
-    cfg = given(FineTuneConfig, data_dir=args.data_dir, arch=args.arch, weights=args.weights,
-                model_spec=args.model, classes_file=args.classes, input_size=args.input_size,
+    cfg = given(FineTuneConfig, arch=args.arch, weights=args.weights, model_spec=args.model,
+                classes_file=args.classes, input_size=args.input_size,
                 mean=rgb(args.mean, "--mean"), std=rgb(args.std, "--std", positive=True),
-                log_dir=args.log_dir, val_fraction=setting(args, "val_fraction"),
-                seed=args.seed, save_half=args.save_half, device=device,
-                dtype=precision_dtype(args.precision, device),
-                **{name: getattr(args, name) for name in RECIPE})
+                val_fraction=setting(args, "val_fraction"), **_run(args))
     history = run_fine_tuning(cfg)
     if distributed.world().is_main:
         print(f"Best validation accuracy: {history.best:.2f}% at epoch {history.best_epoch} "

@@ -48,12 +48,7 @@ from torchvision.ops import box_iou, clip_boxes_to_image
 import registry
 from cam import capture_activation, normalize_heatmaps, resolve_layer
 from data import open_image
-from detectors import (  # noqa: F401 (build_detector etc. re-exported for scripts and benches)
-    DEFAULT_ARCH,
-    build_detector,
-    build_scene_detector,
-    load_detector,
-)
+from detectors import DEFAULT_ARCH
 from detheads import (
     OneStageOutputs,
     anchor_boxes,

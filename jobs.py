@@ -44,7 +44,10 @@ CLASSIFIER_PARAMS = {**MODEL_PARAMS, "layer": "--target_layer", "layers": "--tar
                      "strategy": "--hidden_strategy", "batch_size": "--cam_batch_size"}
 DETECTOR_PARAMS = {"layers": "--det_layer", "method": "--det_method", "device": "--device",
                    "arch": "--det_arch", "min_size": "--det_min_size", "weights": "--det_weights",
-                   "masks": "--det_masks", "model": "the detector", "data_dir": "--data_dir"}
+                   "masks": "--det_masks", "model": "the detector", "data_dir": "--data_dir",
+                   "path": "--voc_path", "seed": "--seed", "scenes_per_epoch": "--det_scenes",
+                   "resume": "--resume", "init_weights": "--det_weights",
+                   "test_scenes": "--det_num", "folder": "--make_scenes"}
 TRAINING = frozenset({"batch_size", "lr", "num_epochs", "weight_decay", "save_half", "seed"})
 
 

@@ -161,12 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input_size", type=int, default=None,
                    help="the side of the model's square input, when --model or the weights do "
                         "not say (default: the weights' own, else 224)")
-    g.add_argument("--mean", default=None, metavar="R,G,B",
-                   help="input normalization mean (default: the weights' "
-                        "own, else ImageNet's)")
-    g.add_argument("--std", default=None, metavar="R,G,B",
-                   help="input normalization std (default: the weights' "
-                        "own, else ImageNet's)")
+    for name in ("mean", "std"):
+        g.add_argument(f"--{name}", default=None, metavar="R,G,B",
+                       help=f"input normalization {name} (default: the weights' own, else "
+                            f"ImageNet's)")
     g.add_argument("--classes", default=None, metavar="FILE",
                    help="class names, one per line, in the model's output order (default: "
                         "the weights' own, ImageNet's for 1,000 outputs)")

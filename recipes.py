@@ -18,10 +18,10 @@ SHIPPED_CLASSIFIER = "checkpoints/resnet18_fashion_mnist.pth"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """:func:`train.fit`: this tool's CIFAR ResNet-18 on a built-in dataset, one-cycle SGD."""
+class TrainingRun:
+    """What every training run takes: where its data, checkpoint and logs are, the recipe's
+    common numbers, the seed, the device and the precision."""
 
-    dataset: str = "cifar10"
     data_dir: str = "./data"
     save_path: str = "./checkpoints/resnet_best.pth"
     log_dir: str = "./logs"
@@ -29,7 +29,6 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 0.1
     weight_decay: float = 5e-4
-    label_smoothing: float = 0.1
     seed: int = 0
     save_half: bool = False
     device: Any = "cpu"
@@ -37,12 +36,24 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class FineTuneConfig:
+class TrainConfig(TrainingRun):
+    """:func:`train.fit`: this tool's CIFAR ResNet-18 on a built-in dataset, one-cycle SGD."""
+
+    dataset: str = "cifar10"
+    label_smoothing: float = 0.1
+
+
+@dataclass(frozen=True)
+class FineTuneConfig(TrainingRun):
     """:func:`finetune.fine_tune`: a pretrained network on an image folder, warm-up + cosine.
     ``arch`` / ``weights`` / ``model_spec`` name the starting network as
     :func:`zoo.load_classifier` takes them."""
 
-    data_dir: str = "./data"
+    save_path: str = "./checkpoints/finetuned.pth"
+    num_epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.01            # for a pretrained network at batch 32
+    weight_decay: float = 1e-4
     arch: str | None = None
     weights: str | None = None
     model_spec: str | None = None
@@ -50,43 +61,27 @@ class FineTuneConfig:
     input_size: int | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
-    save_path: str = "./checkpoints/finetuned.pth"
-    log_dir: str = "./logs"
-    num_epochs: int = 10
-    batch_size: int = 32
-    lr: float = 0.01            # for a pretrained network at batch 32
-    weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     val_fraction: float = 0.1
-    seed: int = 0
     workers: int | None = None  # None: folders.loader_workers(device)
-    save_half: bool = False
-    device: Any = "cpu"
-    dtype: Any = None
 
 
 @dataclass(frozen=True)
-class DetectorTrainConfig:
+class DetectorTrainConfig(TrainingRun):
     """:func:`train_detector.fit_detector`: the Fashion-MNIST scene detector. ``test_scenes``:
     test scenes scored after each epoch (at most 300); ``init_weights``: a scene-detector
     checkpoint to start a new schedule from; ``resume``: continue the run that wrote
     ``save_path``'s training state."""
 
-    data_dir: str = "./data"
     save_path: str = "./checkpoints/scene_detector.pth"
-    log_dir: str = "./logs"
     num_epochs: int = 6
     batch_size: int = 8
     lr: float = 0.02
     weight_decay: float = 1e-4
-    seed: int = 0
     scenes_per_epoch: int = 4000
     test_scenes: int = 300
-    save_half: bool = False
     resume: bool = False
     init_weights: str | None = None
-    device: Any = "cpu"
-    dtype: Any = None
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from runtime import autocast
 from zoo import LoadedModel
 
 
-def test_split(loaded: LoadedModel, data_dir: str | os.PathLike) -> ImageSplit:
+def dataset_split(loaded: LoadedModel, data_dir: str | os.PathLike) -> ImageSplit:
     """The test split of the built-in dataset ``loaded`` was trained on, described as the
     model describes its inputs (its class names and normalization). Its images have the
     dataset's size: a model asked to run at another ``input_size`` is refused."""

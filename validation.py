@@ -20,7 +20,6 @@ from pathlib import Path
 import jobs
 import outputs
 from errors import FlagError, ParamError, UserError
-from registry import DET_MIN_SIZES
 
 
 class Parser(argparse.ArgumentParser):
@@ -111,10 +110,6 @@ COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
      "--target gt needs the true class, which the images of --image_dir do not have"),
     (lambda a: a.det_method == "drise" and a.det_layer is not None,
      "--det_layer has no meaning for --det_method drise, which explains from the input pixels"),
-    (lambda a: (a.det_vis or a.det_img) and a.det_min_size is not None
-     and a.det_min_size < DET_MIN_SIZES.get(a.det_arch, 0),
-     (f"--det_min_size: ssd300_vgg16 needs an input of at least "
-      f"{DET_MIN_SIZES['ssd300_vgg16']} px (its last layers shrink the map to 1x1)")),
     (lambda a: a.det_explain_missed and a.det_img is not None,
      "--det_explain_missed needs ground truth: use it on a VOC-style set, not --det_img"),
     (lambda a: a.det_method != "drise" and a.det_masks != 1000,

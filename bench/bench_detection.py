@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import detection as det
+import detectors
 from runtime import resolve_device
 
 
@@ -72,10 +73,10 @@ def main() -> None:
 
     torch.manual_seed(0)
     if args.weights:
-        detector = det.load_detector(args.weights, device, args.min_size, score_floor=0.0)
+        detector = detectors.load_detector(args.weights, device, args.min_size, score_floor=0.0)
         model, fit = detector.model, detector.input_fit
     else:
-        model = det.build_detector(min_size=args.min_size, score_thresh=0.0).to(device)
+        model = detectors.build_detector(min_size=args.min_size, score_thresh=0.0).to(device)
         fit = (args.min_size, model.transform.max_size)
     image = det.to_tensor(det.read_image(args.image, fit=fit), device)
 

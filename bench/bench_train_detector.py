@@ -29,7 +29,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import scenes
 import train_detector
-from detection import build_scene_detector
+from detectors import build_scene_detector
 from runtime import autocast, fast_dtype, resolve_device
 
 

@@ -6,11 +6,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from leaderboard import leaderboard
-from sources import test_split
+from sources import dataset_split
 from zoo import load_classifier
 
 model = load_classifier(weights="checkpoints/resnet18_fashion_mnist.pth")
-split = test_split(model, "data")     # the test split of the dataset the model was trained on
+split = dataset_split(model, "data")  # the test split of the dataset the model was trained on
 
 board = leaderboard(model.module, split, "cpu", methods=["gradcam", "layercam"],
                     layers=["layer4"], strategies=["zero"], steps=10, num_images=8)

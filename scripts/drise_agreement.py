@@ -15,7 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detection import explain_detections, load_detector, to_tensor
+from detection import explain_detections, to_tensor
+from detectors import load_detector
 from drise import explain_detections_drise
 from sanity import spearman
 from stats import mean_spread, proportion_spread

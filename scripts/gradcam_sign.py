@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from detection import detector_pass, gradcam_maps, load_detector, to_tensor
+from detection import detector_pass, gradcam_maps, to_tensor
+from detectors import load_detector
 from detmetrics import best_match
 from voc import VOCReader
 

@@ -273,6 +273,17 @@ CASES: list[tuple[str, str, int, str]] = [
     ("image-and-image-dir", "--image {w}/good.png --image_dir {w}/fold", BAD, "--image_dir"),
     ("image-dir-without-checkpoint", "--image_dir {w}/fold --save_path {o}/none.pth", BAD,
      "checkpoint not found"),
+    # ---- one path for every classifier: its flags apply to each model or are refused
+    ("ckpt-input-size-on-its-test-split", "--vis gradcam --input_size 64", BAD,
+     "--input_size 64: the fashion_mnist test images are 32 px"),
+    ("ckpt-classes-of-another-count", "--vis gradcam --classes {w}/three.txt", BAD,
+     "--classes names 3 classes"),
+    ("model-and-arch", "--model {w}/raises.py:build --arch resnet50 --image {w}/good.png",
+     BAD, "use one or the other"),
+    ("list-layers-batch-size", "--list_layers --batch_size 7", BAD, "--batch_size"),
+    ("ckpt-dataset-contradicted", "--dataset cifar10 --vis gradcam", BAD, "fashion_mnist"),
+    ("save-path-of-another-arch", "--save_path {w}/notcifar.pth", BAD,
+     "arch resnet50, not resnet18_cifar"),
     ("det-train-from-classifier", "--mode train --det_vis --det_weights {w}/ck.pth", BAD,
      "is not a 'fasterrcnn_resnet18_fpn' checkpoint"),
     ("det-train-resume-and-weights", "--mode train --det_vis --resume --det_weights {w}/ck.pth",
@@ -348,6 +359,9 @@ def world(tmp_path_factory) -> Path:
     w = tmp_path_factory.mktemp("world")
     write_fashion_mnist(w / "fm", n_test=40, n_train=64)
     (w / "afile").write_text("a regular file\n")
+    (w / "three.txt").write_text("a\nb\nc\n")
+    torch.save({"arch": "resnet50", "model_state_dict": {"fc.weight": torch.zeros(3, 4)}},
+               w / "notcifar.pth")
     (w / "empty").mkdir()
     os.mkfifo(w / "fifo")
     (w / "dangling").symlink_to(w / "nowhere")

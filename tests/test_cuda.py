@@ -25,11 +25,12 @@ import pytest
 import torch
 
 import detection as det
+import detectors
 from data import normalize
 from evaluate import deletion_insertion
 from explain import EXPLAINERS, explain_batched, make_explainer
 from runtime import autocast
-from sources import test_split
+from sources import dataset_split
 from zoo import load_classifier
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -61,7 +62,7 @@ def shipped():
     path = ROOT / "checkpoints" / "resnet18_fashion_mnist.pth"
     loaded = load_classifier(weights=path)
     cpu, gpu = loaded.module, load_classifier(weights=path, device="cuda").module
-    split = test_split(loaded, ROOT / "data")
+    split = dataset_split(loaded, ROOT / "data")
     info = split.info
     pixels = split.images[:6].float().div(255)
     return cpu, gpu, info, pixels, split.labels[:6]
@@ -112,7 +113,7 @@ def test_detector_on_cuda_equals_cpu():
     boxes, scores and per-layer heatmaps. On the CPU, noise of 1e-6 on the image moves these
     boxes by 1e-3 px, scores by 1e-5 and maps by 4e-3: the tolerances leave room above that."""
     torch.manual_seed(0)
-    model = det.build_detector(min_size=192, score_thresh=0.0)
+    model = detectors.build_detector(min_size=192, score_thresh=0.0)
     image = det.to_tensor(det.read_image(ROOT / "data" / "samples" / "astronaut.jpg"), "cpu")
     layers = ("layer3", "layer4")
     ref = det.explain_detections(model, image, layers, 0.0, 8)

@@ -28,7 +28,7 @@ from data import (
 from errors import ParamError
 from explain import EXPLAINERS, make_explainer
 from model import build_resnet18
-from sources import test_split
+from sources import dataset_split
 from tinydata import idx_bytes, random_checkpoint, write_fashion_mnist
 from train import predict
 from zoo import load_classifier
@@ -323,7 +323,7 @@ def test_bf16_aucs_stay_within_0005_of_fp32() -> None:
 def test_bf16_aucs_stay_within_0005_of_fp32_on_the_shipped_model() -> None:
     loaded = load_classifier(weights=SHIPPED)
     model = loaded.module
-    split = test_split(loaded, ROOT / "data")
+    split = dataset_split(loaded, ROOT / "data")
     info = split.info
     selection = evaluate.select_correct(model, split, torch.device("cpu"), 6)
     pixels = split.images[selection.indices].float() / 255

@@ -55,7 +55,7 @@ def test_std_applies_to_the_shipped_checkpoint_and_its_test_split(small_split) -
     other = load_classifier(weights=SHIPPED, std=(0.5, 0.5, 0.5))
     assert plain.dataset == other.dataset == "fashion_mnist"
     assert other.inputs.std == (0.5, 0.5, 0.5) != plain.inputs.std
-    assert sources.test_split(other, small_split).info.std == (0.5, 0.5, 0.5)
+    assert sources.dataset_split(other, small_split).info.std == (0.5, 0.5, 0.5)
 
 
 @pytest.mark.parametrize("argv, fragments", [

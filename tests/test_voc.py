@@ -11,17 +11,9 @@ import pytest
 from PIL import Image
 
 import voc
-from commands import configure_console
 from errors import UserError
 
 CLASSES = ("Bag", "Trouser", "Coat")
-
-
-@pytest.fixture(autouse=True)
-def _notes_on_stderr() -> None:
-    """Notes go through logging; the command line's console prints them on stderr, as the
-    tests read them (whatever test ran before)."""
-    configure_console()
 
 
 def _xml(objects: list[tuple[str, tuple[str, str, str, str]]], w: int = 40, h: int = 30) -> bytes:
