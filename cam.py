@@ -9,7 +9,8 @@ normalized heatmaps at input resolution (``runtime.eval_mode`` leaves the model 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +33,17 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 class ActivationCapture:
     """What a forward hook saw: the layer's output, kept out of reach of in-place operations."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "") -> None:
         self.activation: torch.Tensor | None = None
+        self.name = name
 
     def _hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self.activation is not None:   # one forward pass per capture: the module runs twice
+            raise ParamError("layer", f"{{param}} {self.name or f'(a {type(module).__name__})'} runs more "
+                                      f"than once in one forward pass (a module used twice, "
+                                      f"such as the ReLU of a torchvision ResNet block), so its "
+                                      f"map is ambiguous; explain the block that holds it or "
+                                      f"another layer (see the list of layers)")
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"{type(module).__name__} returned {type(output).__name__}; "
                             f"explainers need a layer whose output is a tensor")
@@ -48,12 +56,13 @@ class ActivationCapture:
 
 
 @contextlib.contextmanager
-def capture_activation(layer: nn.Module) -> Iterator[ActivationCapture]:
-    """Capture ``layer``'s output during the forward passes inside the block.
+def capture_activation(layer: nn.Module, name: str = "") -> Iterator[ActivationCapture]:
+    """Capture ``layer``'s output during the one forward pass inside the block (a second output
+    of the layer in the same block is an error: the layer runs twice per pass).
 
     The hook is removed when the block ends, also when an exception leaves it.
     """
-    capture = ActivationCapture()
+    capture = ActivationCapture(name)
     handle = layer.register_forward_hook(capture._hook)
     try:
         yield capture
@@ -85,13 +94,84 @@ def normalize_heatmaps(maps: torch.Tensor, size: tuple[int, int] | None = None) 
     return flat.view_as(maps).float()
 
 
-def check_batch(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Validate an explainer's arguments; return ``targets`` as a long tensor on the device."""
+_OUTPUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _class_count(model: nn.Module, images: torch.Tensor) -> int | None:
+    """The number of logits ``model`` gives (None when its output is no ``[B, C]`` tensor),
+    from one image of ``images``, once per model; a model that cannot take ``images`` (their
+    channels, their size) is one line naming ``images``."""
+    if model not in _OUTPUTS:
+        try:
+            with torch.no_grad(), eval_mode(model):
+                out = model(images[:1])
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a conv that wants other channels, and more
+            raise ParamError("images", f"{{param}} of shape {tuple(images.shape)}: the model fails "
+                                       f"on them ({type(exc).__name__}: {str(exc)[:100]})"
+                             ) from None
+        _OUTPUTS[model] = (int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2
+                           else None)
+    return _OUTPUTS[model]
+
+
+def check_batch(images: torch.Tensor, targets: torch.Tensor | Sequence[int] | int,
+                model: nn.Module | None = None, gradients: bool = False) -> torch.Tensor:
+    """Check an explainer's arguments once, at its entry; return ``targets`` as a long tensor
+    on the images' device. ``images`` a finite float ``[B, C, H, W]`` batch in the dtype and on
+    the device of ``model``'s weights; ``targets`` one class index per image, ``0..C-1`` for a
+    model with ``C`` logits. ``gradients``: the method needs autograd, which
+    ``torch.inference_mode()`` turns off (``torch.no_grad()`` is fine: the methods turn
+    gradients on where they need them). Each problem is a :class:`ParamError` naming
+    ``images`` or ``targets``, what they are and what they must be."""
+    if not isinstance(images, torch.Tensor):
+        raise ParamError("images", f"{{param}} is a {type(images).__name__}; it must be a tensor "
+                                   f"[B, 3, H, W]")
     if images.ndim != 4:
-        raise ValueError(f"images must be [B, C, H, W], got {tuple(images.shape)}")
-    targets = torch.as_tensor(targets, device=images.device).long().view(-1)
+        raise ParamError("images", f"{{param}} has shape {tuple(images.shape)}; it must be a "
+                                   f"batch [B, C, H, W] (one image: images[None])")
+    if not images.is_floating_point():
+        raise ParamError("images", f"{{param}} are {str(images.dtype).replace('torch.', '')}; they "
+                                   f"must be float images, normalized as the model expects "
+                                   f"(data.InputSpec.normalize)")
+    param = next((p for p in model.parameters() if p.is_floating_point()), None) if model else None
+    if param is not None and (images.dtype, images.device) != (param.dtype, param.device):
+        raise ParamError("images", f"{{param}} are {str(images.dtype).replace('torch.', '')} on "
+                                   f"{images.device} but the model's weights are "
+                                   f"{str(param.dtype).replace('torch.', '')} on {param.device}; "
+                                   f"pass images.to(dtype, device) of the model")
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None) if model else None
+    if first is not None and images.shape[1] != first.in_channels:
+        raise ParamError("images", f"{{param}} have {images.shape[1]} channel(s); the model's first "
+                                   f"layer takes {first.in_channels} (a gray image: "
+                                   f"images.expand(-1, 3, -1, -1))")
+    if not torch.isfinite(images).all():
+        raise ParamError("images", "{param} hold NaN or inf values; every heatmap of such an "
+                                   "image would be NaN")
+    if gradients and torch.is_inference_mode_enabled():
+        raise UserError("this method needs gradients, which torch.inference_mode() turns off: "
+                        "call it outside that block (torch.no_grad() is fine)")
+    if isinstance(targets, torch.Tensor):
+        given = targets
+    else:
+        try:
+            given = torch.as_tensor(targets)
+        except (TypeError, ValueError, RuntimeError):
+            raise ParamError("targets", f"{{param}} {targets!r}: expected class indices, one per "
+                                        f"image") from None
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+        raise ParamError("targets", f"{{param}} are {str(given.dtype).replace('torch.', '')}; they "
+                                    f"must be integer class indices")
+    targets = given.to(images.device).long().view(-1)
     if len(targets) != len(images):
-        raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        raise ParamError("targets", f"{{param}} has {len(targets)} entries for {len(images)} "
+                                    f"images; give one class index per image", )
+    count = _class_count(model, images) if model is not None and len(images) else None
+    if len(targets) and (targets.min() < 0 or (count is not None and targets.max() >= count)):
+        bad = int(targets.min()) if targets.min() < 0 else int(targets.max())
+        limit = f"0..{count - 1}" if count is not None else "0 or more"
+        raise ParamError("targets", f"{{param}} holds class {bad}; the model's classes are {limit}")
     return targets
 
 
@@ -356,9 +436,9 @@ class CAM(LayerExplainer):
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        targets = check_batch(images, targets)
+        targets = check_batch(images, targets, self.model)
         layer, linear = self._layers(images)
-        with eval_mode(self.model), capture_activation(layer) as capture:
+        with eval_mode(self.model), capture_activation(layer, self.layer) as capture:
             self.model(images)
         features = capture.activation
         weights = linear.weight[targets].to(features.dtype)           # [B, K]

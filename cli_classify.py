@@ -18,7 +18,7 @@ import distributed
 import outputs
 import sources
 import visualize
-from commands import precision_line
+from commands import note, precision_line, say
 from data import ImageSplit
 from errors import ParamError, UserError
 from jobs import setting
@@ -56,7 +56,7 @@ def load(args: Namespace, device: torch.device) -> LoadedModel:
     from zoo import CIFAR_ARCH, load_classifier
     weights = _weights(args)
     if weights == SHIPPED_CLASSIFIER and args.save_path is None:
-        print(f"No --save_path, and no {default(TrainConfig, 'save_path')} trained here: "
+        say(f"No --save_path, and no {default(TrainConfig, 'save_path')} trained here: "
               f"testing the shipped classifier {SHIPPED_CLASSIFIER}")
     arch = args.arch
     if weights is not None and args.weights is None:
@@ -70,7 +70,8 @@ def load(args: Namespace, device: torch.device) -> LoadedModel:
             raise
         raise UserError(exc.worded({"weights": "--save_path"})) from None
     random = weights is None and args.model is None
-    print(f"Model: {loaded.description}{' (random weights: no --weights)' * random}, "
+    note(model=loaded.description, random_weights=random)
+    say(f"Model: {loaded.description}{' (random weights: no --weights)' * random}, "
           f"{precision_line(device, None)}")
     return loaded
 
@@ -87,7 +88,7 @@ def _layers(args: Namespace, loaded: LoadedModel, device: torch.device) -> list[
     from explain import probe_layers
     layers = [loaded.layer(name) for name in parse_layers(args.target_layer)]
     if args.target_layer == "auto":
-        print(f"target layer: {layers[0]} (auto: {loaded.layer_reason})")
+        say(f"target layer: {layers[0]} (auto: {loaded.layer_reason})")
     size = loaded.input_size
     probe_layers(loaded.module, layers, torch.zeros(1, 3, size, size, device=device))
     return layers
@@ -98,7 +99,7 @@ def _folder(args: Namespace, loaded: LoadedModel) -> tuple[list[Path], list[int]
     ``train/`` and ``val/``, said in one line)."""
     paths, labels, root = sources.folder_images(args.data_dir, loaded.classes)
     if root != Path(args.data_dir):
-        print(f"{args.data_dir} has train/ and val/: testing on {root}")
+        say(f"{args.data_dir} has train/ and val/: testing on {root}")
     return paths, labels
 
 
@@ -167,8 +168,10 @@ def test_accuracy(args: Namespace) -> int:
         name = loaded.dataset
     if not distributed.world().is_main:  # under torchrun rank 0 reports
         return 0
-    print(f"Test Accuracy: {report.accuracy:.2f}%")
     present = report.confusion.sum(1) > 0
+    print(f"Test Accuracy: {report.accuracy:.2f}%")
+    note(images=report.n, accuracy={"accuracy": report.accuracy, "n": report.n, "per_class": {
+        c: v for c, v, here in zip(report.classes, report.per_class, present.tolist()) if here}})
     width = max(len(c) for c in report.classes)
     for name_, value, here in zip(report.classes, report.per_class, present.tolist()):
         if here:
@@ -230,8 +233,9 @@ def leaderboard(args: Namespace) -> int:
                  "arch": loaded.arch, **({"images": images} if images else {})})
     if not distributed.world().is_main:  # under torchrun rank 0 reports and writes
         return 0
-    for note in [*board.notes, *board.warnings]:
-        print(note, file=sys.stderr)
+    for line in [*board.notes, *board.warnings]:
+        print(line, file=sys.stderr)
+    note(images=board.n)
     print(board.header)
     for strategy in board.strategies:
         for result in board.results[strategy]:
@@ -285,8 +289,9 @@ def sanity(args: Namespace) -> int:
     report = sanity_check(loaded.module, images, targets, methods, layers, batch_size,
                           args.cam_batch_size, dtype, args.seed, source,
                           {"pred": "predicted", "gt": "true"}.get(args.target, args.target))
-    for note in [*report.notes, *report.warnings]:
-        print(note, file=sys.stderr)
+    for line in [*report.notes, *report.warnings]:
+        print(line, file=sys.stderr)
+    note(images=len(part))
     written = write_sanity(report, pixels, Path(args.out_dir) / "sanity")
     print(markdown_table(report.rows, report.stages, report.failed, report.caption), end="")
     for (method, layer), fails in report.failed.items():
@@ -315,6 +320,7 @@ def explain_dataset(args: Namespace, loaded: LoadedModel, split: ImageSplit,
         print(f"Heatmaps of {n} {info.name} test images: {', '.join(TITLES[m] for m in methods)} "
               f"at {layer}, {precision_line(device, None)}")
     correct = 0
+    note(images=n)
     grid: dict[str, list[tuple[torch.Tensor, torch.Tensor, str]]] = {m: [] for m in methods}
     mine = distributed.shard(n, here)
     batch_size = _batch(args)
@@ -375,6 +381,7 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
     loader = photo_loader(PhotoDataset(paths, prep, labels), batch_size,
                           workers=loader_workers(device))
     stems = visualize.unique_slugs([p.stem for p in paths])
+    note(images=len(paths))
     which = "class" if target_class is not None else args.target   # pred, gt or a class
     rows = []
     out = Path(args.out_dir)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 import outputs
 import visualize
-from commands import precision_line
+from commands import note, precision_line
 from registry import DET_TITLES
 from runtime import precision_dtype, resolve_device
 
@@ -25,6 +25,9 @@ def train_detector(args: Namespace) -> int:
     from recipes import DetectorTrainConfig, given
     from train_detector import fit_detector
     device = resolve_device(args.device)
+    precision_line(device, precision_dtype(args.precision, device))   # noted for the report
+    note(model=f"the scene detector ({args.det_weights or 'new'})",
+         random_weights=not args.det_weights and not args.resume)
     history = fit_detector(given(
         DetectorTrainConfig, data_dir=args.data_dir, save_path=args.save_path,
         log_dir=args.log_dir, num_epochs=args.num_epochs, batch_size=args.batch_size,
@@ -76,6 +79,7 @@ def _load_detector(args: Namespace, device: torch.device):
     detector = load_detector(args.det_weights, device, args.det_min_size,
                              score_floor(_score_thresh(args)), args.det_arch)
     print(f"Detector: {detector.description}, {precision_line(device, None)}")
+    note(model=detector.description, random_weights=False)
     return detector
 
 
@@ -112,6 +116,7 @@ def detect_image(args: Namespace, detector, image, layers: list[str],
     from detection import explain_detections, to_tensor
     path = args.det_img
     thresh = _score_thresh(args, detector)
+    note(images=1)
     result = explain_detections(detector.model, to_tensor(image, device), layers, thresh,
                                 args.det_max, method=args.det_method, drise=_drise(args))
     names = detector.names
@@ -178,6 +183,7 @@ def detect_voc(args: Namespace, detector, reader, layers: list[str],
     report = score_voc(detector, reader, layers, args.det_method, thresh, args.det_max,
                        args.det_num, device, on_image=draw, drise=_drise(args),
                        explain_missed=args.det_explain_missed)
+    note(images=len(report.ids))
     print(f"{reader.path}, {len(report.ids)} images ({len(report.without_detections)} without "
           f"detections), {detector.description}")
     print(format_table(report.summary, DET_TITLES[args.det_method]))

@@ -6,9 +6,10 @@ from __future__ import annotations
 from argparse import Namespace
 
 import distributed
+from commands import note
 from jobs import setting
 from recipes import FineTuneConfig, TrainConfig, given
-from runtime import precision_dtype, resolve_device
+from runtime import precision_dtype, precision_label, resolve_device
 
 RECIPE = ("num_epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "save_path")
 
@@ -16,6 +17,9 @@ RECIPE = ("num_epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "
 def _run(args: Namespace) -> dict:
     """What both trainings take from the flags alike; None where a flag was left out."""
     device = resolve_device(args.device)
+    note(model=args.arch or args.model or args.weights or "resnet18_cifar",
+         random_weights=not args.weights, device=str(device),
+         precision=precision_label(precision_dtype(args.precision, device)))
     return {"data_dir": args.data_dir, "log_dir": args.log_dir, "seed": args.seed,
             "save_half": args.save_half, "device": device,
             "dtype": precision_dtype(args.precision, device),

@@ -35,6 +35,28 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_SIDE = (28, 28)
 
 
+# The one resize rule's bound: before the shorter side is resized, the longer side is cut to at
+# most this many shorter sides around the centre. The model sees a centred square no larger
+# than the shorter side, so nothing it sees is cut, ordinary photos (up to 2:1) are resized
+# exactly as torchvision does it, and the resized image is at most ``resize_size`` x
+# ``2 * resize_size`` whatever the photo's aspect ratio (a 1 x 20000 strip would otherwise
+# become 256 x 5,120,000 pixels, gigabytes).
+LONGEST_KEPT = 2
+
+
+def _centre_within(photo: Image.Image | torch.Tensor, ratio: int) -> Image.Image | torch.Tensor:
+    """``photo`` cut around its centre to at most ``ratio`` times its shorter side."""
+    width, height = photo.size if isinstance(photo, Image.Image) else photo.shape[-1:-3:-1]
+    keep = ratio * min(width, height)
+    if max(width, height) <= keep:
+        return photo
+    w, h = min(width, keep), min(height, keep)
+    left, top = (width - w) // 2, (height - h) // 2
+    if isinstance(photo, Image.Image):
+        return photo.crop((left, top, left + w, top + h))
+    return photo[..., top:top + h, left:left + w]
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a classifier's inputs are and what its outputs mean: one description for the
@@ -84,6 +106,8 @@ class InputSpec:
         elif self.grayscale:
             photo = TF.rgb_to_grayscale(photo)
         inner = self.input_size - 2 * self.pad
+        if self.resize_size is not None:
+            photo = _centre_within(photo, LONGEST_KEPT)
         size = [inner, inner] if self.resize_size is None else [self.resize_size]
         out = TF.resize(photo, size, interpolation=self._mode, antialias=True)
         if self.resize_size is not None:

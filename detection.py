@@ -76,6 +76,29 @@ GRADIENT_METHODS: dict[str, type[GradCAM]] = {
     "hirescam": HiResCAM, "layercam": LayerCAM}
 
 
+def check_image(model: nn.Module, image: torch.Tensor) -> None:
+    """A detector's input, checked once at the entry: a finite float ``[3, H, W]`` tensor with
+    values in [0, 1] (the detector normalizes it itself; an image in 0..255 finds nothing), on
+    the model's device. Each problem is a :class:`ParamError` naming ``image``."""
+    if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
+        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ParamError("image", f"{{param}} is {got}; it takes one RGB image [3, H, W] "
+                                  f"(a batch of one: images[0])")
+    if not image.is_floating_point():
+        raise ParamError("image", f"{{param}} is {str(image.dtype).replace('torch.', '')}; it "
+                                  f"takes float values in [0, 1] (image.float() / 255)")
+    param = next(model.parameters(), None)
+    if param is not None and image.device != param.device:
+        raise ParamError("image", f"{{param}} is on {image.device} but the detector on "
+                                  f"{param.device}")
+    if not torch.isfinite(image).all():
+        raise ParamError("image", "{param} holds NaN or inf values")
+    low, high = float(image.min()), float(image.max())
+    if low < 0 or high > 1:
+        raise ParamError("image", f"{{param}} has values from {low:g} to {high:g}; it takes "
+                                  f"values in [0, 1] (an 8-bit image: divide by 255)")
+
+
 def check_method(method: str) -> str:
     """``method`` if it is one of ``registry.DET_METHODS``, else a ParamError (``method``)."""
     if method not in registry.DET_METHODS:
@@ -266,6 +289,10 @@ class DetectionTarget:
     max_explained: int = 20
     allowed: Collection[int] | None = None
 
+    def __post_init__(self) -> None:
+        registry.check_number(self.score_thresh, "score_thresh", 0, 1)
+        registry.check_number(self.max_explained, "max_explained", 1, integer=True)
+
     def select(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Indices of the detections to explain (``scores``, ``labels`` best first)."""
         keep = scores >= self.score_thresh
@@ -311,6 +338,9 @@ class MissTarget:
     boxes: torch.Tensor
     labels: torch.Tensor
     score_thresh: float = 0.5
+
+    def __post_init__(self) -> None:
+        registry.check_number(self.score_thresh, "score_thresh", 0, 1)
 
     def _in_stage(self, stage: Stage) -> tuple[torch.Tensor, torch.Tensor]:
         """The boxes in the resized image's pixels and the labels, on the detector's device."""
@@ -464,6 +494,7 @@ def explain(model: nn.Module, image: torch.Tensor, target: Target,
 
     The model is left as it was found: train/eval flags, ``requires_grad`` and no hooks.
     """
+    check_image(model, image)
     if check_method(method) == "drise":
         from drise import explain_drise
         return explain_drise(model, image, target, drise)

@@ -22,13 +22,14 @@ import dataclasses
 import logging
 import math
 import time
+from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 import distributed
-from errors import UserError
+from errors import ParamError
 from folders import (
     PhotoDataset,
     TrainingData,
@@ -63,9 +64,9 @@ def starting_model(cfg: FineTuneConfig, classes: tuple[str, ...]) -> tuple[Loade
     loaded = load_classifier(cfg.arch, cfg.weights, cfg.model_spec, cfg.input_size, cfg.mean,
                              cfg.std, None, cfg.device)
     if loaded.arch == "resnet18_cifar":
-        raise UserError("arch=resnet18_cifar is trained on the built-in datasets (train.fit), "
-                        "not fine-tuned on a folder; name a torchvision arch or "
-                        "model=FILE.py:FUNCTION")
+        raise ParamError("arch", "{param} resnet18_cifar is trained on the built-in datasets "
+                                 "(train.fit), not fine-tuned on a folder; name a torchvision "
+                                 "arch or {model_spec} FILE.py:FUNCTION", "model_spec")
     start = (f"{loaded.arch} from {cfg.weights}" if cfg.weights else
              f"{loaded.arch} with the weights its factory gives" if cfg.model_spec else
              f"{loaded.arch} from random weights (no weights given: trained from scratch)")
@@ -75,12 +76,31 @@ def starting_model(cfg: FineTuneConfig, classes: tuple[str, ...]) -> tuple[Loade
     else:
         start += f", its {len(classes)} classes kept"
     described = f"{start}, {loaded.input_size} px"
-    return LoadedModel(loaded.module, loaded.inputs, tuple(classes),
-                       loaded.arch, loaded.default_layer, described), described
+    return replace(loaded, inputs=replace(loaded.inputs, classes=tuple(classes)),
+                   description=described), described
 
 
 def _workers(cfg: FineTuneConfig) -> int:
     return loader_workers(cfg.device) if cfg.workers is None else cfg.workers
+
+
+def _check_batches(model: nn.Module, cfg: FineTuneConfig, images: int,
+                   here: distributed.World) -> None:
+    """Batch normalization in training needs two images or more per batch: a batch of one
+    (``batch_size`` 1, or one training image per process) is refused before any step, in
+    one line, instead of failing inside PyTorch mid-epoch. A last batch of one is dropped
+    (:func:`_train_loader`)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    if cfg.batch_size < 2:
+        raise ParamError("batch_size", f"{{param}} {cfg.batch_size}: the model has "
+                                       f"{len(norms)} batch-norm layers, which need two images "
+                                       f"or more per training batch; use 2 or more")
+    if -(-images // here.size) < 2:
+        raise ParamError("data_dir", f"{{param}} has {images} training image(s) for "
+                                     f"{here.size} process(es): the model's batch-norm layers "
+                                     f"need two or more per batch")
 
 
 def _train_loader(dataset: PhotoDataset, cfg: FineTuneConfig, here: distributed.World
@@ -138,6 +158,7 @@ def fine_tune(cfg: FineTuneConfig) -> History:
     data = training_data(cfg.data_dir, classes, cfg.val_fraction, cfg.seed)
     loaded, head = starting_model(cfg, data.classes)
     model = loaded.module             # on cfg.device: load_classifier put it there
+    _check_batches(model, cfg, len(data.train_paths), here)
     if cfg.dtype is not None:
         model = model.to(memory_format=torch.channels_last)
     net = distributed.wrap_model(model, here)

@@ -238,12 +238,27 @@ def training_pixels(preprocessing: InputSpec) -> Callable[[Image.Image], torch.T
     return _TrainingPixels(preprocessing)
 
 
-def train_val_folders(root: str | os.PathLike) -> tuple[Path, Path] | None:
-    """``root/train`` and ``root/val`` when both exist (the ImageNet layout), else None (then
-    split one tree with :func:`seeded_split`)."""
+# Subfolders that name a split, not a class; the validation ones in order of preference.
+VAL_FOLDERS = ("val", "valid", "validation", "test")
+DEFAULT_VAL_FRACTION = 0.1
+
+
+def train_val_folders(root: str | os.PathLike) -> tuple[Path, Path | None] | None:
+    """A split layout: ``root/train`` and its validation folder (the first of
+    :data:`VAL_FOLDERS` that exists; None when there is none, then ``train/`` is split with
+    :func:`seeded_split`), or None when no subfolder names a split (one ImageFolder tree).
+    Split folders without ``train/`` are an error, never classes called ``val`` or ``test``."""
     root = Path(root)
-    train, val = root / "train", root / "val"
-    return (train, val) if train.is_dir() and val.is_dir() else None
+    subfolders = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    splits = sorted(subfolders & {"train", *VAL_FOLDERS})
+    if not splits:
+        return None
+    if "train" not in subfolders:
+        raise ParamError("data_dir", f"{{param}} {root} holds the split folder(s) "
+                                     f"{', '.join(s + '/' for s in splits)} but no train/; put "
+                                     f"the training images in {root / 'train'}")
+    val = next((root / name for name in VAL_FOLDERS if name in subfolders), None)
+    return root / "train", val
 
 
 def seeded_split(labels: Sequence[int], val_fraction: float, seed: int
@@ -297,13 +312,23 @@ def class_folders(root: str | os.PathLike) -> tuple[str, ...]:
 
 
 def training_data(root: str | os.PathLike, classes: Sequence[str] | None = None,
-                  val_fraction: float = 0.1, seed: int = 0) -> TrainingData:
-    """The training and validation images of ``root``: ``root/train`` and ``root/val`` when
-    both exist, else one ImageFolder tree split by :func:`seeded_split`. The classes are
-    ``classes`` (a classes file's) or the training folder's subfolder names. Every class
-    needs a training image, and there must be validation images; otherwise one line."""
-    pair = train_val_folders(root)
-    train_root = pair[0] if pair else Path(root)
+                  val_fraction: float | None = None, seed: int = 0) -> TrainingData:
+    """The training and validation images of ``root``: ``root/train`` and its validation
+    folder (``val/``, ``valid/``, ``validation/`` or ``test/``) when both exist, else one
+    ImageFolder tree (or ``root/train`` alone) split by :func:`seeded_split`, holding out
+    ``val_fraction`` (None: 0.1). A ``val_fraction`` other than 0.1 where a validation folder
+    exists is refused: it would be ignored. The classes are ``classes`` (a classes file's) or
+    the training folder's subfolder names. Every class needs a training image, and there must
+    be validation images; otherwise one line."""
+    split = train_val_folders(root)
+    pair = split if split and split[1] is not None else None
+    if pair and val_fraction not in (None, DEFAULT_VAL_FRACTION):
+        raise ParamError("val_fraction", f"{{param}} {val_fraction}: {root} has its own "
+                                         f"validation folder {pair[1].name}/, so nothing is "
+                                         f"held out of train/; leave {{param}} out, or remove "
+                                         f"{pair[1].name}/ to split train/")
+    val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction
+    train_root = split[0] if split else Path(root)
     names = tuple(classes) if classes is not None else class_folders(train_root)
     paths, labels = image_folder(train_root, names)
     if pair:

@@ -44,11 +44,12 @@ class GradCAM(LayerExplainer):
     def raw_maps(self, images: torch.Tensor, targets: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalized maps ``[B, h, w]`` at the layer's resolution, and the logits."""
-        targets = check_batch(images, targets)
+        targets = check_batch(images, targets, self.model, gradients=True)
         layer = self.layer_module(images)
         if images.is_inference():
             images = images.clone()  # tensors made under inference_mode cannot enter autograd
-        with eval_mode(self.model), capture_activation(layer) as capture, torch.enable_grad():
+        with eval_mode(self.model), capture_activation(layer, self.layer) as capture, \
+                torch.enable_grad():
             logits = self.model(images)
             activation = capture.activation
             if not is_map(activation):
@@ -172,7 +173,7 @@ def guided_backprop(model: nn.Module, images: torch.Tensor, targets: torch.Tenso
     """Guided Backpropagation (Springenberg et al., 2015): the gradient of each target score
     with respect to its input image, ``[B, 3, H, W]``, with guided ReLUs. The input is not
     changed; no weight gradients are computed."""
-    targets = check_batch(images, targets)
+    targets = check_batch(images, targets, model, gradients=True)
     inputs = images.detach().clone().requires_grad_(True)
     with eval_mode(model), guided_relus(model), torch.enable_grad():
         logits = model(inputs)

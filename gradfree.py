@@ -105,7 +105,7 @@ class _GradientFree(LayerExplainer):
         return hit[1]
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        targets = check_batch(images, targets)
+        targets = check_batch(images, targets, self.model)
         with torch.inference_mode():
             return self.heatmaps(images, targets)
 

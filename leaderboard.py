@@ -20,6 +20,7 @@ from torch import nn
 
 import distributed
 import outputs
+import registry
 import visualize
 from cam import resolve_layer
 from data import ImageSplit, InputSpec, normalize
@@ -185,7 +186,17 @@ def leaderboard(model: nn.Module, split: ImageSplit, device: torch.device,
     precision of the scoring passes (None: fp32). Under torchrun every rank returns the whole
     leaderboard.
     """
-    layers, strategies = list(layers), list(strategies)
+    methods = registry.names_of(methods, "methods", "heatmap method", list(registry.METHODS),
+                                everything="all")
+    layers = registry.names_of(layers, "layers", "layer")
+    strategies = registry.names_of(strategies, "strategies", "strategy",
+                                   registry.FILL_STRATEGIES)
+    for param, value in (("steps", steps), ("num_images", num_images), ("batch_size", batch_size),
+                         ("eval_batch_size", eval_batch_size),
+                         ("cam_batch_size", cam_batch_size)):
+        registry.check_number(value, param, 1, integer=True)
+    if len(split) == 0:
+        raise ParamError("split", "{param} holds no image")
     info: InputSpec = split.info
     probe = normalize(split.images[:1].float().div(255), info).to(device)
     probe_layers(model, layers, probe)

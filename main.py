@@ -299,8 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         commands.configure_console()
         with distributed.session(args.device):
             code = commands.run(args)
-            outputs.finish_run(args.log_dir if args.mode == "train" else args.out_dir,
-                               announce=distributed.world().is_main)
+            commands.finish(args)   # the run's report.html and manifest
             return code
     except FlagError as exc:
         return report_error(f"error: {exc} (see python main.py --help)", exc.exit_code)

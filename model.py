@@ -299,6 +299,9 @@ def load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str, lay
 def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
     """Every floating-point tensor of ``state`` is finite (no NaN, no inf)."""
     for key, value in state.items():
+        if value.is_meta:
+            raise UserError(f"{what}: weight '{key}' is a meta tensor (a shape without values); "
+                            f"it was saved from a model that was never materialised")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise UserError(f"{what}: weight '{key}' is not finite (NaN or inf); the model "
                             f"that wrote it had diverged")

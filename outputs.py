@@ -63,9 +63,19 @@ def writable_target(path: str | os.PathLike) -> str | None:
     return f"it is {kind}, and only a regular file or a new path is written"
 
 
+NAME_BYTES = 255   # the longest file name of Linux's and macOS's file systems
+
+
+def _temporary_stem(path: Path) -> str:
+    """What a temporary of ``path`` starts with: ``.NAME``, cut so that the whole temporary
+    name (with a pid of up to 10 digits) fits wherever ``path``'s own name fits."""
+    room = NAME_BYTES - len(f"..{10 ** 10}.tmp{path.suffix}".encode())
+    return "." + path.name.encode()[:room].decode(errors="ignore")
+
+
 def _temporary(path: Path, pid: int) -> Path:
     # The real suffix stays last: matplotlib, OpenCV and NumPy choose the format by it.
-    return path.with_name(f".{path.name}.{pid}.tmp{path.suffix}")
+    return path.with_name(f"{_temporary_stem(path)}.{pid}.tmp{path.suffix}")
 
 
 def _alive(pid: int) -> bool:
@@ -80,7 +90,8 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_temporaries(path: Path) -> None:
     """Delete the temporary files of ``path`` left by processes that no longer run."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.tmp{re.escape(path.suffix)}$")
+    pattern = re.compile(rf"{re.escape(_temporary_stem(path))}\.(\d+)\.tmp"
+                         rf"{re.escape(path.suffix)}$")
     with contextlib.suppress(OSError):
         for candidate in path.parent.iterdir():
             match = pattern.match(candidate.name)
@@ -106,7 +117,8 @@ def atomic(path: str | os.PathLike, fresh: bool = False) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):   # a read-only folder refuses the clean-up too
+            tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {exc.strerror or reason(exc)}") from None
     except BaseException:
         with contextlib.suppress(OSError):
@@ -134,17 +146,25 @@ def write_csv(path: str | os.PathLike, fields: Sequence[str], rows: Iterable[dic
         writer.writerows(rows)
 
 
-def finish_run(folder: str | os.PathLike, announce: bool = True) -> Path | None:
-    """List this run's files in ``folder/runs/<UTC time>-<pid>.txt`` (with the command line)
-    and say where; nothing when the run wrote nothing."""
-    if not written:
-        return None
+def manifest_path(folder: str | os.PathLike) -> Path:
+    """Where this run's manifest goes: ``folder/runs/<UTC time>-<pid>.txt``, a name no
+    earlier run of this process took (the report links to it before it is written)."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
     manifest = Path(folder) / "runs" / f"{stamp}-{os.getpid()}.txt"
     for n in itertools.count(2):   # two runs of one process in the same second
         if not manifest.exists():
             break
         manifest = manifest.with_name(f"{stamp}-{os.getpid()}-{n}.txt")
+    return manifest
+
+
+def finish_run(folder: str | os.PathLike, announce: bool = True,
+               manifest: Path | None = None) -> Path | None:
+    """List this run's files in ``manifest`` (default :func:`manifest_path`) with the
+    command line and say where; nothing when the run wrote nothing."""
+    if not written:
+        return None
+    manifest = manifest or manifest_path(folder)
     lines = ["# python main.py " + " ".join(sys.argv[1:]), *map(str, written)]
     count = len(written)
     write_text(manifest, "\n".join(lines) + "\n")

@@ -7,6 +7,7 @@ without loading PyTorch.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from errors import ParamError
@@ -117,6 +118,31 @@ def parse_names(spec: str, param: str, noun: str, known: Sequence[str] | None = 
         raise ParamError(param, f"{{param}}: unknown {noun} '{unknown[0]}' (known: "
                                 f"{', '.join(known)}{extra})")
     return names
+
+
+def names_of(value: str | Sequence[str], param: str, noun: str,
+             known: Sequence[str] | None = None, everything: str | None = None) -> list[str]:
+    """A library parameter that takes names: a string (one name or a comma list, as on the
+    command line) or a sequence of names, each checked as :func:`parse_names` does. A string
+    is never split into its letters, and a name that is not known is an error naming
+    ``param``, never a silent omission."""
+    if isinstance(value, str):
+        return parse_names(value, param, noun, known, everything)
+    if not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+        raise ParamError(param, f"{{param}} {value!r}: expected a list of {noun} names")
+    return parse_names(",".join(value), param, noun, known, everything)
+
+
+def check_number(value: object, param: str, low: float, high: float | None = None,
+                 integer: bool = False) -> None:
+    """A library parameter that is a finite number in ``[low, high]`` (an integer when
+    ``integer``), or a :class:`ParamError` saying what it got and what it takes."""
+    kind = "an integer" if integer else "a number"
+    ok = (isinstance(value, int) if integer else isinstance(value, (int, float)))
+    ok = ok and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (high is not None and value > high):
+        span = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+        raise ParamError(param, f"{{param}} is {value!r}; it takes {kind} {span}")
 
 
 def parse_methods(spec: str) -> list[str]:

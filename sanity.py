@@ -19,7 +19,10 @@ from torch import nn
 from tqdm import tqdm
 
 import outputs
+import registry
 import visualize
+from cam import check_batch
+from errors import ParamError
 from evaluate import BASELINES, title
 from explain import Explainer, explain_batched, make_explainer, undefined_reason
 from runtime import eval_mode
@@ -232,6 +235,14 @@ def sanity_check(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     """The cascading randomisation test of every method at every layer on normalized
     ``images`` for classes ``targets``; ``source`` and ``which`` only word the caption.
     The model is never changed (the test works on a copy)."""
+    methods = registry.names_of(methods, "methods", "heatmap method", list(registry.METHODS),
+                                everything="all")
+    layers = registry.names_of(layers, "layers", "layer")
+    for param, value in (("batch_size", batch_size), ("cam_batch_size", cam_batch_size)):
+        registry.check_number(value, param, 1, integer=True)
+    if isinstance(images, torch.Tensor) and len(images) == 0:
+        raise ParamError("images", "{param} is empty; the test needs at least one image")
+    targets = check_batch(images, targets, model)
     stages, maps, notes = run_cascade(model, images, targets, list(methods), list(layers),
                                       batch_size, cam_batch_size, dtype, seed)
     warnings = [w for w in [small_sample_note(len(images), "sanity check")] if w]

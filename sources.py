@@ -54,7 +54,7 @@ def folder_images(root: str | os.PathLike, classes: Sequence[str]
     classes); a fine-tuning layout (``train/`` and ``val/``) is tested on ``val/``. The root
     tested is returned too."""
     pair = train_val_folders(root)
-    tested = Path(pair[1]) if pair else Path(root)
+    tested = Path(pair[1] or pair[0]) if pair else Path(root)
     paths, labels = image_folder(tested, classes)
     return [Path(p) for p in paths], list(labels), tested
 

@@ -4,6 +4,7 @@ Pictures are saved, never shown (matplotlib's Agg backend), so the tool runs on 
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -24,10 +25,20 @@ if TYPE_CHECKING:
     from detection import DetectionResult
 
 
+SLUG_BYTES = 80   # a file name joins a few slugs; each stays far below the 255-byte limit
+
+
 def slug(text: str) -> str:
     """A name made safe for a file name (``T-shirt/top`` -> ``T-shirt_top``); letters of any
-    script stay (``日本`` stays ``日本``, not ``x``)."""
-    return re.sub(r"[^\w.-]+", "_", text).strip("_.") or "x"
+    script stay (``日本`` stays ``日本``, not ``x``). A long name (a 250-character photo name)
+    is cut to ``SLUG_BYTES`` bytes with a hash of the whole, so that the file names made of it
+    can be written and two long names stay apart."""
+    name = re.sub(r"[^\w.-]+", "_", text).strip("_.") or "x"
+    if len(name.encode()) <= SLUG_BYTES:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    head = name.encode()[:SLUG_BYTES - 9].decode(errors="ignore")
+    return f"{head}-{digest}"
 
 
 def unique_slugs(names: Sequence[str]) -> list[str]:

@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 import torchvision
@@ -29,7 +30,7 @@ import hub
 import model as cifar
 from cam import auto_layer
 from data import InputSpec, dataset_info
-from errors import ParamError, UserError, reason
+from errors import ParamError, UserError, note, reason
 
 CIFAR_ARCH = cifar.ARCH                      # "resnet18_cifar", the default
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -197,6 +198,33 @@ def _build_torchvision(arch: str, num_classes: int) -> nn.Module:
                                             **_RANDOM_KWARGS.get(arch, {}))
 
 
+def _build_with_hub_weights(arch: str, enum: torchvision.models.WeightsEnum, path: Path,
+                            weights: str) -> nn.Module:
+    """``arch`` built as torchvision builds it for ``enum`` (its own keywords: Inception's
+    input transform, ViT's image size), with the state dict read from the hub cache's ``path``
+    by :func:`model.read_checkpoint` (``weights_only=True``): torchvision's own loader, which
+    unpickles the cached file, never sees it, so a file planted in the cache runs no code."""
+    try:
+        state = cifar.read_checkpoint(path)["model_state_dict"]
+        cifar.check_finite(state, f"weights {enum} ({path})")
+    except UserError as exc:
+        raise ParamError("weights", f"{{param}} {weights}: {path} is not the file of {enum} "
+                                    f"({reason(exc, 100)}); delete it to download it again"
+                         ) from None
+
+    def safely_read(self: Any, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        return state
+
+    with warnings.catch_warnings(), mock.patch.object(type(enum), "get_state_dict", safely_read):
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return torchvision.models.get_model(arch, weights=enum)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ParamError("weights", f"{{param}} {weights}: {path} is not the file of {enum} "
+                                        f"({reason(exc, 100)}); delete it to download it again"
+                             ) from None
+
+
 def _classifier_outputs(state: dict[str, torch.Tensor]) -> tuple[str, int] | None:
     """The name of the last 2-D (or more) weight of a state dict and its first size: the
     classifier's weight and class count for every torchvision classifier (a state dict keeps
@@ -311,6 +339,9 @@ def load_factory(spec: str) -> nn.Module:
         built = factory()
     except UserError:
         raise
+    except SystemExit as exc:   # sys.exit() in the factory or at import: no model, no exit
+        raise ParamError("model_spec", f"{{param}} {spec} called sys.exit({exc.code!r}) instead "
+                                       f"of returning a model") from None
     except Exception as exc:  # noqa: BLE001 - the user's code may raise anything
         raise ParamError("model_spec", f"{{param}} {spec} raised {type(exc).__name__}: {reason(exc, 100)}"
                         ) from None
@@ -319,7 +350,32 @@ def load_factory(spec: str) -> nn.Module:
             sys.path.remove(folder)
     if not isinstance(built, nn.Module):
         raise ParamError("model_spec", f"{{param}} {spec} returned a {type(built).__name__}, not a torch.nn.Module")
-    return built
+    if isinstance(built, torch.jit.ScriptModule):
+        raise ParamError("model_spec", f"{{param}} {spec} returned a TorchScript module, whose layers "
+                                       f"take no hooks; return the Python nn.Module it was "
+                                       f"scripted from")
+    return _usable(built, spec)
+
+
+def _usable(module: nn.Module, spec: str) -> nn.Module:
+    """A factory's model as the explainers can run it: every weight materialised and finite
+    (a NaN weight gives NaN probabilities and maps, never an error), floating weights in
+    float32 (a ``.half()`` or ``.double()`` model is converted, with a note: inputs are
+    float32, and reduced precision is the ``dtype`` option's business)."""
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    for key, value in tensors:
+        if value.is_meta:
+            raise ParamError("model_spec", f"{{param}} {spec}: weight '{key}' is a meta tensor (a "
+                                           f"shape without values); build the model on a device")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise ParamError("model_spec", f"{{param}} {spec}: weight '{key}' is not finite (NaN "
+                                           f"or inf), so every probability and map would be NaN")
+    odd = sorted({str(v.dtype).replace("torch.", "") for _, v in tensors
+                  if v.is_floating_point() and v.dtype != torch.float32})
+    if odd:
+        note(f"model_spec {spec} holds {', '.join(odd)} weights; they are converted to float32")
+        module.float()
+    return module
 
 
 @torch.no_grad()
@@ -404,11 +460,17 @@ def load_classifier(arch: str | None = None, weights: str | None = None,
     return loaded
 
 
-def _default_layer(module: nn.Module, size: int) -> str | None:
+def _default_layer(module: nn.Module, size: int, what: str) -> str | None:
+    """The ``auto`` layer for inputs of ``size`` (None when the model has none); a model that
+    cannot run at that size (ViT's fixed grid, Inception's kernels larger than its late maps)
+    is one line naming ``input_size``."""
     try:
         return auto_layer(module, size)
     except UserError:
         return None
+    except Exception as exc:  # noqa: BLE001 - torchvision asserts, kernels larger than the map
+        raise ParamError("input_size", f"{{param}} {size}: {what} fails on a {size}x{size} input "
+                                       f"({type(exc).__name__}: {reason(exc, 100)})") from None
 
 
 def _override(inputs: InputSpec, input_size: int | None,
@@ -478,14 +540,7 @@ def _load_torchvision(arch: str, weights: str | None, ckpt: dict[str, Any] | Non
         path = hub_weights_file(enum)
         categories = tuple(enum.meta["categories"])
         _check_classes(classes, len(categories), f"{arch} with {enum}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            try:
-                module = torchvision.models.get_model(arch, weights=enum)
-            except (RuntimeError, OSError, EOFError, ValueError) as exc:
-                raise ParamError("weights", f"{{param}} {weights}: {path} is not the file of {enum} "
-                                f"({reason(exc, 100)}); delete it to download it again"
-                                ) from None
+        module = _build_with_hub_weights(arch, enum, path, weights)
         names = classes or categories
         prep = _override(inputs_of(enum, arch), input_size, mean, std, names)
         source = f"{enum}, {path}"
@@ -505,7 +560,7 @@ def _load_torchvision(arch: str, weights: str | None, ckpt: dict[str, Any] | Non
                      else tuple(f"class {i}" for i in range(outputs))))
         prep = _override(_inputs_from_meta(meta, base), input_size, mean, std, names)
         source = str(weights) if weights is not None else "random weights"
-    layer = _default_layer(module, prep.input_size)
+    layer = _default_layer(module, prep.input_size, arch)
     return LoadedModel(module, prep, arch, layer,
                        f"{arch} ({source}), {len(names)} classes, {prep.input_size} px, "
                        f"layer {layer}")
@@ -525,6 +580,7 @@ def _load_factory_model(spec: str, weights: str | None, input_size: int | None,
             # a checkpoint fine-tuned here from this factory: the factory's head, new classes
             replace_head(module, len(recorded), int(meta.get("input_size") or input_size or 224))
         fit_state_dict(module, state, f"weights {weights}", spec)
+        _usable(module, spec)
     module.to(device).eval()
     base = InputSpec(name=spec, classes=(), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                      input_size=224, resize_size=round(224 * RESIZE_RATIO))
@@ -538,7 +594,7 @@ def _load_factory_model(spec: str, weights: str | None, input_size: int | None,
         raise ParamError("weights", f"{{param}} {weights} lists {len(names)} classes but {{model_spec}} {spec} has "
                         f"{outputs} outputs", "model_spec")
     prep = replace(prep, classes=tuple(names))
-    layer = _default_layer(module, prep.input_size)
+    layer = _default_layer(module, prep.input_size, spec)
     return LoadedModel(module, prep, spec, layer,
                        f"{spec}{f' ({weights})' if weights else ''}, {len(names)} classes, "
                        f"{prep.input_size} px, layer {layer}")

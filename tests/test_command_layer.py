@@ -147,6 +147,46 @@ def test_help_shows_the_recipes_that_run() -> None:
     assert jobs.setting(args, "lr") == 0.5
 
 
+def readme_commands() -> list[list[str]]:
+    """Every ``python main.py ...`` (or ``torchrun ... main.py ...``) command in the README's
+    code blocks, continuation lines joined, as its argument list."""
+    import shlex
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            words = shlex.split(line.split("#")[0])
+            if "main.py" in words:
+                commands.append(words[words.index("main.py") + 1:])
+    return commands
+
+
+def test_every_command_in_the_readme_parses_and_asks_for_a_job() -> None:
+    """Flags, numbers, combinations and the flags each job reads: what can be checked without
+    the photos and folders the examples name."""
+    import jobs
+    import main
+    import validation
+    commands = readme_commands()
+    assert len(commands) >= 10, commands
+    for argv in commands:
+        parser = main.build_parser()
+        args = parser.parse_args(argv)
+        validation.check_numbers(args)
+        validation.check_combinations(args)
+        jobs.check_unused(args, main.parser_defaults(parser))
+        validation.check_names(args)
+
+
+def test_the_command_line_reference_matches_the_parser() -> None:
+    """docs/cli.md is what cli_reference.py writes from today's parser and job table."""
+    import cli_reference
+    import main
+    fresh = cli_reference.markdown(main.build_parser())
+    assert cli_reference.PAGE.read_text(encoding="utf-8") == fresh, \
+        "docs/cli.md is stale: run python cli_reference.py"
+
+
 def test_from_python_script_runs_and_is_in_the_readme(tmp_path: Path) -> None:
     script = ROOT / "examples" / "from_python.py"
     assert script.read_text().strip() in (ROOT / "README.md").read_text()

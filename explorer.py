@@ -1,0 +1,578 @@
+"""The explorer: the API behind a local web page (``python main.py --serve``).
+
+One process holds the models, loaded once; a small standard-library HTTP server answers the
+page (``explorer.html``, offline: no script, font or style from anywhere else) and a JSON API:
+
+* ``POST /api/open`` an uploaded image (the request body) or a shipped one (``{"sample"}``):
+  decoded by ``data.open_image``, the one decoder; a bad file is a message, never a crash.
+  The classifier's top-5 are computed at once (one forward pass).
+* ``POST /api/explain`` / ``/api/curves`` / ``/api/detect``: a task on the image, run in its
+  own thread, one task at a time (the models are shared); ``GET /api/task/ID`` waits for it
+  (long poll: the answer comes the moment it is done) and reports progress (forward passes
+  counted by a hook); ``POST /api/task/ID/cancel`` stops it at the next forward pass.
+* ``GET /api/file/ID/NAME``: a task's panels (PNG) and maps (``.npy``), made from the API's
+  own results: ``explain.heatmaps``, ``evaluate.deletion_insertion`` with the random
+  baseline, ``detection.explain_detections``, as the command line calls them.
+
+Images and results live in memory under random ids that only the tab which made them knows,
+so two tabs never see each other's results, and a closed tab's leave with the oldest entries.
+Nothing is written to disk.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import numpy as np
+import torch
+from PIL import Image
+
+import visualize
+from data import open_image
+from errors import UserError
+from registry import DET_METHODS, DET_TITLES, METHODS, TITLES
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("explorer.html")
+MAX_UPLOAD = 64 * 2**20        # bytes of one upload
+MIN_SIDE = 8                   # pixels: a smaller image has nothing to explain
+KEPT = 48                      # images and tasks kept in memory (the oldest go first)
+CURVE_STEPS = 50               # points per deletion / insertion curve minus one
+WAIT = 10.0                    # seconds a task poll waits before answering "still running"
+
+
+class Cancelled(Exception):
+    """The user cancelled the task."""
+
+
+@dataclass
+class Picture:
+    """One opened image and what the models made of it (cached per image)."""
+
+    name: str
+    photo: Image.Image
+    pixels: torch.Tensor | None = None      # the classifier's [3, S, S] in [0, 1]
+    display: torch.Tensor | None = None     # the photo for panels [3, h, w] (None: pixels)
+    probs: torch.Tensor | None = None       # [C]
+    array: np.ndarray | None = None         # the detector's RGB uint8 input
+
+
+@dataclass
+class Task:
+    """A piece of work on one picture: its state, progress and the files it made."""
+
+    kind: str
+    state: str = "running"                  # running, done, error, cancelled
+    message: str = ""
+    done_passes: int = 0
+    passes: int = 1
+    result: dict = field(default_factory=dict)
+    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    detection: tuple | None = None          # (DetectionResult, Picture) of a detect task
+    cancel: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.perf_counter)
+
+    def status(self) -> dict:
+        progress = min(0.99, self.done_passes / max(1, self.passes))
+        return {"state": self.state, "message": self.message, "kind": self.kind,
+                "progress": 1.0 if self.state == "done" else progress,
+                "seconds": round(time.perf_counter() - self.started, 2),
+                **({"result": self.result} if self.state == "done" else {})}
+
+
+class Store(OrderedDict):
+    """A dict that forgets its oldest entries beyond ``KEPT``."""
+
+    def put(self, value: Any) -> str:
+        key = secrets.token_urlsafe(12)
+        self[key] = value
+        while len(self) > KEPT:
+            self.popitem(last=False)
+        return key
+
+
+def png(image_rgb: np.ndarray) -> bytes:
+    """An RGB uint8 array as PNG bytes (fast compression: it goes to a browser)."""
+    out = io.BytesIO()
+    Image.fromarray(image_rgb).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def npy(array: torch.Tensor | np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, np.asarray(array.numpy() if isinstance(array, torch.Tensor) else array))
+    return out.getvalue()
+
+
+class Explorer:
+    """The models and the state behind the page. ``classifier`` is a ``zoo.LoadedModel``,
+    ``detector`` a ``detectors.Detector`` (either may be None); ``samples`` maps a name to a
+    function returning the image file's bytes and, for a test image of the classifier's
+    dataset, its pixels as the test split holds them (else None)."""
+
+    def __init__(self, classifier, detector, device: torch.device,
+                 samples: dict[str, Callable[[], tuple[bytes, torch.Tensor | None]]],
+                 cam_batch_size: int = 256, det_score_thresh: float | None = None,
+                 det_max: int = 20, det_masks: int = 1000, seed: int = 0):
+        self.classifier, self.detector, self.device = classifier, detector, device
+        self.samples = samples
+        self.cam_batch_size = cam_batch_size
+        self.det_score_thresh = det_score_thresh
+        self.det_max, self.det_masks, self.seed = det_max, det_masks, seed
+        self.pictures: Store = Store()
+        self.tasks: Store = Store()
+        self.lock = threading.Lock()          # the stores
+        self.work = threading.Lock()          # one computation at a time
+        self._layers: list[dict] | None = None
+        self._channels: dict[str, int] = {}
+
+    # ---- what the page needs to know
+
+    def layers(self) -> list[dict]:
+        """The classifier's layers with a spatial map, ``auto`` first (``--list_layers``)."""
+        if self._layers is None:
+            from cam import spatial_layers
+            rows = spatial_layers(self.classifier.module, self.classifier.input_size)
+            self._layers = [{"name": "auto", "text": f"auto ({self.classifier.default_layer})"}]
+            self._layers += [{"name": n, "text": f"{n}  {k}x{h}x{w}"} for n, (k, h, w) in rows]
+            self._channels = {n: k for n, (k, _, _) in rows}
+        return self._layers
+
+    def info(self) -> dict:
+        out: dict[str, Any] = {"samples": list(self.samples)}
+        if self.classifier is not None:
+            c = self.classifier
+            out["classifier"] = {"description": c.description, "classes": list(c.classes),
+                                 "layers": self.layers(),
+                                 "methods": [{"name": m, "title": TITLES[m]} for m in METHODS]}
+        if self.detector is not None:
+            from detection import backbone_layers, default_layer
+            model = self.detector.model
+            out["detector"] = {"description": self.detector.description,
+                               "layers": list(backbone_layers(model)),
+                               "default_layer": default_layer(model),
+                               "methods": [{"name": m, "title": DET_TITLES[m]}
+                                           for m in DET_METHODS]}
+        return out
+
+    # ---- images
+
+    def open(self, data: bytes | None, name: str, sample: str | None = None) -> dict:
+        """Decode an upload (or open a sample) and classify it; a bad image is a UserError."""
+        pixels = None
+        if sample is not None:
+            if sample not in self.samples:
+                raise UserError(f"no sample called {sample!r}")
+            data, pixels = self.samples[sample]()
+            name = sample
+        if not data:
+            raise UserError(f"{name}: the file is empty")
+        photo = open_image(io.BytesIO(data), name)
+        if min(photo.size) < MIN_SIDE:
+            raise UserError(f"image {name} is {photo.size[0]} x {photo.size[1]} pixels: too "
+                            f"small to explain (at least {MIN_SIDE} pixels a side)")
+        picture = Picture(name, photo)
+        out = {"name": name, "width": photo.size[0], "height": photo.size[1]}
+        if self.classifier is not None:
+            from explain import probabilities
+            prep = self.classifier.inputs
+            picture.pixels = pixels if pixels is not None else prep.pixels(photo)
+            if pixels is None:   # a photo's panel shows it at its own aspect ratio
+                from folders import load_photo
+                picture.display = load_photo(io.BytesIO(data), max_side=512)
+            with self.work:
+                picture.probs = probabilities(self.classifier.module,
+                                              prep.normalize(picture.pixels)[None]
+                                              .to(self.device), 1)[0].cpu()
+            top = picture.probs.topk(min(5, len(picture.probs)))
+            out["top5"] = [{"index": int(i), "name": self.classifier.classes[int(i)],
+                            "p": float(v)} for v, i in zip(top.values, top.indices)]
+        with self.lock:
+            out["id"] = self.pictures.put(picture)
+        return out
+
+    def picture(self, key: str) -> Picture:
+        with self.lock:
+            picture = self.pictures.get(key)
+        if picture is None:
+            raise UserError("this image is no longer open here: open it again")
+        return picture
+
+    # ---- tasks
+
+    def start(self, kind: str, work: Callable[[Task], None], passes: int) -> str:
+        """Run ``work(task)`` in a thread of its own, one computation at a time."""
+        task = Task(kind, passes=max(1, passes))
+        with self.lock:
+            key = self.tasks.put(task)
+
+        def run() -> None:
+            try:
+                while not self.work.acquire(timeout=0.1):
+                    if task.cancel.is_set():
+                        raise Cancelled
+                try:
+                    with self._counting(task):
+                        work(task)
+                finally:
+                    self.work.release()
+                task.state = "done"
+            except Cancelled:
+                task.state, task.message = "cancelled", "cancelled"
+            except UserError as exc:
+                task.state, task.message = "error", str(exc)
+            except Exception as exc:   # a bug: the page says so, the server keeps serving
+                log.exception("task %s failed", kind)
+                task.state, task.message = "error", f"internal error: {exc!r}"
+            finally:
+                task.finished.set()
+
+        threading.Thread(target=run, daemon=True, name=f"explorer-{kind}").start()
+        return key
+
+    def _counting(self, task: Task):
+        """Count forward passes for the progress bar, and stop at the next one when the task
+        is cancelled (the explainers remove their own hooks on the way out)."""
+        modules = [m for m in (getattr(self.classifier, "module", None),
+                               getattr(getattr(self.detector, "model", None), "backbone", None))
+                   if m is not None]
+
+        def count(module, inputs) -> None:
+            if task.cancel.is_set():
+                raise Cancelled
+            task.done_passes += 1
+
+        class Hooks:
+            def __enter__(self_inner):
+                self_inner.handles = [m.register_forward_pre_hook(count) for m in modules]
+
+            def __exit__(self_inner, *exc):
+                for h in self_inner.handles:
+                    h.remove()
+
+        return Hooks()
+
+    def task(self, key: str) -> Task:
+        with self.lock:
+            task = self.tasks.get(key)
+        if task is None:
+            raise UserError("no such task here (it may have been forgotten: run it again)")
+        return task
+
+    # ---- classifier work
+
+    def _target(self, picture: Picture, target: str | int | None) -> int:
+        if target in (None, "", "pred"):
+            return int(picture.probs.argmax())
+        return self.classifier.class_index(target)
+
+    def _passes(self, method: str, layer: str) -> int:
+        """Forward passes ``method`` takes for one image, for the progress bar."""
+        if method not in ("scorecam", "ablationcam"):
+            return 2
+        self.layers()
+        return math.ceil(self._channels.get(layer, 512) / self.cam_batch_size) + 2
+
+    def explain(self, key: str, methods: list[str], layer: str = "auto",
+                target: str | int | None = None) -> str:
+        """Heatmaps of the picture by every method: the API's ``explain.heatmaps``."""
+        from explain import heatmaps
+        if self.classifier is None:
+            raise UserError("no classifier loaded")
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise UserError(f"choose one or more methods of {', '.join(METHODS)}")
+        picture = self.picture(key)
+        loaded = self.classifier
+        layer_name = loaded.layer(layer)
+        index = self._target(picture, target)
+
+        def work(task: Task) -> None:
+            images = loaded.inputs.normalize(picture.pixels)[None].to(self.device)
+            targets = torch.tensor([index], device=self.device)
+            maps = []
+            for method in methods:
+                heat = heatmaps(loaded.module, images, targets, method, layer_name, 1,
+                                self.cam_batch_size)[0].cpu()
+                stem = f"{visualize.slug(Path(picture.name).stem)}_{method}_{layer_name}"
+                task.files[f"{method}.png"] = (f"{stem}.png", png(self._panel(picture, heat)))
+                task.files[f"{method}.npy"] = (f"{stem}.npy", npy(heat))
+                maps.append({"method": method, "title": TITLES[method],
+                             "png": f"{method}.png", "npy": f"{method}.npy"})
+            task.result = {"maps": maps, "layer": layer_name, "target": index,
+                           "target_name": loaded.classes[index]}
+
+        return self.start("explain", work, sum(self._passes(m, layer_name) for m in methods))
+
+    def _panel(self, picture: Picture, heat: torch.Tensor) -> np.ndarray:
+        """``original | overlay`` as the command line draws it (a photo at its own aspect
+        ratio with the map over the region the model saw)."""
+        if picture.display is None:
+            return visualize.heatmap_panel(picture.pixels, heat)
+        from folders import heatmap_on_photo
+        shown = picture.display
+        on_photo, _ = heatmap_on_photo(heat, (shown.shape[2], shown.shape[1]),
+                                       self.classifier.inputs, picture.photo.size)
+        return visualize.heatmap_panel(shown, on_photo, min_side=224)
+
+    def curves(self, key: str, methods: list[str], layer: str = "auto",
+               target: str | int | None = None, strategy: str = "zero") -> str:
+        """This image's deletion and insertion curves (and AUCs) of every method and of the
+        random baseline: ``evaluate.deletion_insertion`` on the API's maps."""
+        from evaluate import RandomHeatmap, auc, deletion_insertion
+        from explain import heatmaps
+        picture = self.picture(key)
+        loaded = self.classifier
+        layer_name = loaded.layer(layer)
+        index = self._target(picture, target)
+
+        def work(task: Task) -> None:
+            pixels = picture.pixels[None].to(self.device)
+            images = loaded.inputs.normalize(pixels)
+            targets = torch.tensor([index], device=self.device)
+            series = []
+            for method in [*methods, "random"]:
+                heat = (RandomHeatmap(self.seed)(images, targets) if method == "random" else
+                        heatmaps(loaded.module, images, targets, method, layer_name, 1,
+                                 self.cam_batch_size))
+                c = deletion_insertion(loaded.module, pixels, heat, targets, loaded.inputs,
+                                       strategy, CURVE_STEPS, 256)
+                series.append({"method": method,
+                               "title": TITLES.get(method, "Random (baseline)"),
+                               "deletion": c.deletion[0].tolist(),
+                               "insertion": c.insertion[0].tolist(),
+                               "deletion_auc": float(auc(c.deletion[0].double())),
+                               "insertion_auc": float(auc(c.insertion[0].double()))})
+            task.result = {"series": series, "strategy": strategy, "steps": CURVE_STEPS}
+
+        per_curve = math.ceil(2 * (CURVE_STEPS + 1) / 256)
+        return self.start("curves", work, sum(self._passes(m, layer_name) + per_curve
+                                              for m in methods) + per_curve)
+
+    # ---- detector work
+
+    def detect(self, key: str, method: str = "gradcam", layers: list[str] | None = None) -> str:
+        """Every detection and its maps at ``layers``: ``detection.explain_detections`` as
+        ``--det_img`` calls it; the panels are drawn when the page asks for them."""
+        from detection import (
+            backbone_layers,
+            default_layer,
+            explain_detections,
+            image_array,
+            to_tensor,
+        )
+        from drise import DriseSettings
+        if self.detector is None:
+            raise UserError("no detector loaded")
+        if method not in DET_METHODS:
+            raise UserError(f"choose a method of {', '.join(DET_METHODS)}")
+        det = self.detector
+        if method == "drise":
+            layers = ["input"]
+        else:
+            known = backbone_layers(det.model)
+            layers = [x for x in (layers or [default_layer(det.model)]) if x in known]
+            if not layers:
+                raise UserError(f"choose one or more layers of {', '.join(known)}")
+        picture = self.picture(key)
+        if picture.array is None:
+            picture.array = image_array(picture.photo, fit=det.input_fit)
+        thresh = det.score_thresh if self.det_score_thresh is None else self.det_score_thresh
+        drise = DriseSettings(masks=self.det_masks, seed=self.seed) if method == "drise" else None
+
+        def work(task: Task) -> None:
+            result = explain_detections(det.model, to_tensor(picture.array, self.device), layers,
+                                        thresh, self.det_max, method=method, drise=drise)
+            task.result = {
+                "layers": layers, "method": method, "title": DET_TITLES[method],
+                "width": int(picture.array.shape[1]), "height": int(picture.array.shape[0]),
+                "detections": [{"rank": r, "label": det.names.get(int(result.labels[i]), "?"),
+                                "score": float(result.scores[i]),
+                                "box": [float(v) for v in result.boxes[i]]}
+                               for r, i in enumerate(result.explained.tolist())]}
+            task.files["image.png"] = ("image.png", png(picture.array))
+            task.detection = (result, picture)
+
+        passes = math.ceil(self.det_masks / DriseSettings().batch_size) + 1 if drise else 2
+        return self.start("detect", work, passes)
+
+    def detection_file(self, task: Task, name: str) -> tuple[str, bytes]:
+        """``box_R_LAYER.png`` / ``.npy`` (one detection's map) or ``panels_LAYER.png`` (the
+        original GUI's original | heatmap | detections), drawn on first request."""
+        if name in task.files:
+            return task.files[name]
+        result, picture = task.detection or (None, None)
+        stem, _, suffix = name.rpartition(".")
+        parts = stem.split("_", 2)
+        if result is None or suffix not in ("png", "npy") or parts[-1] not in result.maps:
+            raise KeyError(name)
+        names = self.detector.names
+        base = visualize.slug(Path(picture.name).stem)
+        if parts[0] == "panels" and suffix == "png":
+            made = (f"{base}_{result.method}_{parts[1]}.png",
+                    png(visualize.detection_panel(picture.array, result, parts[1], names)))
+        elif parts[0] == "box" and len(parts) == 3 and parts[1].isdigit() \
+                and int(parts[1]) < len(result.explained):
+            rank, layer = int(parts[1]), parts[2]
+            out = f"{base}_{result.method}_{layer}_det{rank + 1}.{suffix}"
+            made = (out, npy(result.heatmap(layer, rank)) if suffix == "npy" else
+                    png(visualize.box_panel(picture.array, result, rank, layer, names)))
+        else:
+            raise KeyError(name)
+        task.files[name] = made
+        return made
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP
+
+
+class Handler(BaseHTTPRequestHandler):
+    """The page and the JSON API of one :class:`Explorer` (``server.explorer``)."""
+
+    protocol_version = "HTTP/1.1"      # keep-alive: no new connection per request
+    server_version = "explorer"
+
+    @property
+    def app(self) -> Explorer:
+        return self.server.explorer
+
+    def log_message(self, format: str, *args: Any) -> None:   # quiet: the console is the user's
+        log.debug(format, *args)
+
+    def _send(self, status: int, body: bytes, kind: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        # The page may reach this server only: no other origin for anything.
+        self.send_header("Content-Security-Policy", "default-src 'self' data: blob:; "
+                         "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, value: Any, status: int = 200) -> None:
+        self._send(status, json.dumps(value).encode(), "application/json")
+
+    def _error(self, message: str, status: int = 400) -> None:
+        self._json({"error": message}, status)
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_UPLOAD:
+            self.close_connection = True
+            raise UserError(f"the file is {length / 2**20:.0f} MB; the explorer takes up to "
+                            f"{MAX_UPLOAD // 2**20} MB")
+        return self.rfile.read(length)
+
+    def _guarded(self, handle: Callable[[], None]) -> None:
+        try:
+            handle()
+        except UserError as exc:
+            self._error(str(exc))
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+            self._error(f"bad request: {exc}", 404 if isinstance(exc, KeyError) else 400)
+        except (BrokenPipeError, ConnectionResetError):   # the tab went away
+            self.close_connection = True
+        except Exception as exc:   # a bug: said in the page, the server keeps serving
+            log.exception("request %s failed", self.path)
+            self._error(f"internal error: {exc!r}", 500)
+
+    def do_GET(self) -> None:
+        self._guarded(self._get)
+
+    def do_POST(self) -> None:
+        self._guarded(self._post)
+
+    def _get(self) -> None:
+        url = urlparse(self.path)
+        parts = [unquote(p) for p in url.path.strip("/").split("/")]
+        if url.path in ("/", "/index.html"):
+            self._send(200, PAGE.read_bytes(), "text/html; charset=utf-8")
+        elif url.path == "/api/info":
+            self._json(self.app.info())
+        elif parts[:2] == ["api", "task"] and len(parts) == 3:
+            task = self.app.task(parts[2])
+            wait = float(parse_qs(url.query).get("wait", ["0"])[0] or 0)
+            task.finished.wait(min(max(wait, 0.0), WAIT))
+            self._json(task.status())
+        elif parts[:2] == ["api", "file"] and len(parts) == 4:
+            task = self.app.task(parts[2])
+            name, body = (self.app.detection_file(task, parts[3]) if task.kind == "detect"
+                          else task.files[parts[3]])
+            kind = "image/png" if name.endswith(".png") else "application/octet-stream"
+            how = "attachment" if parse_qs(url.query).get("dl") else "inline"
+            self._send(200, body, kind, {"Content-Disposition": f'{how}; filename="{name}"'})
+        elif parts[:2] == ["api", "sample"] and len(parts) == 3:
+            data, _ = self.app.samples[parts[2]]()
+            photo = open_image(io.BytesIO(data), parts[2]).convert("RGB")
+            photo.thumbnail((96, 96))
+            self._send(200, png(np.asarray(photo)), "image/png")
+        else:
+            self._error("not found", 404)
+
+    def _post(self) -> None:
+        path = urlparse(self.path).path
+        app = self.app
+        if path == "/api/open":
+            if self.headers.get("Content-Type", "").startswith("application/json"):
+                self._json(app.open(None, "", json.loads(self._body())["sample"]))
+            else:
+                name = unquote(self.headers.get("X-Name", "upload"))[:200]
+                self._json(app.open(self._body(), name))
+            return
+        if path.startswith("/api/task/") and path.endswith("/cancel"):
+            app.task(path.split("/")[3]).cancel.set()
+            self._json({"ok": True})
+            return
+        ask = json.loads(self._body() or b"{}")
+        if path == "/api/explain":
+            key = app.explain(ask["image"], ask["methods"], ask.get("layer", "auto"),
+                              ask.get("target"))
+        elif path == "/api/curves":
+            key = app.curves(ask["image"], ask["methods"], ask.get("layer", "auto"),
+                             ask.get("target"), ask.get("strategy", "zero"))
+        elif path == "/api/detect":
+            key = app.detect(ask["image"], ask.get("method", "gradcam"), ask.get("layers"))
+        else:
+            self._error("not found", 404)
+            return
+        task = app.task(key)
+        task.finished.wait(float(ask.get("wait", 0)))   # quick work answers in one round trip
+        self._json({"task": key, **task.status()})
+
+
+def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860
+                ) -> ThreadingHTTPServer:
+    """The HTTP server of ``explorer`` bound to ``host:port`` (port 0: any free one); a port
+    in use is a UserError."""
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    server.daemon_threads = True
+    server.explorer = explorer
+    return server
+
+
+def address(server: ThreadingHTTPServer) -> str:
+    host, port = server.server_address[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown}:{port}/"
+
