@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from errors import UserError
 from registry import DEFAULT_DET_ARCH
 from runtime import resolve_device
 
@@ -89,5 +88,3 @@ def serve(args: Namespace) -> int:
         server.server_close()
     return 0
 
-
-__all__ = ["serve", "UserError"]

@@ -77,6 +77,10 @@ class Job:
 
 
 JOBS: tuple[Job, ...] = (
+    Job("serve", "explore images in a browser: classifier and detector (--serve)",
+        lambda a: a.serve, MODEL | {"serve", "port", "host", "cam_batch_size", "seed"}
+        | DETECTION - {"det_vis", "det_layer", "det_method", "det_per_box"}, "cli_serve:serve",
+        rank0=True),
     Job("train_detector", "train the scene detector (--mode train --det_vis)",
         lambda a: a.mode == "train" and a.det_vis,
         TRAINING | {"det_vis", "resume", "det_scenes", "det_num", "det_weights"},

@@ -257,6 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--make_scenes", default=None, metavar="DIR",
                    help="write --det_num Fashion-MNIST test scenes (test split only) in the VOC "
                         "layout to DIR, then stop")
+
+    g = p.add_argument_group("explorer (a local web page)")
+    g.add_argument("--serve", action="store_true",
+                   help="explore your images in a browser: the classifier of --save_path / "
+                        "--arch / --weights / --model (default: the shipped one) and the "
+                        "detector of --det_weights / --det_arch (default: the shipped scene "
+                        "detector); offline, until Ctrl-C")
+    g.add_argument("--port", type=int, default=7860, help="the explorer's port (0: any free one)")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="the explorer's address to listen on (0.0.0.0: every interface)")
     return p
 
 

@@ -75,6 +75,7 @@ NUMBERS: dict[str, Range] = {
     "det_scenes": Range(1, 10**7),
     "det_masks": Range(1, 10**6),
     "input_size": Range(8, 4096),
+    "port": Range(0, 65535),                     # 0: any free port
 }
 
 
@@ -112,6 +113,7 @@ COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
      "--det_layer has no meaning for --det_method drise, which explains from the input pixels"),
     (lambda a: a.det_explain_missed and a.det_img is not None,
      "--det_explain_missed needs ground truth: use it on a VOC-style set, not --det_img"),
+    (lambda a: a.serve and a.mode == "train", "--serve explores models: leave out --mode train"),
     (lambda a: a.det_method != "drise" and a.det_masks != 1000,
      "--det_masks sets D-RISE's masks: use it with --det_method drise"),
 ]

@@ -306,6 +306,60 @@ CASES: list[tuple[str, str, int, str]] = [
      BAD, "not a torch.nn.Module"),
     ("finetune-classes-file-missing",
      "--mode train --arch resnet18 --data_dir {w}/ftree --classes {w}/nope.txt", BAD, "--classes"),
+    # ---- round three (issue 24): no code runs from a weights file, whatever reads it
+    ("hub-cache-pickle", "--arch resnet18 --weights DEFAULT --image {w}/good.png", BAD,
+     "is not the file of ResNet18_Weights.IMAGENET1K_V1"),
+    ("hub-cache-pickle-list-layers", "--arch resnet18 --weights DEFAULT --list_layers", BAD,
+     "delete it to download it again"),
+    ("det-weights-pickle", "--det_img {w}/good.png --det_weights {w}/ck_pickle.pth", BAD,
+     "ck_pickle.pth"),
+    # ---- round three: no silent numbers, no silent guesses
+    ("model-nan-weight", "--model {w}/nanmodel.py:build --image {w}/good.png --vis gradcam", BAD,
+     "not finite"),
+    ("model-inf-buffer", "--model {w}/nanmodel.py:build_inf --image {w}/good.png", BAD,
+     "not finite"),
+    ("model-nan-weight-list-layers", "--model {w}/nanmodel.py:build --list_layers", BAD,
+     "not finite"),
+    ("model-exits-0", "--model {w}/exits.py:build --image {w}/good.png", BAD, "sys.exit(0)"),
+    ("model-exits-3", "--model {w}/exits.py:build3 --image {w}/good.png", BAD, "sys.exit(3)"),
+    ("model-exits-at-import", "--model {w}/exits_import.py:build --image {w}/good.png", BAD,
+     "sys.exit(0)"),
+    ("model-exits-finetune", "--mode train --model {w}/exits.py:build --data_dir {w}/ftree", BAD,
+     "sys.exit(0)"),
+    ("finetune-val-fraction-with-val-folder",
+     "--mode train --arch resnet18 --input_size 32 --data_dir {w}/splits --val_fraction 0.5",
+     BAD, "--val_fraction 0.5"),
+    ("finetune-split-folders-without-train",
+     "--mode train --arch resnet18 --input_size 32 --data_dir {w}/splits_notrain", BAD,
+     "no train/"),
+    ("image-dir-split-folders-without-train",
+     "--arch resnet18 --data_dir {w}/splits_notrain --vis gradcam", BAD, "no train/"),
+    ("layer-relu-called-twice",
+     "--arch resnet18 --image {w}/good.png --vis gradcam --target_layer layer4.1.relu", BAD,
+     "runs more than once"),
+    ("layer-relu-called-twice-cam",
+     "--arch resnet18 --image {w}/good.png --vis cam --target_layer layer4.1.relu", BAD,
+     "layer4.1.relu"),
+    ("layer-relu-called-twice-eigencam",
+     "--arch resnet18 --image {w}/good.png --vis eigencam --target_layer layer4.1.relu", BAD,
+     "runs more than once"),
+    # ---- round three: tracebacks turned into one line
+    ("model-torchscript", "--model {w}/scripted.py:build --image {w}/good.png", BAD, "TorchScript"),
+    ("vit-input-size-64", "--arch vit_b_16 --input_size 64 --image {w}/good.png", BAD,
+     "--input_size 64"),
+    ("inception-input-size-32-list-layers", "--arch inception_v3 --input_size 32 --list_layers",
+     BAD, "--input_size 32"),
+    ("finetune-batch-size-1-batchnorm",
+     "--mode train --arch resnet18 --input_size 32 --data_dir {w}/ftree --batch_size 1", BAD,
+     "batch_size 1"),
+    ("ckpt-meta-tensor", "--save_path {w}/ck_meta.pth", BAD, "meta tensor"),
+    ("ckpt-meta-tensor-vis", "--vis gradcam --save_path {w}/ck_meta.pth", BAD, "meta tensor"),
+    ("model-meta-tensor", "--model {w}/metamodel.py:build --image {w}/good.png", BAD,
+     "meta tensor"),
+    # ---- round three: the error line starts a line, after a progress bar too
+    ("finetune-unreadable-image-mid-epoch",
+     "--mode train --arch resnet18 --input_size 32 --data_dir {w}/fbroken --batch_size 2 "
+     "--num_epochs 1", BAD, "broken.png"),
 ]
 
 
@@ -353,6 +407,12 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
+@pytest.fixture(autouse=True)
+def hub_cache(world, monkeypatch):
+    """torch's hub cache is the world's own (with a planted pickle), never the user's."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(world / "hub"))
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """Every input the rows name, good and bad, written once."""
@@ -372,6 +432,38 @@ def world(tmp_path_factory) -> Path:
     (w / "mlp.py").write_text("import torch\n\ndef build():\n    return torch.nn.Sequential("
                               "torch.nn.Flatten(), torch.nn.Linear(768, 10))\n")
     torch.save(torch.nn.Linear(3, 2).state_dict(), w / "sd_tiny.pth")
+    small = ("import torch\n\ndef net():\n    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), "
+             "torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), "
+             "torch.nn.Linear(4, 3))\n")
+    (w / "nanmodel.py").write_text(
+        small + "\ndef build():\n    m = net()\n    with torch.no_grad():\n"
+        "        m[0].weight[0, 0, 0, 0] = float('nan')\n    return m\n"
+        "\ndef build_inf():\n    m = net()\n    m.register_buffer('scale', torch.tensor(float('inf')))\n"
+        "    return m\n")
+    (w / "exits.py").write_text("import sys\n\ndef build():\n    sys.exit(0)\n\n"
+                                "def build3():\n    sys.exit(3)\n")
+    (w / "exits_import.py").write_text("import sys\nsys.exit(0)\n\ndef build():\n    pass\n")
+    (w / "scripted.py").write_text(small + "\ndef build():\n    return torch.jit.script(net())\n")
+    (w / "metamodel.py").write_text(small + "\ndef build():\n    with torch.device('meta'):\n"
+                                    "        return net()\n")
+    # torch's hub cache, holding a pickle that runs code under a torchvision weights file name
+    (w / "hub" / "checkpoints").mkdir(parents=True)
+    (w / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(
+        pickle.dumps({"fc.weight": _Pwned()}))
+    for root, splits in (("splits", ("train", "test")), ("splits_notrain", ("val", "test"))):
+        for split in splits:
+            for name in ("a", "b"):
+                (w / root / split / name).mkdir(parents=True)
+                for k in range(2):
+                    Image.new("RGB", (40, 30), (60 * k, 90, 200)).save(
+                        w / root / split / name / f"{k}.png")
+    (w / "splits" / "val").mkdir()   # train/, val/ and test/: val/ validates
+    for name in ("a", "b"):
+        shutil.copytree(w / "splits" / "test" / name, w / "splits" / "val" / name)
+    for name in ("a", "b"):
+        (w / "fbroken" / name).mkdir(parents=True)
+        for k in range(4):
+            Image.new("RGB", (40, 30), (40 * k, 90, 200)).save(w / "fbroken" / name / f"{k}.png")
     for name in ("unicorn", "goldfish"):
         (w / "fold" / name).mkdir(parents=True)
         Image.new("RGB", (50, 40), (90, 30, 200)).save(w / "fold" / name / "a.png")
@@ -411,6 +503,12 @@ def world(tmp_path_factory) -> Path:
     variant("ck_size_tensor.pth", input_size=torch.tensor(32))
     variant("ck_epoch_float.pth", epoch=2.5)
     variant("ck_mean_nan.pth", mean=[0.2, float("nan"), 0.2])
+    state = dict(payload["model_state_dict"])
+    state["layer4.1.conv2.weight"] = torch.empty_like(state["layer4.1.conv2.weight"],
+                                                      device="meta")
+    variant("ck_meta.pth", model_state_dict=state)
+    for name in ("a", "b"):   # one unreadable image in each class: met in the first epoch
+        (w / "fbroken" / name / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(50))
 
     torch.save({"arch": "fasterrcnn_resnet18_fpn", "model_state_dict": {"x": torch.zeros(1)}},
                w / "det_nometa.pth")
