@@ -40,7 +40,7 @@ def _detector(args: Namespace, device: torch.device):
     return _load_detector(args, device)
 
 
-def _samples(args: Namespace, classifier) -> dict[str, Callable[[], tuple[bytes, torch.Tensor | None]]]:
+def samples(classifier, data_dir: str) -> dict[str, Callable[[], tuple[bytes, torch.Tensor | None]]]:
     """The images offered in the page: the shipped photos and scenes, and the first test
     images of the classifier's built-in dataset (decoded when first asked for)."""
     samples: dict[str, Callable[[], tuple[bytes, torch.Tensor | None]]] = {}
@@ -51,7 +51,7 @@ def _samples(args: Namespace, classifier) -> dict[str, Callable[[], tuple[bytes,
 
         @functools.lru_cache(maxsize=1)
         def split():
-            return sources.dataset_split(classifier, args.data_dir)
+            return sources.dataset_split(classifier, data_dir)
 
         def test_image(i: int) -> tuple[bytes, torch.Tensor]:
             pixels = split().images[i]
@@ -71,7 +71,7 @@ def serve(args: Namespace) -> int:
     device = resolve_device(args.device)
     classifier = load(args, device)
     detector = _detector(args, device)
-    app = explorer.Explorer(classifier, detector, device, _samples(args, classifier),
+    app = explorer.Explorer(classifier, detector, device, samples(classifier, args.data_dir),
                             args.cam_batch_size, args.det_score_thresh, args.det_max,
                             args.det_masks, args.seed)
     server = explorer.make_server(app, args.host, args.port)

@@ -161,14 +161,21 @@ def readme_commands() -> list[list[str]]:
     return commands
 
 
+def first_look_commands() -> list[list[str]]:
+    """The jobs of ``scripts/first_look.sh``: each ``run PART FLAGS...`` line's flags."""
+    import shlex
+    script = (ROOT / "scripts" / "first_look.sh").read_text()
+    return [shlex.split(line)[2:] for line in script.splitlines() if line.startswith("run ")]
+
+
 def test_every_command_in_the_readme_parses_and_asks_for_a_job() -> None:
     """Flags, numbers, combinations and the flags each job reads: what can be checked without
     the photos and folders the examples name."""
     import jobs
     import main
     import validation
-    commands = readme_commands()
-    assert len(commands) >= 10, commands
+    commands = readme_commands() + first_look_commands()
+    assert len(commands) >= 16, commands
     for argv in commands:
         parser = main.build_parser()
         args = parser.parse_args(argv)
