@@ -350,7 +350,8 @@ def layer_activation(model: nn.Module, layer: nn.Module, images: torch.Tensor
     For the gradient-free explainers: one forward pass in eval mode under inference mode; the
     model's flags and hooks are left as found.
     """
-    with torch.inference_mode(), eval_mode(model), capture_activation(layer) as capture:
+    name = next((n for n, m in model.named_modules() if m is layer), "")
+    with torch.inference_mode(), eval_mode(model), capture_activation(layer, name) as capture:
         logits = model(images)
     activation = capture.activation
     if not is_map(activation):

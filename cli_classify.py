@@ -244,10 +244,10 @@ def leaderboard(args: Namespace) -> int:
     print(board_api.BETTER_LINE)
     for strategy in board.strategies:
         print(board_api.markdown_table(board.results[strategy], board.caption(strategy)), end="")
-    print(f"Wrote {len(written)} files to {Path(args.out_dir)} for "
-          f"{','.join(board.strategies)}: figures results_*_S.png, comparison_S.png and "
-          f"ranking_S.png, curves curves_*_S.npz, summaries summary_*_S.json, leaderboard "
-          f"comparison_S.md/.csv/.json")
+    figures = ", ".join(p.name for p in written if p.suffix == ".png")
+    others = sorted({p.suffix for p in written if p.suffix != ".png"})
+    print(f"Wrote {len(written)} files to {Path(args.out_dir)}: figures {figures}; and "
+          f"{', '.join(others)} files of the curves, summaries and the leaderboard")
     return 0
 
 
@@ -410,8 +410,10 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
             for method, heat in maps.items():
                 on_photo, _ = heatmap_on_photo(heat[j], (photo.shape[2], photo.shape[1]), prep,
                                                batch.sizes[j])
-                panel = visualize.heatmap_panel(photo, on_photo, min_side=224)
-                name = visualize.slug(loaded.classes[int(targets[j])])
+                explained = loaded.classes[int(targets[j])]
+                title = f"{explained} {probs[j, targets[j]]:.2f} ({TITLES[method]})"
+                panel = visualize.heatmap_panel(photo, on_photo, min_side=224, title=title)
+                name = visualize.slug(explained)
                 visualize.save_rgb(panel, out / method / f"{method}_{stems[i]}_{which}_{name}.png")
         bar.update(len(batch.indices))
     bar.close()

