@@ -12,6 +12,7 @@ import contextlib
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -99,18 +100,11 @@ _OUTPUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _class_count(model: nn.Module, images: torch.Tensor) -> int | None:
     """The number of logits ``model`` gives (None when its output is no ``[B, C]`` tensor),
-    from one image of ``images``, once per model; a model that cannot take ``images`` (their
-    channels, their size) is one line naming ``images``."""
+    from one image of ``images``, once per model (an error of the model's own passes
+    through, as it would from the method)."""
     if model not in _OUTPUTS:
-        try:
-            with torch.no_grad(), eval_mode(model):
-                out = model(images[:1])
-        except UserError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a conv that wants other channels, and more
-            raise ParamError("images", f"{{param}} of shape {tuple(images.shape)}: the model fails "
-                                       f"on them ({type(exc).__name__}: {str(exc)[:100]})"
-                             ) from None
+        with torch.no_grad(), eval_mode(model):
+            out = model(images[:1])
         _OUTPUTS[model] = (int(out.shape[1]) if isinstance(out, torch.Tensor) and out.ndim == 2
                            else None)
     return _OUTPUTS[model]
@@ -394,6 +388,32 @@ class LayerExplainer:
         # an unknown name fails now, not at the first batch
         self._module = None if layer == "auto" else resolve_layer(model, layer)
 
+    #: The device types on which this method's maps in reduced precision were validated
+    #: against fp32 (``tests/test_precision.py``: r >= 0.999 per map and at most 0.02 apart
+    #: anywhere, on the shipped model and a random ResNet-50 at 224 px); elsewhere ``dtype`` is
+    #: ignored and the method runs in fp32.
+    reduced_precision_on: ClassVar[frozenset[str]] = frozenset()
+
+    def precision(self, images: torch.Tensor) -> torch.dtype | None:
+        """The autocast dtype of this call: ``dtype`` where the method was validated for the
+        images' device, else None (fp32)."""
+        if self.dtype in (None, torch.float32) \
+                or images.device.type not in self.reduced_precision_on:
+            return None
+        return self.dtype
+
+    @contextlib.contextmanager
+    def autocast(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Within the block the model runs in :meth:`precision`'s autocast, and the images to
+        give it come back in ``channels_last`` (oneDNN and cuDNN's fast layout); in fp32 the
+        block changes nothing and gives the images back as they are."""
+        dtype = self.precision(images)
+        if dtype is None:
+            yield images
+            return
+        with torch.autocast(images.device.type, dtype=dtype):
+            yield images.contiguous(memory_format=torch.channels_last)
+
     def default_layer(self, images: torch.Tensor) -> str:
         """The layer ``"auto"`` stands for, for inputs the size of ``images``."""
         return auto_layer(self.model, images[:1])
@@ -439,9 +459,10 @@ class CAM(LayerExplainer):
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         targets = check_batch(images, targets, self.model)
         layer, linear = self._layers(images)
-        with eval_mode(self.model), capture_activation(layer, self.layer) as capture:
-            self.model(images)
-        features = capture.activation
+        with eval_mode(self.model), capture_activation(layer, self.layer) as capture, \
+                self.autocast(images) as inputs:
+            self.model(inputs)
+        features = at_least_fp32(capture.activation)
         weights = linear.weight[targets].to(features.dtype)           # [B, K]
         maps = torch.einsum("bk,bkhw->bhw", weights, features)
         return normalize_heatmaps(maps, tuple(images.shape[-2:]))

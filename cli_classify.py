@@ -108,6 +108,20 @@ def _target_class(args: Namespace, loaded: LoadedModel) -> int | None:
     return None if args.target in ("pred", "gt") else loaded.class_index(args.target)
 
 
+def heatmaps_line(methods: list[str], dtype: torch.dtype | None, device: torch.device) -> str:
+    """``device cpu, heatmaps in bfloat16 (Grad-CAM in fp32)``: the precision of each method's
+    maps, reduced only where the method was validated for it (``explain.heatmap_precision``)."""
+    from explain import heatmap_precision
+    from runtime import precision_label
+    chosen = heatmap_precision(methods, dtype, device)
+    reduced = {m for m, d in chosen.items() if d is not None}
+    if not reduced:
+        return f"device {device}, heatmaps in fp32"
+    line = f"device {device}, heatmaps in {precision_label(dtype)}"
+    kept = [TITLES[m] for m in methods if m not in reduced]
+    return line + (f" ({', '.join(kept)} in fp32)" if kept else "")
+
+
 def _batch(args: Namespace) -> int:
     return int(setting(args, "batch_size"))
 
@@ -282,7 +296,7 @@ def sanity(args: Namespace) -> int:
     images = loaded.inputs.normalize(pixels).to(device)
     dtype = precision_dtype(args.precision, device)
     print(f"Sanity check: {source}, {len(methods)} method(s) at {', '.join(layers)}, "
-          f"{precision_line(device, dtype)} (Score-CAM / Ablation-CAM passes; the rest fp32)")
+          f"{heatmaps_line(methods, dtype, device)}")
     from sanity import predicted_classes
     targets = (part.labels.to(device) if use_true
                else predicted_classes(loaded.module, images, batch_size))
@@ -315,10 +329,11 @@ def explain_dataset(args: Namespace, loaded: LoadedModel, split: ImageSplit,
     from explain import explain_split
     info = split.info
     n = min(n, len(split))
+    dtype = precision_dtype(args.precision, device)
     here = distributed.world()
     if here.is_main:
         print(f"Heatmaps of {n} {info.name} test images: {', '.join(TITLES[m] for m in methods)} "
-              f"at {layer}, {precision_line(device, None)}")
+              f"at {layer}, {heatmaps_line(methods, dtype, device)}")
     correct = 0
     note(images=n)
     grid: dict[str, list[tuple[torch.Tensor, torch.Tensor, str]]] = {m: [] for m in methods}
@@ -327,7 +342,7 @@ def explain_dataset(args: Namespace, loaded: LoadedModel, split: ImageSplit,
     bar = tqdm(total=mine.stop - mine.start, desc="heatmaps", unit="img", leave=False,
                disable=not here.is_main or n <= batch_size)
     for block in explain_split(loaded.module, split, methods, layer, n, device, args.target,
-                               batch_size, args.cam_batch_size):
+                               batch_size, args.cam_batch_size, dtype):
         preds = block.preds
         correct += (preds == block.labels).sum().item()
         for method, maps in block.maps.items():
@@ -378,6 +393,7 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
     prep = loaded.inputs
     batch_size = _batch(args)
     target_class = _target_class(args, loaded)
+    dtype = precision_dtype(args.precision, device)
     loader = photo_loader(PhotoDataset(paths, prep, labels), batch_size,
                           workers=loader_workers(device))
     stems = visualize.unique_slugs([p.stem for p in paths])
@@ -386,7 +402,8 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
     rows = []
     out = Path(args.out_dir)
     print(f"{len(paths)} image(s) at {loaded.input_size} px, methods: "
-          f"{', '.join(TITLES[m] for m in methods) or 'none'} at {layer}")
+          f"{', '.join(TITLES[m] for m in methods) or 'none'} at {layer}"
+          f"{', ' + heatmaps_line(methods, dtype, device) if methods else ''}")
     bar = tqdm(total=len(paths), desc="images", unit="img", leave=False, disable=len(paths) < 20)
     for batch in photo_batches(loader):
         images = prep.normalize(batch.pixels).to(device)
@@ -396,7 +413,7 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
                    if args.target == "gt" else probs.argmax(1))
         top = probs.topk(min(5, probs.shape[1]), dim=1)
         maps = {m: heatmaps(loaded.module, images, targets, m, layer, batch_size,
-                            args.cam_batch_size).cpu() for m in methods}
+                            args.cam_batch_size, dtype).cpu() for m in methods}
         for j, i in enumerate(batch.indices.tolist()):
             ranking = ", ".join(f"{loaded.classes[k]} {v:.3f}"
                                 for v, k in zip(top.values[j].tolist(), top.indices[j].tolist()))

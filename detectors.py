@@ -132,11 +132,7 @@ def build_coco_detector(arch: str = DEFAULT_ARCH,
     model = builder(weights=None, weights_backbone=None, num_classes=len(COCO_CLASSES))
     transform = model.transform
     if min_size is not None:
-        smallest = registry.DET_MIN_SIZES.get(arch, 0)
-        if min_size < smallest:
-            raise ParamError("min_size", f"{{param}} {min_size}: {arch} needs an input of at "
-                                         f"least {smallest} px (its last layers shrink the map "
-                                         f"to 1x1)")
+        check_min_size(arch, min_size)
         if transform.fixed_size is not None:      # SSD, SSDlite: a square of that side
             transform.fixed_size = (min_size, min_size)
             transform.min_size, transform.max_size = (min_size,), min_size
@@ -150,6 +146,16 @@ def build_coco_detector(arch: str = DEFAULT_ARCH,
     if state_dict is not None:
         load_state(model, state_dict, source, f"{arch} with 91 COCO classes")
     return model.eval()
+
+
+def check_min_size(arch: str, min_size: int | None) -> None:
+    """``min_size`` (None: the arch's own) is one ``arch`` can take: at least
+    ``registry.DET_MIN_SIZES`` of it. Checked before any weights are read or downloaded."""
+    smallest = registry.DET_MIN_SIZES.get(arch, 0)
+    if min_size is not None and min_size < smallest:
+        raise ParamError("min_size", f"{{param}} {min_size}: {arch} needs an input of at "
+                                     f"least {smallest} px (its last layers shrink the map "
+                                     f"to 1x1)")
 
 
 def build_scene_detector(meta: dict) -> FasterRCNN:
@@ -262,6 +268,7 @@ def load_detector(weights: str | None, device: torch.device, min_size: int | Non
     other ``arch`` with it is an error.
     """
     arch = registry.det_arch(arch)
+    check_min_size(arch, min_size)
     if weights is None:
         state, source = coco_state_dict(arch)
         ckpt = {"model_state_dict": state}

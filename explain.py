@@ -157,14 +157,17 @@ class HeatmapBlock:
 
 def explain_split(model: nn.Module, split: ImageSplit, methods: Sequence[str], layer: str,
                   n: int, device: torch.device, target: str = "pred", batch_size: int = 128,
-                  cam_batch_size: int = 256) -> Iterator[HeatmapBlock]:
+                  cam_batch_size: int = 256, dtype: torch.dtype | None = None
+                  ) -> Iterator[HeatmapBlock]:
     """The first ``n`` images of ``split`` explained by every method, ``batch_size`` at a time,
-    for the predicted class (``target="pred"``) or the true one (``"gt"``).
+    for the predicted class (``target="pred"``) or the true one (``"gt"``), in ``dtype``'s
+    autocast where a method was validated for it (None: fp32).
 
     Blocks are yielded as they are made, so memory stays that of one block whatever ``n`` is.
     Under torchrun each rank yields its own share of the images (their global indices).
     """
-    explainers = {m: make_explainer(m, model, layer, batch_size=cam_batch_size) for m in methods}
+    explainers = {m: make_explainer(m, model, layer, batch_size=cam_batch_size, dtype=dtype)
+                  for m in methods}
     mine = distributed.shard(min(n, len(split)))
     for start in range(mine.start, mine.stop, batch_size):
         stop = min(start + batch_size, mine.stop)
@@ -185,3 +188,12 @@ def _explain_block(model: nn.Module, explainers: dict[str, Explainer], pixels: t
     targets = probs.argmax(1) if target == "pred" else labels.to(device)
     return probs.cpu(), {m: explain_batched(e, images, targets, batch_size).cpu()
                          for m, e in explainers.items()}
+
+
+def heatmap_precision(methods: Sequence[str], dtype: torch.dtype | None,
+                      device: torch.device | str) -> dict[str, torch.dtype | None]:
+    """The precision each method's maps are made in when ``dtype`` is asked for on ``device``:
+    ``dtype`` where the method was validated for it there, None (fp32) elsewhere."""
+    kind = torch.device(device).type
+    return {m: dtype if dtype is not None and kind in EXPLAINERS[m].reduced_precision_on
+            else None for m in methods}

@@ -33,6 +33,19 @@ from cam import (
 from runtime import eval_mode
 
 
+def score_gradient(score: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+    """``d score / d activation``. In fp16 the score is scaled first, as a ``GradScaler`` does,
+    so that small gradients do not underflow to zero: by 2^16, lowered while the gradient
+    overflows; the gradient comes back unscaled, in fp32."""
+    if activation.dtype != torch.float16:
+        return torch.autograd.grad(score, activation)[0]
+    for scale in (2.0 ** 16, 2.0 ** 8, 1.0):
+        (grad,) = torch.autograd.grad(score * scale, activation, retain_graph=scale > 1)
+        if torch.isfinite(grad).all():
+            break
+    return grad.float() / scale
+
+
 class GradCAM(LayerExplainer):
     """Grad-CAM at any layer: channel weights are the spatial mean of the score's gradient."""
 
@@ -49,14 +62,15 @@ class GradCAM(LayerExplainer):
         if images.is_inference():
             images = images.clone()  # tensors made under inference_mode cannot enter autograd
         with eval_mode(self.model), capture_activation(layer, self.layer) as capture, \
-                torch.enable_grad():
-            logits = self.model(images)
+                torch.enable_grad(), self.autocast(images) as inputs:
+            logits = self.model(inputs)
             activation = capture.activation
             if not is_map(activation):
                 raise not_a_map(self.model, layer, images, activation)
             score = logits.gather(1, targets[:, None]).sum()
-            (grad,) = torch.autograd.grad(score, activation)
-        return self.combine(activation.detach(), grad), logits.detach()
+            grad = score_gradient(score, activation)
+        activation = at_least_fp32(activation.detach())
+        return self.combine(activation, at_least_fp32(grad)), at_least_fp32(logits.detach())
 
     @classmethod
     def combine(cls, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -82,6 +96,8 @@ class GradCAMPlusPlus(GradCAM):
     ``S g >= 0`` (every post-ReLU layer), bounded in ``(0, 1/2]`` and continuous elsewhere.
     (pytorch-grad-cam adds ``1e-6`` to the denominator instead, which keeps it singular.)
     """
+
+    reduced_precision_on = frozenset({"cpu"})
 
     @staticmethod
     def channel_weights(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -115,6 +131,8 @@ class HiResCAM(GradCAM):
 class LayerCAM(GradCAM):
     """LayerCAM: like HiResCAM with the gradient's negative part dropped, ``sum_k relu(g_k) A_k``,
     which keeps fine detail at early layers."""
+
+    reduced_precision_on = frozenset({"cpu"})
 
     @classmethod
     def combine(cls, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

@@ -122,6 +122,8 @@ class ScoreCAM(_GradientFree):
     and min-max scaled (upsampling before the ReLU).
     """
 
+    reduced_precision_on = frozenset({"cpu", "cuda"})
+
     def heatmaps(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         size = tuple(images.shape[-2:])
         activation, _ = layer_activation(self.model, self.layer_module(images), images)
@@ -131,7 +133,7 @@ class ScoreCAM(_GradientFree):
         image_of, channel_of = varying.nonzero(as_tuple=True)
         weights = torch.zeros(activation.shape[:2], dtype=activation.dtype, device=images.device)
         net = self.derived("folded", lambda: inference_copy(self.model))
-        with eval_mode(net), autocast(images.device, self.dtype):
+        with eval_mode(net), autocast(images.device, self.precision(images)):
             for part in _chunks(len(image_of), self.batch_size):
                 b, k = image_of[part], channel_of[part]
                 masks = upsample(activation[b, k], size)           # [P, H, W]
@@ -217,8 +219,11 @@ class EigenCAM(_GradientFree):
     ReLU) it can flip the map to all-negative, which the ReLU turns into zeros.
     """
 
+    reduced_precision_on = frozenset({"cpu"})
+
     def heatmaps(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        activation, _ = layer_activation(self.model, self.layer_module(images), images)
+        with self.autocast(images) as inputs:
+            activation, _ = layer_activation(self.model, self.layer_module(images), inputs)
         b, _k, h, w = activation.shape
         matrix = at_least_fp32(activation).flatten(2).transpose(1, 2)      # [B, hw, K]
         vh = torch.linalg.svd(matrix, full_matrices=False).Vh       # [B, min(hw, K), K]

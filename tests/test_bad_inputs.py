@@ -447,7 +447,12 @@ def world(tmp_path_factory) -> Path:
     (w / "metamodel.py").write_text(small + "\ndef build():\n    with torch.device('meta'):\n"
                                     "        return net()\n")
     # torch's hub cache, holding a pickle that runs code under a torchvision weights file name
+    # (the user's cached files stay visible through links: other rows use the COCO weights)
     (w / "hub" / "checkpoints").mkdir(parents=True)
+    real = Path(torch.hub.get_dir()) / "checkpoints"
+    for cached in sorted(real.glob("*")) if real.is_dir() else []:
+        (w / "hub" / "checkpoints" / cached.name).symlink_to(cached)
+    (w / "hub" / "checkpoints" / "resnet18-f37072fd.pth").unlink(missing_ok=True)
     (w / "hub" / "checkpoints" / "resnet18-f37072fd.pth").write_bytes(
         pickle.dumps({"fc.weight": _Pwned()}))
     for root, splits in (("splits", ("train", "test")), ("splits_notrain", ("val", "test"))):
@@ -720,3 +725,20 @@ def test_dispatch_and_the_refusal_of_flags_come_from_one_declaration(monkeypatch
     args = parser.parse_args(["--vis_num", "3"])
     with pytest.raises(validation.FlagError, match="--vis_num: not used by the job 'fake'"):
         jobs.check_unused(args, main.parser_defaults(parser))
+
+
+def test_ctrl_c_under_a_progress_bar_starts_its_own_line(world, tmp_path, capfd, monkeypatch):
+    """Ctrl-C (or an error) in the middle of a loop with a progress bar: the bar is erased
+    and ``error: interrupted`` is a line of its own, not glued to the bar's last frame."""
+    from tqdm import tqdm
+
+    def interrupted(args):
+        bar = tqdm(total=10, desc="epoch 1/1", file=sys.stderr)
+        bar.update(4)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(jobs, "run", interrupted)
+    code = main.main(["--vis", "gradcam", "--out_dir", str(tmp_path / "out"),
+                      "--save_path", str(world / "ck.pth"), "--data_dir", str(world / "fm")])
+    err = capfd.readouterr().err
+    assert code == 130
+    assert _visible_lines(err) == ["error: interrupted"], err

@@ -7,6 +7,7 @@ from conftest import EvidenceNet, evidence_images, random_resnet
 from torch import nn
 
 from cam import CAM
+from errors import ParamError
 from gradcam import GradCAM, GradCAMPlusPlus
 
 METHODS = [GradCAM, GradCAMPlusPlus]
@@ -61,8 +62,8 @@ def test_contract_shape_range_and_untouched_state(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_hooks_are_removed_after_an_exception(method):
     model = random_resnet()
-    with pytest.raises(RuntimeError):
-        method(model)(torch.randn(2, 3, 32, 32), torch.tensor([0, 99]))   # class 99 does not exist
+    with pytest.raises(ParamError, match="more than once"):   # raised inside the layer's hook
+        method(model, "layer4.1.relu")(torch.randn(2, 3, 32, 32), torch.tensor([0, 9]))
     assert not any(m._forward_hooks for m in model.modules())
 
 

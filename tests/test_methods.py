@@ -244,8 +244,15 @@ def test_contract_and_state_left_as_found(name, layer):
 def test_state_left_as_found_when_a_method_raises_mid_batch(name, layer):
     model = TinyNet().train()
     before = _state(model)
-    with pytest.raises((RuntimeError, IndexError)):
-        make_explainer(name, model, layer, batch_size=2)(IMAGES, torch.tensor([0, 1, 99]))
+    explainer = make_explainer(name, model, layer, batch_size=2)
+    explainer(IMAGES[:1], torch.tensor([0]))   # the model's class count is known from now on
+
+    def fails(x):   # the entry checks pass (the class count is known); the pass itself fails
+        raise RuntimeError("boom")
+    model.forward = fails
+    with pytest.raises(RuntimeError, match="boom"):
+        explainer(IMAGES, torch.tensor([0, 1, 0]))
+    del model.forward
     _assert_as_found(model, before)
 
 
