@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     g.add_argument("--precision", choices=("auto", "fp32"), default="auto",
                    help="auto: bf16/fp16 autocast where the hardware has it (training, test "
-                        "accuracy, deletion/insertion); fp32: never")
+                        "accuracy, deletion/insertion, and the heatmaps of the methods validated "
+                        "against fp32 there); fp32: never")
     g.add_argument("--seed", type=int, default=0,
                    help="seed of training, of the random baseline and of the sanity check")
     g.add_argument("--out_dir", default="./results", help="where pictures and numbers go")

@@ -358,8 +358,8 @@ CASES: list[tuple[str, str, int, str]] = [
      "meta tensor"),
     # ---- round three: the error line starts a line, after a progress bar too
     ("finetune-unreadable-image-mid-epoch",
-     "--mode train --arch resnet18 --input_size 32 --data_dir {w}/fbroken --batch_size 2 "
-     "--num_epochs 1", BAD, "broken.png"),
+     ("--mode train --arch resnet18 --input_size 32 --data_dir {w}/fbroken --batch_size 2 "
+      "--num_epochs 1"), BAD, "broken.png"),
 ]
 
 
