@@ -24,7 +24,7 @@ from errors import ParamError, UserError
 from jobs import setting
 from recipes import SHIPPED_CLASSIFIER, ExplainConfig, TrainConfig, default
 from registry import TITLES, parse_layers, parse_methods, parse_strategies
-from runtime import precision_dtype, resolve_device
+from runtime import precision_dtype, precision_label, resolve_device
 from zoo import LoadedModel
 
 GRID_MAX = 50  # images in a method's grid figure; a larger grid is unreadable and slow to draw
@@ -72,7 +72,7 @@ def load(args: Namespace, device: torch.device) -> LoadedModel:
     random = weights is None and args.model is None
     note(model=loaded.description, random_weights=random)
     say(f"Model: {loaded.description}{' (random weights: no --weights)' * random}, "
-          f"{precision_line(device, None)}")
+        f"device {device}")
     return loaded
 
 
@@ -112,7 +112,6 @@ def heatmaps_line(methods: list[str], dtype: torch.dtype | None, device: torch.d
     """``device cpu, heatmaps in bfloat16 (Grad-CAM in fp32)``: the precision of each method's
     maps, reduced only where the method was validated for it (``explain.heatmap_precision``)."""
     from explain import heatmap_precision
-    from runtime import precision_label
     chosen = heatmap_precision(methods, dtype, device)
     reduced = {m for m, d in chosen.items() if d is not None}
     if not reduced:
@@ -238,6 +237,8 @@ def leaderboard(args: Namespace) -> int:
     else:
         split = sources.dataset_split(loaded, args.data_dir)
     dtype = precision_dtype(args.precision, device)
+    say(f"Leaderboard: {heatmaps_line(parse_methods(args.vis), dtype, device)}, curves in "
+        f"{precision_label(dtype)}")
     board = board_api.leaderboard(
         loaded.module, split, device, parse_methods(args.vis), layers,
         parse_strategies(args.hidden_strategy), steps=args.steps, num_images=args.num_eval,
