@@ -142,26 +142,17 @@ class InputSpec:
 
 
 
-DATASETS: dict[str, InputSpec] = {
-    "cifar10": InputSpec(
-        name="cifar10",
-        classes=("airplane", "automobile", "bird", "cat", "deer",
-                 "dog", "frog", "horse", "ship", "truck"),
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-    ),
-    # Statistics of the 28x28 images zero-padded to 32x32, measured on the 60k training images.
-    "fashion_mnist": InputSpec(
-        name="fashion_mnist",
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-        mean=(0.2190, 0.2190, 0.2190),
-        std=(0.3318, 0.3318, 0.3318),
-        grayscale=True,
-        pad=2,
-        crop_padding=2,
-    ),
-}
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+# Fashion-MNIST's statistics are those of the 28x28 images zero-padded to 32x32, measured on
+# the 60k training images.
+DATASETS: dict[str, InputSpec] = {spec.name: spec for spec in (
+    InputSpec("cifar10", CIFAR10_CLASSES, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    InputSpec("fashion_mnist", FASHION_MNIST_CLASSES, (0.2190,) * 3, (0.3318,) * 3,
+              grayscale=True, pad=2, crop_padding=2),
+)}
 
 
 def dataset_info(name: str) -> InputSpec:

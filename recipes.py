@@ -78,6 +78,7 @@ class DetectorTrainConfig(TrainingRun):
     batch_size: int = 8
     lr: float = 0.02
     weight_decay: float = 1e-4
+    # new Fashion-MNIST train-split scenes every epoch; test scenes scored after each
     scenes_per_epoch: int = 4000
     test_scenes: int = 300
     resume: bool = False
