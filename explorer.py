@@ -20,6 +20,7 @@ Nothing is written to disk.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -28,7 +29,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -244,27 +245,28 @@ class Explorer:
         threading.Thread(target=run, daemon=True, name=f"explorer-{kind}").start()
         return key
 
-    def _counting(self, task: Task):
-        """Count forward passes for the progress bar, and stop at the next one when the task
-        is cancelled (the explainers remove their own hooks on the way out)."""
-        modules = [m for m in (getattr(self.classifier, "module", None),
-                               getattr(getattr(self.detector, "model", None), "backbone", None))
-                   if m is not None]
+    @contextlib.contextmanager
+    def _counting(self, task: Task) -> Iterator[None]:
+        """Count forward passes for the progress bar, and stop at the next module called when
+        the task is cancelled (the explainers remove their own hooks on the way out). The hook
+        is global while the task runs: Score-CAM and deletion / insertion run a folded copy of
+        the model (``runtime.inference_copy``), which counts as the model."""
+        from torch.fx import GraphModule
+        roots = {id(m) for m in (getattr(self.classifier, "module", None),
+                                 getattr(getattr(self.detector, "model", None), "backbone", None))
+                 if m is not None}
 
-        def count(module, inputs) -> None:
+        def count(module: torch.nn.Module, inputs: tuple) -> None:
             if task.cancel.is_set():
                 raise Cancelled
-            task.done_passes += 1
+            if id(module) in roots or isinstance(module, GraphModule):
+                task.done_passes += 1
 
-        class Hooks:
-            def __enter__(self_inner):
-                self_inner.handles = [m.register_forward_pre_hook(count) for m in modules]
-
-            def __exit__(self_inner, *exc):
-                for h in self_inner.handles:
-                    h.remove()
-
-        return Hooks()
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def task(self, key: str) -> Task:
         with self.lock:

@@ -42,6 +42,9 @@ MODEL_PARAMS = {"arch": "--arch", "weights": "--weights", "model_spec": "--model
 CLASSIFIER_PARAMS = {**MODEL_PARAMS, "layer": "--target_layer", "layers": "--target_layer",
                      "methods": "--vis", "method": "--vis", "strategies": "--hidden_strategy",
                      "strategy": "--hidden_strategy", "batch_size": "--cam_batch_size"}
+TRAINING_PARAMS = {**MODEL_PARAMS, "batch_size": "--batch_size", "lr": "--lr",
+                   "num_epochs": "--num_epochs", "weight_decay": "--weight_decay",
+                   "label_smoothing": "--label_smoothing", "save_path": "--save_path"}
 DETECTOR_PARAMS = {"layers": "--det_layer", "method": "--det_method", "device": "--device",
                    "arch": "--det_arch", "min_size": "--det_min_size", "weights": "--det_weights",
                    "masks": "--det_masks", "model": "the detector", "data_dir": "--data_dir",
@@ -89,11 +92,11 @@ JOBS: tuple[Job, ...] = (
                     "--model)",
         lambda a: a.mode == "train" and fine_tuning(a),
         TRAINING | MODEL - {"dataset"} | {"label_smoothing", "val_fraction"},
-        "cli_train:fine_tune", config=FineTuneConfig),
+        "cli_train:fine_tune", config=FineTuneConfig, params=TRAINING_PARAMS),
     Job("train", "train the CIFAR ResNet-18 on a built-in dataset (--mode train)",
         lambda a: a.mode == "train",
         TRAINING | {"dataset", "arch", "label_smoothing"}, "cli_train:train_classifier",
-        config=TrainConfig),
+        config=TrainConfig, params=TRAINING_PARAMS),
     Job("make_scenes", "write the Fashion-MNIST test scenes (--make_scenes DIR)",
         lambda a: bool(a.make_scenes), frozenset({"make_scenes", "det_num"}),
         "cli_detect:make_scenes", rank0=True, params=DETECTOR_PARAMS),

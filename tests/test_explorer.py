@@ -170,12 +170,13 @@ def test_cancel_stops_at_the_next_pass_and_leaves_the_model_clean(app, server):
     try:
         status, out = call(server + "api/explain", {"image": opened["id"],
                                                     "methods": ["scorecam"], "wait": 0})
+        key = out["task"]
         while out["state"] == "running" and out["progress"] < 0.01:
-            out = call(f"{server}api/task/{out.get('task', '')}?wait=0.05")[1] | out
             time.sleep(0.02)
-        call(f"{server}api/task/{out['task']}/cancel", {})
+            out = call(f"{server}api/task/{key}")[1]
+        call(f"{server}api/task/{key}/cancel", {})
         while out["state"] == "running":
-            out = call(f"{server}api/task/{out['task']}?wait=5")[1] | {"task": out["task"]}
+            out = call(f"{server}api/task/{key}?wait=5")[1]
         assert out["state"] == "cancelled"
     finally:
         app.cam_batch_size = 256
