@@ -7,7 +7,6 @@ from argparse import Namespace
 
 import distributed
 from commands import note
-from jobs import setting
 from recipes import FineTuneConfig, TrainConfig, given
 from runtime import precision_dtype, precision_label, resolve_device
 
@@ -45,7 +44,7 @@ def fine_tune(args: Namespace) -> int:
     cfg = given(FineTuneConfig, arch=args.arch, weights=args.weights, model_spec=args.model,
                 classes_file=args.classes, input_size=args.input_size,
                 mean=rgb(args.mean, "--mean"), std=rgb(args.std, "--std", positive=True),
-                val_fraction=setting(args, "val_fraction"), **_run(args))
+                val_fraction=args.val_fraction, **_run(args))
     history = run_fine_tuning(cfg)
     if distributed.world().is_main:
         print(f"Best validation accuracy: {history.best:.2f}% at epoch {history.best_epoch} "

@@ -316,13 +316,13 @@ def training_data(root: str | os.PathLike, classes: Sequence[str] | None = None,
     """The training and validation images of ``root``: ``root/train`` and its validation
     folder (``val/``, ``valid/``, ``validation/`` or ``test/``) when both exist, else one
     ImageFolder tree (or ``root/train`` alone) split by :func:`seeded_split`, holding out
-    ``val_fraction`` (None: 0.1). A ``val_fraction`` other than 0.1 where a validation folder
-    exists is refused: it would be ignored. The classes are ``classes`` (a classes file's) or
+    ``val_fraction`` (None: 0.1). A ``val_fraction`` given where a validation folder exists
+    is refused: it would be ignored. The classes are ``classes`` (a classes file's) or
     the training folder's subfolder names. Every class needs a training image, and there must
     be validation images; otherwise one line."""
     split = train_val_folders(root)
     pair = split if split and split[1] is not None else None
-    if pair and val_fraction not in (None, DEFAULT_VAL_FRACTION):
+    if pair and val_fraction is not None:
         raise ParamError("val_fraction", f"{{param}} {val_fraction}: {root} has its own "
                                          f"validation folder {pair[1].name}/, so nothing is "
                                          f"held out of train/; leave {{param}} out, or remove "

@@ -137,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save_half", action="store_true",
                    help="store the checkpoint's weights in fp16 without optimizer state")
     g.add_argument("--log_dir", default="./logs", help="metrics.csv and training_curves.png")
-    g.add_argument("--val_fraction", type=float, default=default(FineTuneConfig, "val_fraction"),
+    g.add_argument("--val_fraction", type=float, default=None,
                    help="fine-tuning on a --data_dir without train/ and val/: share of each "
-                        "class held out for validation (split by --seed)")
+                        "class held out for validation, split by --seed (default: 0.1; refused "
+                        "where the folder has its own val/)")
     g.add_argument("--resume", action="store_true",
                    help="detector training: continue from the last finished epoch's state "
                         "(<save_path stem>.resume.pth)")

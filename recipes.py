@@ -62,7 +62,7 @@ class FineTuneConfig(TrainingRun):
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     label_smoothing: float = 0.1
-    val_fraction: float = 0.1
+    val_fraction: float | None = None   # None: 0.1 held out, where there is no val/ folder
     workers: int | None = None  # None: folders.loader_workers(device)
 
 

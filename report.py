@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import outputs
+from registry import FILL_STRATEGIES, TITLES
 
 REPORT_NAME = "report.html"
 TABLE_ROWS = 300        # rows of a CSV shown in the page; the link opens all of them
@@ -54,16 +55,17 @@ class RunFacts:
 BETTER = ("Deletion AUC: lower is better (the class's probability falls fast when the most "
           "salient pixels go). Insertion AUC: higher is better (it rises fast when they come "
           "back). The random map and the centre prior are the baselines a method must beat.")
+_S = "(?P<s>" + "|".join(sorted(FILL_STRATEGIES, key=len, reverse=True)) + ")"
 CAPTIONS: list[tuple[str, str]] = [
-    (r"^results_random_(?P<s>\w+)\.png$", "Deletion and insertion curves of the random-map "
+    (rf"^results_random_{_S}\.png$", "Deletion and insertion curves of the random-map "
      "baseline (hidden pixels: {s}): the floor every method must clear. " + BETTER),
-    (r"^results_centre_(?P<s>\w+)\.png$", "Deletion and insertion curves of the centre prior "
+    (rf"^results_centre_{_S}\.png$", "Deletion and insertion curves of the centre prior "
      "(hidden pixels: {s}), a map that knows only where objects usually sit. " + BETTER),
-    (r"^results_(?P<m>.+)_(?P<s>[a-z_]+?)\.png$", "Deletion and insertion curves of {m} "
+    (rf"^results_(?P<m>.+)_{_S}\.png$", "Deletion and insertion curves of {m} "
      "(hidden pixels: {s}), mean over the images with its band. " + BETTER),
-    (r"^comparison_(?P<s>\w+)\.png$", "Every method's deletion and insertion AUCs with 95% "
+    (rf"^comparison_{_S}\.png$", "Every method's deletion and insertion AUCs with 95% "
      "intervals (hidden pixels: {s}); baselines included. " + BETTER),
-    (r"^ranking_(?P<s>\w+)\.png$", ("The ranking by insertion minus deletion (higher is "
+    (rf"^ranking_{_S}\.png$", ("The ranking by insertion minus deletion (higher is "
      "better), with intervals (hidden pixels: {s}); a method whose interval overlaps the "
      "random baseline's is not shown to beat it.")),
     (r"^confusion_matrix\.png$", ("Confusion matrix: rows are the true classes, columns the "
@@ -90,11 +92,14 @@ MISS = ("A missed object (ground truth), the detector's best proposal for it and
 
 def caption(path: Path) -> str:
     """What the figure ``path`` shows, from its name."""
-    name = path.name
     for pattern, text in CAPTIONS:
-        match = re.match(pattern, name)
+        match = re.match(pattern, path.name)
         if match:
-            return text.format(**{k: v.replace("_", " ") for k, v in match.groupdict().items()})
+            words = match.groupdict()
+            if "m" in words:   # gradcam_layer3 -> Grad-CAM layer3
+                method, _, layer = words["m"].partition("_")
+                words["m"] = f"{TITLES.get(method, method)} {layer}".strip()
+            return text.format(**words)
     return ""
 
 
@@ -243,43 +248,48 @@ def accuracy_section(accuracy: dict) -> str:
                                                  per_class.items()]))
 
 
-def _figure(path: Path, folder: Path, text: str, big: bool = True, eager: bool = True) -> str:
+def _figure(path: Path, folder: Path, text: str, big: bool = True, eager: bool = True,
+            label: str | None = None) -> str:
     lazy = "" if eager else ' loading="lazy"'
     cls = ' class="big"' if big else ""
     return (f'<figure{cls}><img src="{_href(path, folder)}" alt="{_esc(path.name)}"{lazy}>'
-            f"<figcaption><b>{_esc(path.name)}</b> {_esc(text)}</figcaption></figure>")
+            f"<figcaption><b>{_esc(label or path.name)}</b> {_esc(text)}</figcaption></figure>")
 
 
 def _gallery(title: str, paths: Sequence[Path], folder: Path, text: str) -> str:
-    items = "".join(_figure(p, folder, "", big=False, eager=k < EAGER_IMAGES)
-                    for k, p in enumerate(paths))
-    return f"<h3>{_esc(title)} ({len(paths)})</h3><p><small>{_esc(text)} Click a picture to " \
-           f"enlarge it.</small></p><div class=\"gal\">{items}</div>"
+    items = "".join(_figure(p, folder, "", big=False, eager=k < EAGER_IMAGES,
+                            label=f"{p.parent.name}/{p.name}") for k, p in enumerate(paths))
+    head = f"<h3>{_esc(title)} ({len(paths)})</h3>" if title else ""
+    return (f"{head}<p><small>{_esc(text)} Click a picture to enlarge it.</small></p>"
+            f'<div class="gal">{items}</div>')
 
 
 def _detection_stem(path: Path) -> str:
-    """``000001`` of ``000001_gradcam_layer4.png`` / ``000001_layer4_boxes/01_bag.png``."""
+    """``000001`` of ``000001_gradcam_layer4.png``, ``000001_layer4_boxes/01_bag.png`` and
+    ``000001_boxes_by_layer.png``."""
     if path.parent.name.endswith("_boxes"):
         return path.parent.name.rsplit("_", 2)[0]
-    for method in ("gradcampp", "gradcam", "xgradcam", "hirescam", "layercam", "drise"):
+    if path.name.endswith("_boxes_by_layer.png"):
+        return path.name.removesuffix("_boxes_by_layer.png")
+    for method in ("gradcampp", "xgradcam", "gradcam", "hirescam", "layercam", "drise"):
         if f"_{method}_" in path.name:
             return path.name.split(f"_{method}_")[0]
-    return path.name.removesuffix("_boxes_by_layer.png")
+    return path.stem
 
 
 def figures_sections(pngs: Sequence[Path], folder: Path) -> str:
-    """Summary figures with captions, then galleries: per-image panels by folder, detection
-    maps grouped by image, missed objects."""
-    summary, galleries, detections, misses = [], {}, {}, []
+    """Summary figures with captions, then galleries: per-image panels by folder, each
+    image's detection panels (large) and per-detection maps (a gallery), missed objects."""
+    summary, galleries, misses = [], {}, []
+    detections: dict[str, tuple[list[Path], list[Path]]] = {}
     for path in pngs:
         text = caption(path)
+        in_detection = path.parent.name == "detection" or path.parent.name.endswith("_boxes")
         if path.parent.name == "misses":
             misses.append(path)
-        elif path.parent.name == "detection" or path.parent.name.endswith("_boxes"):
-            if text and not path.name.endswith("_boxes_by_layer.png"):
-                summary.append((path, text))
-            else:
-                detections.setdefault(_detection_stem(path), []).append(path)
+        elif in_detection and path.name != "detections_grid.png":
+            main, boxes = detections.setdefault(_detection_stem(path), ([], []))
+            (boxes if path.parent.name.endswith("_boxes") else main).append(path)
         elif text:
             summary.append((path, text))
         else:
@@ -288,12 +298,16 @@ def figures_sections(pngs: Sequence[Path], folder: Path) -> str:
     if summary:
         parts.append("<h2>Figures</h2>" + "".join(_figure(p, folder, t) for p, t in summary))
     for where, paths in galleries.items():
-        name = os.path.relpath(where, folder)
-        parts.append(_gallery(f"Panels in {name}", paths, folder, PANEL))
+        parts.append(_gallery(f"Panels in {os.path.relpath(where, folder)}", paths, folder,
+                              PANEL))
     if detections:
         parts.append("<h2>Detections, by image</h2>")
-        parts += [_gallery(f"Image {stem}", paths, folder, DETECTION)
-                  for stem, paths in detections.items()]
+    for stem, (main, boxes) in detections.items():
+        parts.append(f"<h3>Image {_esc(stem)}</h3>")
+        parts += [_figure(p, folder, caption(p) or DETECTION) for p in main]
+        if boxes:
+            parts.append(_gallery("", boxes, folder, "Each detection's own map, one per "
+                                                     "detection and layer."))
     if misses:
         parts.append(_gallery("Missed objects", misses, folder, MISS))
     return "".join(parts)

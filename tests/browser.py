@@ -80,15 +80,16 @@ class Browser:
         return outside
 
     def images_rendered(self) -> list[str]:
-        """The ``src`` of every ``<img>`` of the page that has not rendered (scrolled into
-        view first, so lazy ones load)."""
+        """The ``src`` of every ``<img>`` of the page that has one and has not rendered (lazy
+        ones are made eager and awaited first)."""
         d = self.driver
         d.execute_script("document.querySelectorAll('img').forEach(i => i.loading = 'eager')")
-        d.execute_script("""const done = arguments[arguments.length - 1];
+        d.execute_async_script("""const done = arguments[arguments.length - 1];
             Promise.all([...document.images].map(i => i.complete ? 0 : new Promise(
               ok => { i.onload = i.onerror = ok; }))).then(() => done());""")
         return d.execute_script(
-            "return [...document.images].filter(i => !(i.naturalWidth > 0)).map(i => i.src)")
+            "return [...document.images].filter(i => i.getAttribute('src') && "
+            "!(i.naturalWidth > 0)).map(i => i.src)")
 
     def close(self) -> None:
         self.driver.quit()

@@ -182,6 +182,7 @@ def test_cancel_stops_at_the_next_pass_and_leaves_the_model_clean(app, server):
         app.cam_batch_size = 256
     module = app.classifier.module
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in module.modules())
+    assert not torch.nn.modules.module._global_forward_pre_hooks
     assert finished(server, "api/explain", {"image": opened["id"], "methods": ["gradcam"]})
 
 
