@@ -20,6 +20,7 @@ from torch import nn
 
 from errors import ParamError, UserError
 from runtime import eval_mode
+from tokens import Layout, grid_problem, is_attention, model_layout, reaching_layer
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
@@ -185,14 +186,29 @@ def _example_input(model: nn.Module, input_size: int | tuple[int, int] | torch.T
 
 def spatial_layers(model: nn.Module, input_size: int | tuple[int, int] | torch.Tensor = 224
                    ) -> list[tuple[str, tuple[int, int, int]]]:
-    """Every module whose output is a ``[B, K, h, w]`` map, with ``(K, h, w)``, in the order
-    they run, for one input of ``input_size`` (a side, ``(H, W)``, or an example batch).
+    """Every module whose output is a ``[B, K, h, w]`` map, or reads as one (token layers,
+    channels-last outputs: :func:`map_layouts`), with ``(K, h, w)``, in the order they run, for
+    one input of ``input_size`` (a side, ``(H, W)``, or an example batch)."""
+    return [(name, layout.shape) for name, layout in map_layouts(model, input_size)]
+
+
+def map_layouts(model: nn.Module, input_size: int | tuple[int, int] | torch.Tensor = 224
+                ) -> list[tuple[str, Layout]]:
+    """Every module whose output reads as a map (:func:`tokens.model_layout`), with its
+    layout, in the order they run, for one input of ``input_size``.
 
     Found with forward hooks on one probing pass (no grad, eval mode, hooks always removed).
     A module that runs more than once per forward pass (a shared ReLU) is left out: a hook on
     it sees several maps, so no explainer can say which one it explains. 1x1 maps are listed
     (``auto_layer`` and the explainers refuse them).
     """
+    return [(name, layout) for name, _, layout in _outputs(model, input_size) if layout]
+
+
+def _outputs(model: nn.Module, input_size: int | tuple[int, int] | torch.Tensor
+             ) -> list[tuple[str, tuple[int, ...], Layout | None]]:
+    """Each module that runs once per forward pass, its output's shape and layout (None: no
+    map), in running order."""
     calls: dict[str, int] = {}
     order: dict[str, int] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -205,14 +221,15 @@ def spatial_layers(model: nn.Module, input_size: int | tuple[int, int] | torch.T
     handles = [module.register_forward_hook(
         lambda m, i, o, name=name: record(m, i, o, name))
         for name, module in model.named_modules() if name]
+    example = _example_input(model, input_size)
     try:
         with torch.no_grad(), eval_mode(model):
-            model(_example_input(model, input_size))
+            model(example)
     finally:
         for handle in handles:
             handle.remove()
-    names = sorted((n for n in calls if calls[n] == 1 and len(shapes[n]) == 4), key=order.get)
-    return [(n, tuple(shapes[n][1:])) for n in names]
+    return [(n, shapes[n], model_layout(model, shapes[n], example.shape[-2:]))
+            for n in sorted(calls, key=order.get) if calls[n] == 1]
 
 
 def map_layers(model: nn.Module, images: torch.Tensor) -> list[str]:
@@ -232,13 +249,35 @@ _FIXED_SIZE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 def auto_layer(model: nn.Module, input_size: int | tuple[int, int] | torch.Tensor = 224) -> str:
     """The last module whose output is a ``[B, K, h, w]`` map with ``h * w > 1`` (as torchcam's
     ``locate_candidate_layer``, but never an adaptive pooling): for most CNNs the block just
-    before global pooling."""
+    before global pooling.
+
+    A model with token layers (``[B, T, C]`` or channels-last outputs read as maps) gets the
+    last layer whose patch positions still reach the logits (:func:`tokens.reaching_layer`),
+    among those that fit the input's grid and lie outside the attention modules (whose query,
+    key and value projections are views of the tokens, not their state): a class-token ViT's
+    last block's first norm, a Swin's last stage (read by the average pooling)."""
     modules = dict(model.named_modules())
-    found = [n for n, (_, h, w) in spatial_layers(model, input_size) if h * w > 1
-             and not isinstance(modules[n], _FIXED_SIZE_POOLS)]
+    outputs = _outputs(model, input_size)
+    layouts = [(n, lay) for n, _, lay in outputs if lay is not None
+               and lay.grid[0] * lay.grid[1] > 1 and not isinstance(modules[n], _FIXED_SIZE_POOLS)]
+    found = [n for n, _ in layouts]
+    size = tuple(input_size.shape[-2:]) if isinstance(input_size, torch.Tensor) else input_size
+    last = max((i for i, (n, _, _) in enumerate(outputs) if n in found), default=-1)
+    lost = [(n, shape) for n, shape, lay in outputs[last + 1:]
+            if lay is None and len(shape) == 3 and shape[1] > 1]
+    if lost:   # token layers after the last map (a ViT's patch embedding) that read as none
+        name, shape = lost[0]
+        problem = grid_problem(model, shape, _example_input(model, input_size).shape[-2:])
+        raise ParamError("layer", f"{{param}} auto: {name} gives tokens {list(shape)}, and "
+                                  f"{problem}", "token_grid")
+    if any(lay.kind != "nchw" for _, lay in layouts):
+        inside = {n for n, m in modules.items() if n and is_attention(m)}
+        candidates = [(n, lay) for n, lay in layouts if lay.fits and not any(
+            n == a or n.startswith(a + ".") for a in inside)]
+        chosen = reaching_layer(model, _example_input(model, input_size), candidates)
+        if chosen is not None:
+            return chosen
     if not found:
-        size = (tuple(input_size.shape[-2:]) if isinstance(input_size, torch.Tensor)
-                else input_size)
         raise ParamError("layer", f"{{param}} auto: no module of the model outputs a [B, K, h, w] "
                                   f"map larger than 1x1 for a {size} input, so there is no layer "
                                   f"to explain")
@@ -277,16 +316,18 @@ def cam_head(model: nn.Module, input_size: int | tuple[int, int] | torch.Tensor 
         if isinstance(module, nn.Linear) and isinstance(output, torch.Tensor) and inputs:
             linears.append((name, inputs[0].detach().flatten(1).double(),
                             output.detach().double()))
-        if (isinstance(output, torch.Tensor) and output.ndim == 4
-                and output.shape[2] * output.shape[3] > 1):
+        layout = map_layout(model, output, example) if isinstance(output, torch.Tensor) \
+            and output.ndim in (3, 4) else None
+        if layout is not None:    # a map, or tokens (a Swin's) that the head averages
             pooled.pop(name, None)
-            pooled[name] = output.detach().double().mean(dim=(2, 3))
+            pooled[name] = layout.to_map(output.detach().double()).mean(dim=(2, 3))
 
     handles = [module.register_forward_hook(lambda m, i, o, name=name: record(m, i, o, name))
                for name, module in model.named_modules() if name]
+    example = _example_input(model, input_size)
     try:
         with torch.no_grad(), eval_mode(model):
-            logits = model(_example_input(model, input_size))
+            logits = model(example)
     finally:
         for handle in handles:
             handle.remove()
@@ -321,8 +362,13 @@ def not_a_map(model: nn.Module, layer: nn.Module, images: torch.Tensor,
     that work."""
     names = {id(m): n for n, m in model.named_modules()}
     shape = None if activation is None else list(activation.shape)
+    if activation is not None and activation.ndim == 3 and shape[1] > 1 \
+            and map_layout(model, activation, images) is None:
+        return ParamError("layer", f"{{param}} {names.get(id(layer), '?')} gives tokens {shape}, "
+                                   f"and {grid_problem(model, shape, images.shape[-2:])}",
+                          "token_grid")
     what = "a 1x1 map (a single location explains nothing)" if (
-        activation is not None and activation.ndim == 4) else "not a [B, K, h, w] map"
+        activation is not None and activation.ndim in (3, 4)) else "not a [B, K, h, w] map"
     working = map_layers(model, images)
     shown = working if len(working) <= 8 else ["..."] + working[-8:]
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -337,20 +383,43 @@ def is_map(activation: torch.Tensor | None) -> bool:
             and activation.shape[2] * activation.shape[3] > 1)
 
 
-def layer_activation(model: nn.Module, layer: nn.Module, images: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``layer``'s output ``[B, K, h, w]`` and the logits for ``images``, without autograd.
+def map_layout(model: nn.Module, activation: torch.Tensor | None, images: torch.Tensor
+               ) -> Layout | None:
+    """How ``activation``, a layer's output for ``images``, reads as a map with more than one
+    location (:func:`tokens.model_layout`: as is, channels last, or tokens on the patch
+    grid); None when it does not."""
+    layout = None if activation is None else model_layout(model, activation.shape,
+                                                          images.shape[-2:])
+    return layout if layout is not None and layout.grid[0] * layout.grid[1] > 1 else None
 
-    For the gradient-free explainers: one forward pass in eval mode under inference mode; the
-    model's flags and hooks are left as found.
-    """
+
+def read_map(model: nn.Module, layer: nn.Module, images: torch.Tensor,
+             activation: torch.Tensor | None) -> Layout:
+    """:func:`map_layout`, or the one-line error naming the layers that work."""
+    layout = map_layout(model, activation, images)
+    if layout is None:
+        raise not_a_map(model, layer, images, activation)
+    return layout
+
+
+def layer_output(model: nn.Module, layer: nn.Module, images: torch.Tensor
+                 ) -> tuple[torch.Tensor, Layout, torch.Tensor]:
+    """``layer``'s own output for ``images``, how it reads as a map, and the logits, without
+    autograd: one forward pass in eval mode under inference mode; the model's flags and hooks
+    are left as found."""
     name = next((n for n, m in model.named_modules() if m is layer), "")
     with torch.inference_mode(), eval_mode(model), capture_activation(layer, name) as capture:
         logits = model(images)
-    activation = capture.activation
-    if not is_map(activation):
-        raise not_a_map(model, layer, images, activation)
-    return activation, logits
+    return capture.activation, read_map(model, layer, images, capture.activation), logits
+
+
+def layer_activation(model: nn.Module, layer: nn.Module, images: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``layer``'s output read as a map ``[B, K, h, w]`` (:func:`map_layout`) and the logits
+    for ``images``, without autograd (:func:`layer_output`), for the gradient-free
+    explainers."""
+    activation, layout, logits = layer_output(model, layer, images)
+    return layout.to_map(activation), logits
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -462,7 +531,8 @@ class CAM(LayerExplainer):
         with eval_mode(self.model), capture_activation(layer, self.layer) as capture, \
                 self.autocast(images) as inputs:
             self.model(inputs)
-        features = at_least_fp32(capture.activation)
+        layout = read_map(self.model, layer, images, capture.activation)
+        features = at_least_fp32(layout.to_map(capture.activation))
         weights = linear.weight[targets].to(features.dtype)           # [B, K]
         maps = torch.einsum("bk,bkhw->bhw", weights, features)
         return normalize_heatmaps(maps, tuple(images.shape[-2:]))

@@ -69,11 +69,28 @@ def load(args: Namespace, device: torch.device) -> LoadedModel:
         if exc.param != "weights" or args.weights is not None:
             raise
         raise UserError(exc.worded({"weights": "--save_path"})) from None
+    if getattr(args, "token_grid", None) is not None:
+        loaded = _with_token_grid(loaded, args.token_grid)
     random = weights is None and args.model is None
-    note(model=loaded.description, random_weights=random)
+    note(model=loaded.description, random_weights=random, device=str(device), precision="fp32")
     say(f"Model: {loaded.description}{' (random weights: no --weights)' * random}, "
         f"device {device}")
     return loaded
+
+
+def _with_token_grid(loaded: LoadedModel, grid: str) -> LoadedModel:
+    """``loaded`` with its token layers read on ``--token_grid``'s grid, and the ``auto`` layer
+    found again on it (None, with the reason at its use, when there is none)."""
+    from dataclasses import replace
+
+    from cam import auto_layer
+    from tokens import set_token_grid
+    set_token_grid(loaded.module, grid)
+    try:
+        layer = auto_layer(loaded.module, loaded.input_size)
+    except UserError:
+        layer = None
+    return replace(loaded, default_layer=layer)
 
 
 def uses_photos(args: Namespace, loaded: LoadedModel) -> bool:
@@ -114,6 +131,7 @@ def heatmaps_line(methods: list[str], dtype: torch.dtype | None, device: torch.d
     from explain import heatmap_precision
     chosen = heatmap_precision(methods, dtype, device)
     reduced = {m for m, d in chosen.items() if d is not None}
+    note(device=str(device), precision=precision_label(dtype if reduced else None))
     if not reduced:
         return f"device {device}, heatmaps in fp32"
     line = f"device {device}, heatmaps in {precision_label(dtype)}"
@@ -137,16 +155,19 @@ def _how_many(args: Namespace) -> int | None:
 
 
 def list_layers(args: Namespace) -> int:
-    """``--list_layers``: every module with a spatial output, its map for an input of the
-    model's size, which one ``auto`` picks, and whether CAM is defined."""
-    from cam import cam_head, spatial_layers
+    """``--list_layers``: every module with a spatial output (token layers with their grid),
+    its map for an input of the model's size, which one ``auto`` picks, and whether CAM is
+    defined."""
+    from cam import cam_head, map_layouts
     loaded = load(args, resolve_device(args.device))
-    rows = spatial_layers(loaded.module, loaded.input_size)
+    rows = map_layouts(loaded.module, loaded.input_size)
     width = max((len(name) for name, _ in rows), default=5)
     print(f"{'layer':<{width}}  map (channels x h x w) for a {loaded.input_size} px input")
-    for name, (k, h, w) in rows:
+    for name, layout in rows:
+        k, h, w = layout.shape
+        read = f" ({layout.describe()})" if layout.describe() else ""
         mark = "  <- auto" if name == loaded.default_layer else ""
-        print(f"{name:<{width}}  {k} x {h} x {w}{mark}")
+        print(f"{name:<{width}}  {k} x {h} x {w}{read}{mark}")
     try:
         head = cam_head(loaded.module, loaded.input_size)
         print(f"CAM: defined at {head.layer} (global average pooling + one linear layer)")

@@ -19,6 +19,7 @@ from data import ImageSplit, InputSpec, normalize
 from errors import ParamError, UserError
 from registry import METHODS, TITLES, parse_layers, parse_methods
 from runtime import eval_mode
+from tokens import grid_problem, model_layout
 
 __all__ = [
     "EXPLAINERS",
@@ -86,8 +87,13 @@ def probe_layers(model: nn.Module, layers: Sequence[str], image: torch.Tensor) -
             h.remove()
     for name in layers:
         shape = shapes.get(name, ())
-        if len(shape) != 4 or shape[2] * shape[3] <= 1:
-            what = "a single location" if len(shape) == 4 else f"shape {list(shape) or 'none'}"
+        layout = model_layout(model, shape, image.shape[-2:])
+        if len(shape) == 3 and layout is None and shape[1] > 1:
+            raise ParamError("layers", f"{{param}} {name} gives tokens {list(shape)}, and "
+                                       f"{grid_problem(model, shape, image.shape[-2:])}",
+                             "token_grid")
+        if layout is None or layout.grid[0] * layout.grid[1] <= 1:
+            what = "a single location" if layout else f"shape {list(shape) or 'none'}"
             raise ParamError("layers", f"{{param}} {name} gives {what}, not a [B, K, h, w] map "
                                        f"with more than one location; layers that work: "
                                        f"{', '.join(map_layers(model, image))}")

@@ -25,11 +25,11 @@ from cam import (
     at_least_fp32,
     capture_activation,
     check_batch,
-    is_map,
     normalize_heatmaps,
-    not_a_map,
+    read_map,
     upsample,
 )
+from errors import note
 from runtime import eval_mode
 
 
@@ -65,12 +65,13 @@ class GradCAM(LayerExplainer):
                 torch.enable_grad(), self.autocast(images) as inputs:
             logits = self.model(inputs)
             activation = capture.activation
-            if not is_map(activation):
-                raise not_a_map(self.model, layer, images, activation)
+            layout = read_map(self.model, layer, images, activation)
             score = logits.gather(1, targets[:, None]).sum()
             grad = score_gradient(score, activation)
-        activation = at_least_fp32(activation.detach())
-        return self.combine(activation, at_least_fp32(grad)), at_least_fp32(logits.detach())
+        # a token layer's output and its gradient, read through the same layout as maps
+        activation = at_least_fp32(layout.to_map(activation.detach()))
+        grad = at_least_fp32(layout.to_map(grad))
+        return self.combine(activation, grad), at_least_fp32(logits.detach())
 
     @classmethod
     def combine(cls, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -210,10 +211,21 @@ class GuidedGradCAM(GradCAM):
     gradient (darkening this pixel raises the score) is evidence too, and Simonyan et al.'s
     saliency maps reduce colour the same way. Guided only where the model uses ``nn.ReLU`` /
     ``nn.ReLU6`` modules (:func:`guided_relus`); on SiLU / GELU / Hardswish families the input
-    gradient there is the plain one.
+    gradient there is the plain one. Guided Backpropagation's rule is defined for ReLUs only
+    (it passes a gradient where the ReLU's input and the incoming gradient are positive); a
+    GELU is not zero for negative inputs, so there is no rule to carry over. In a network
+    without a single ReLU module (a vision transformer, a ConvNeXt) nothing is guided: the map
+    is the plain input gradient times Grad-CAM, and the first call says so in a note.
     """
 
+    noted: bool = False
+
     def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if not self.noted and not any(isinstance(m, GUIDED_ACTIVATIONS)
+                                      for m in self.model.modules()):
+            note("guidedgradcam: the model has no ReLU module to guide (GELU, SiLU), so its map "
+                 "is the plain input gradient times Grad-CAM")
+            self.noted = True
         size = tuple(images.shape[-2:])
         maps, _ = self.raw_maps(images, targets)
         cam = upsample(maps.clamp(min=0), size)                     # [B, H, W]

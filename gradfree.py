@@ -24,6 +24,7 @@ from cam import (
     at_least_fp32,
     check_batch,
     layer_activation,
+    layer_output,
     normalize_heatmaps,
     upsample,
 )
@@ -157,9 +158,10 @@ class AblationCAM(_GradientFree):
     """
 
     def heatmaps(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        activation, _ = layer_activation(self.model, self.layer_module(images), images)
+        output, layout, _ = layer_output(self.model, self.layer_module(images), images)
+        activation = layout.to_map(output)    # ablated as a map, run in the layer's own layout
         score = self._scorer(images, targets)
-        original = score(torch.arange(len(images), device=images.device), activation)
+        original = score(torch.arange(len(images), device=images.device), output)
         alive = activation.flatten(2).ne(0).any(2)                 # [B, K]
         image_of, channel_of = alive.nonzero(as_tuple=True)
         ablated = original[:, None].expand(activation.shape[:2]).clone()
@@ -167,7 +169,7 @@ class AblationCAM(_GradientFree):
             b, k = image_of[part], channel_of[part]
             acts = activation[b].clone()
             acts[torch.arange(len(b), device=acts.device), k] = 0
-            ablated[b, k] = score(b, acts)
+            ablated[b, k] = score(b, layout.from_map(acts, output[b]))
         safe = torch.where(original != 0, original, torch.ones_like(original))
         weights = (original[:, None] - ablated) / safe[:, None]
         maps = torch.einsum("bk,bkhw->bhw", weights, at_least_fp32(activation))

@@ -28,7 +28,8 @@ MODEL = frozenset({"dataset", "arch", "weights", "model", "input_size", "mean", 
 # Where a classifier job's images come from: the model's test split (a built-in dataset) or an
 # image folder in --data_dir, or your photos.
 IMAGES = frozenset({"image", "image_dir"})
-HEATMAPS = MODEL | IMAGES | {"batch_size", "vis", "target", "target_layer", "cam_batch_size"}
+HEATMAPS = MODEL | IMAGES | {"batch_size", "vis", "target", "target_layer", "cam_batch_size",
+                            "token_grid"}
 DETECTION = frozenset({"det_vis", "det_weights", "det_arch", "det_layer", "det_method",
                        "det_masks", "det_score_thresh", "det_max", "det_per_box",
                        "det_min_size", "seed"})
@@ -38,7 +39,8 @@ MODEL_PARAMS = {"arch": "--arch", "weights": "--weights", "model_spec": "--model
                 "input_size": "--input_size", "mean": "--mean", "std": "--std",
                 "classes_file": "--classes", "dataset": "--dataset", "device": "--device",
                 "data_dir": "--data_dir", "image_dir": "--image_dir", "target": "--target",
-                "val_fraction": "--val_fraction", "model": "the model"}
+                "val_fraction": "--val_fraction", "model": "the model",
+                "token_grid": "--token_grid"}
 CLASSIFIER_PARAMS = {**MODEL_PARAMS, "layer": "--target_layer", "layers": "--target_layer",
                      "methods": "--vis", "method": "--vis", "strategies": "--hidden_strategy",
                      "strategy": "--hidden_strategy", "batch_size": "--cam_batch_size"}
@@ -107,7 +109,8 @@ JOBS: tuple[Job, ...] = (
         lambda a: a.det_vis, DETECTION | {"det_num", "voc_path", "det_explain_missed"},
         "cli_detect:score_set", rank0=True, params=DETECTOR_PARAMS),
     Job("list_layers", "list a classifier's layers with a spatial map (--list_layers)",
-        lambda a: a.list_layers, MODEL | {"list_layers"}, "cli_classify:list_layers"),
+        lambda a: a.list_layers, MODEL | {"list_layers", "token_grid"},
+        "cli_classify:list_layers"),
     Job("sanity", "the model-randomisation sanity check (--sanity)",
         lambda a: a.sanity, HEATMAPS | {"sanity", "vis_num", "seed"}, "cli_classify:sanity",
         rank0=True, config=ExplainConfig),

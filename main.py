@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input_size", type=int, default=None,
                    help="the side of the model's square input, when --model or the weights do "
                         "not say (default: the weights' own, else 224)")
+    g.add_argument("--token_grid", default=None, metavar="HxW",
+                   help="the patch grid of a transformer's token layers ([B, T, C] outputs: T "
+                        "= up to 8 leading extra tokens + H x W patch tokens), where it cannot "
+                        "be inferred from the input size (default: inferred)")
     for name in ("mean", "std"):
         g.add_argument(f"--{name}", default=None, metavar="R,G,B",
                        help=f"input normalization {name} (default: the weights' own, else "
@@ -187,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "index (with --image / --image_dir)")
     g.add_argument("--target_layer", default="auto",
                    help="auto (layer4 for resnet18_cifar, else the last layer with a spatial "
-                        "map), or any module name (layer4, features.denseblock4, "
+                        "map; for a transformer the last whose patch tokens reach the logits), "
+                        "or any module name (layer4, features.denseblock4, "
                         "layer4.2.conv3; see --list_layers); with --hidden_strategy or --sanity "
                         "a comma list such as layer3,layer4")
     g.add_argument("--image", action="append", default=[], metavar="PATH",

@@ -31,6 +31,7 @@ import model as cifar
 from cam import auto_layer
 from data import InputSpec, dataset_info
 from errors import ParamError, UserError, note, reason
+from tokens import return_logits
 
 CIFAR_ARCH = cifar.ARCH                      # "resnet18_cifar", the default
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -40,10 +41,9 @@ RESIZE_RATIO = 256 / 224                     # torchvision's resize-then-crop co
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A classifier ready to explain: ``module`` in eval mode on its device, its inputs and
-    class names (one :class:`data.InputSpec`, named after its dataset or its arch), the layer explained by default (None: the model has no layer with
-    a spatial map, which only matters once something is to be explained), a line describing
-    it all, and for this tool's CIFAR ResNet-18 the built-in dataset it was trained on."""
+    """A classifier ready to explain: ``module`` in eval mode on its device, its inputs and class
+    names (one :class:`data.InputSpec`), the layer explained by default (None: no layer has a
+    map), a line describing it all, and the CIFAR ResNet-18's built-in dataset."""
 
     module: nn.Module
     inputs: InputSpec
@@ -57,7 +57,7 @@ class LoadedModel:
         """Why ``auto`` is the default layer, in a few words."""
         if self.arch == CIFAR_ARCH:
             return "the CIFAR ResNet-18's last stage, before global average pooling"
-        return "the last layer with a spatial map"
+        return "the last layer with a spatial map whose patches reach the logits"
 
     def layer(self, name: str = "auto") -> str:
         """``name``, with ``auto`` resolved to the default layer (one line when there is none)."""
@@ -570,7 +570,7 @@ def _load_factory_model(spec: str, weights: str | None, input_size: int | None,
                         mean: tuple[float, float, float] | None,
                         std: tuple[float, float, float] | None,
                         classes: tuple[str, ...] | None, device: torch.device) -> LoadedModel:
-    module = load_factory(spec)
+    module = return_logits(load_factory(spec))     # a Hugging Face model's output.logits
     meta: dict[str, Any] = {}
     if weights is not None:
         meta = _read_weights_file(weights)

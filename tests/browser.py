@@ -95,8 +95,9 @@ class Browser:
         self.driver.quit()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def open_browser(tmp_path_factory):
+    """The body of a test module's ``browser`` fixture: one Chromium for the module (skipped,
+    with the reason, where none is installed)."""
     reason = missing()
     if reason:
         pytest.skip(reason)

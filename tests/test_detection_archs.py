@@ -131,9 +131,14 @@ def test_model_is_left_as_found_after_an_error(arch_model) -> None:
     _, model = arch_model
     flags = [p.requires_grad for p in model.parameters()]
     model.train()
+
+    def fail(module, inputs, output):
+        raise RuntimeError("a failure inside the detector pass")
+    failing = model.backbone.register_forward_hook(fail)    # fails mid-pass, after the checks
     try:
-        with pytest.raises(RuntimeError):
-            det.explain_detections(model, torch.rand(5, 40, 40), None, 0.0, 2)
+        with pytest.raises(RuntimeError, match="inside the detector pass"):
+            det.explain_detections(model, random_image(40, 40), None, 0.0, 2)
+        failing.remove()
         assert model.training and all(m.training for m in model.modules())
         assert not any(m._forward_hooks for m in model.modules())
         assert [p.requires_grad for p in model.parameters()] == flags

@@ -23,7 +23,7 @@ import torch
 import cli_serve
 import explorer
 from data import open_image
-from tests.browser import browser, needs_browser  # noqa: F401  (a fixture)
+from tests.browser import needs_browser, open_browser
 from tests.cli import _NO_NETWORK, ROOT
 
 PHOTO = ROOT / "data" / "samples" / "coffee.jpg"
@@ -128,8 +128,10 @@ def test_detection_maps_are_the_apis(app, server):
     rank = len(detections) - 1
     data = call(f"{server}api/file/{out['task']}/box_{rank}_layer4.npy")[1]
     assert np.array_equal(np.load(io.BytesIO(data)), expected.heatmap("layer4", rank).numpy())
-    for name in (f"box_{rank}_layer3.png", "panels_layer4.png", "image.png"):
+    for name in (f"box_{rank}_layer3.png", "panels_layer4.png"):
         assert call(f"{server}api/file/{out['task']}/{name}")[1][:4] == b"\x89PNG"
+    for name in (f"box_{rank}_layer3.jpg", "panels_layer4.jpg", "image.jpg"):   # shown
+        assert call(f"{server}api/file/{out['task']}/{name}")[1][:2] == b"\xff\xd8"
     assert call(f"{server}api/file/{out['task']}/box_99_layer4.png")[0] == 404
 
 
@@ -168,8 +170,8 @@ def test_cancel_stops_at_the_next_pass_and_leaves_the_model_clean(app, server):
     opened = upload(server, PHOTO.read_bytes())[1]
     app.cam_batch_size = 1
     try:
-        status, out = call(server + "api/explain", {"image": opened["id"],
-                                                    "methods": ["scorecam"], "wait": 0})
+        out = call(server + "api/explain", {"image": opened["id"], "methods": ["scorecam"],
+                                            "wait": 0})[1]
         key = out["task"]
         while out["state"] == "running" and out["progress"] < 0.01:
             time.sleep(0.02)
@@ -240,6 +242,11 @@ def test_serve_command(tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # In the browser
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    yield from open_browser(tmp_path_factory)
 
 
 def _wait(browser, condition, timeout: float = 60):

@@ -13,7 +13,7 @@ import pytest
 import commands
 import main
 import report
-from tests.browser import browser, needs_browser  # noqa: F401  (a fixture)
+from tests.browser import needs_browser, open_browser
 from tests.cli import ROOT
 
 SCENES = ROOT / "data" / "fashion_scenes"
@@ -30,9 +30,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     out = {name: root / name for name in ("board", "voc", "maps")}
     run("--mode", "test", "--vis", "gradcam,layercam", "--target_layer", "layer4",
-        "--hidden_strategy", "zero", "--num_eval", "6", "--steps", "4", "--out_dir",
+        "--hidden_strategy", "zero", "--num_eval", "6", "--steps", "4", "--precision", "fp32",
+        "--out_dir",
         out["board"])
-    run("--det_vis", "--voc_path", SCENES, "--det_num", "2", "--det_weights", DETECTOR,
+    run("--det_vis", "--voc_path", SCENES, "--det_num", "1", "--det_weights", DETECTOR,
         "--det_layer", "layer3,layer4", "--det_per_box", "--out_dir", out["voc"])
     run("--mode", "test", "--vis", "gradcam", "--vis_num", "3", "--out_dir", out["maps"])
     return out
@@ -82,7 +83,7 @@ def test_report_says_what_the_figures_show(runs):
     assert "Random (baseline)" in text and "Centre prior (baseline)" in text
     voc = (runs["voc"] / report.REPORT_NAME).read_text()
     assert "Detection metrics" in voc and "AP@0.5" in voc
-    assert "Image 000000" in voc and "Image 000001" in voc   # maps grouped by image
+    assert "Image 000000" in voc and "000000_layer4_boxes/01_" in voc   # grouped by image
 
 
 def test_page_is_small_and_self_contained():
@@ -106,6 +107,11 @@ def test_note_refuses_an_unknown_fact():
 
 # --------------------------------------------------------------------------------------------
 # In the browser
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    yield from open_browser(tmp_path_factory)
 
 
 def _open(browser, page: Path) -> None:
