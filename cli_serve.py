@@ -78,7 +78,7 @@ def serve(args: Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"note: listening on {args.host}: anyone who can reach this machine can use the "
               f"explorer (the default 127.0.0.1 keeps it to this machine)")
-    print(f"Explorer: open {explorer.address(server)} in a browser (Ctrl-C stops it)",
+    print(f"Explorer: open {server.url} in a browser (Ctrl-C stops it)",
           flush=True)
     try:
         server.serve_forever(poll_interval=0.2)

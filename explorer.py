@@ -1,30 +1,28 @@
 """The explorer: the API behind a local web page (``python main.py --serve``).
 
-One process holds the models, loaded once; a small standard-library HTTP server answers the
-page (``explorer.html``, offline: no script, font or style from anywhere else) and a JSON API:
+The models are loaded once; a standard-library HTTP server answers the page
+(``explorer.html``: nothing from anywhere else) and a JSON API: ``POST /api/open`` (an upload,
+decoded by ``data.open_image``, or a sample; top-5 at once), ``POST /api/explain`` /
+``/api/curves`` / ``/api/detect`` (a task in its own thread, one computation at a time),
+``GET /api/task/ID`` (long poll: answered the moment the task is done; progress counted in
+forward passes), ``POST /api/task/ID/cancel`` (stops at the next module called) and
+``GET /api/file/ID/NAME`` (shown JPEG, PNG and ``.npy``). The maps are the API's own:
+``explain.heatmaps``, ``evaluate.deletion_insertion`` with the random baseline,
+``detection.explain_detections``, called as the command line calls them.
 
-* ``POST /api/open`` an uploaded image (the request body) or a shipped one (``{"sample"}``):
-  decoded by ``data.open_image``, the one decoder; a bad file is a message, never a crash.
-  The classifier's top-5 are computed at once (one forward pass).
-* ``POST /api/explain`` / ``/api/curves`` / ``/api/detect``: a task on the image, run in its
-  own thread, one task at a time (the models are shared); ``GET /api/task/ID`` waits for it
-  (long poll: the answer comes the moment it is done) and reports progress (forward passes
-  counted by a hook); ``POST /api/task/ID/cancel`` stops it at the next forward pass.
-* ``GET /api/file/ID/NAME``: a task's panels (PNG) and maps (``.npy``), made from the API's
-  own results: ``explain.heatmaps``, ``evaluate.deletion_insertion`` with the random
-  baseline, ``detection.explain_detections``, as the command line calls them.
-
-Images and results live in memory under random ids that only the tab which made them knows,
-so two tabs never see each other's results, and a closed tab's leave with the oldest entries.
-Nothing is written to disk.
+Images and results live in memory under random ids that only the tab that made them knows,
+so two tabs never mix; the oldest are forgotten. Nothing is written to disk.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
+import functools
 import io
 import json
 import logging
 import math
+import queue
 import secrets
 import socket
 import threading
@@ -48,17 +46,16 @@ from errors import UserError
 from registry import DET_METHODS, DET_TITLES, METHODS, TITLES
 
 log = logging.getLogger(__name__)
-
 PAGE = Path(__file__).with_name("explorer.html")
 MAX_UPLOAD = 64 * 2**20        # bytes of one upload
 MIN_SIDE = 8                   # pixels: a smaller image has nothing to explain
+VIEW_SIDE = 320                # the page's panels (the PNG download is the CLI's, 512)
 KEPT = 48                      # images and tasks kept in memory (the oldest go first)
 CURVE_STEPS = 50               # points per deletion / insertion curve minus one
 WAIT = 10.0                    # seconds a task poll waits before answering "still running"
 
 
-class Cancelled(Exception):
-    """The user cancelled the task."""
+class Cancelled(Exception): ...   # the user cancelled the task
 
 
 @dataclass
@@ -69,6 +66,7 @@ class Picture:
     photo: Image.Image
     pixels: torch.Tensor | None = None      # the classifier's [3, S, S] in [0, 1]
     display: torch.Tensor | None = None     # the photo for panels [3, h, w] (None: pixels)
+    view: torch.Tensor | None = None        # a smaller copy for the page's panels
     probs: torch.Tensor | None = None       # [C]
     array: np.ndarray | None = None         # the detector's RGB uint8 input
 
@@ -109,24 +107,25 @@ class Store(OrderedDict):
         return key
 
 
-def png(image_rgb: np.ndarray) -> bytes:
-    """An RGB uint8 array as PNG bytes (the download: lossless)."""
-    _, data = cv2.imencode(".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    return data.tobytes()
+def encode(image_rgb: np.ndarray, suffix: str) -> bytes:
+    """An RGB uint8 array as ``.png`` bytes (downloads: lossless) or ``.jpg`` (what the page
+    shows: several times faster to encode than a PNG of a photo-sized panel, and smaller)."""
+    option = ([cv2.IMWRITE_PNG_COMPRESSION, 1] if suffix == ".png"
+              else [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return cv2.imencode(suffix, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), option)[1].tobytes()
 
 
-def jpeg(image_rgb: np.ndarray) -> bytes:
-    """An RGB uint8 array as JPEG bytes (what the page shows: encoded several times faster
-    than a PNG of a photo-sized panel, and smaller)."""
-    _, data = cv2.imencode(".jpg", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR),
-                            [cv2.IMWRITE_JPEG_QUALITY, 92])
-    return data.tobytes()
+png, jpeg = functools.partial(encode, suffix=".png"), functools.partial(encode, suffix=".jpg")
 
 
-def npy(array: torch.Tensor | np.ndarray) -> bytes:
+def data_url(jpeg_bytes: bytes) -> str:
+    """A picture inside the answer: one round trip less between a click and the picture."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes).decode()
+
+
+def npy(array: torch.Tensor) -> bytes:
     out = io.BytesIO()
-    np.save(out, np.asarray(array.numpy() if isinstance(array, torch.Tensor) else array))
+    np.save(out, array.numpy())
     return out.getvalue()
 
 
@@ -149,10 +148,11 @@ class Explorer:
         self.tasks: Store = Store()
         self.lock = threading.Lock()          # the stores
         self.work = threading.Lock()          # one computation at a time
+        self.queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._worker, daemon=True, name="explorer-worker").start()
         self._layers: list[dict] | None = None
         self._channels: dict[str, int] = {}
 
-    # ---- what the page needs to know
 
     def layers(self) -> list[dict]:
         """The classifier's layers with a spatial map, ``auto`` first (``--list_layers``)."""
@@ -168,20 +168,18 @@ class Explorer:
         out: dict[str, Any] = {"samples": list(self.samples)}
         if self.classifier is not None:
             c = self.classifier
-            out["classifier"] = {"description": c.description, "classes": list(c.classes),
-                                 "layers": self.layers(),
-                                 "methods": [{"name": m, "title": TITLES[m]} for m in METHODS]}
+            out["classifier"] = {
+                "description": c.description, "classes": list(c.classes), "layers": self.layers(),
+                "methods": [{"name": m, "title": TITLES[m]} for m in METHODS]}
         if self.detector is not None:
             from detection import backbone_layers, default_layer
             model = self.detector.model
-            out["detector"] = {"description": self.detector.description,
-                               "layers": list(backbone_layers(model)),
-                               "default_layer": default_layer(model),
-                               "methods": [{"name": m, "title": DET_TITLES[m]}
-                                           for m in DET_METHODS]}
+            out["detector"] = {
+                "description": self.detector.description, "layers": list(backbone_layers(model)),
+                "default_layer": default_layer(model),
+                "methods": [{"name": m, "title": DET_TITLES[m]} for m in DET_METHODS]}
         return out
 
-    # ---- images
 
     def open(self, data: bytes | None, name: str, sample: str | None = None) -> dict:
         """Decode an upload (or open a sample) and classify it; a bad image is a UserError."""
@@ -205,7 +203,8 @@ class Explorer:
             picture.pixels = pixels if pixels is not None else prep.pixels(photo)
             if pixels is None:   # a photo's panel shows it at its own aspect ratio
                 from folders import load_photo
-                picture.display = load_photo(io.BytesIO(data), max_side=512)
+                picture.display = load_photo(io.BytesIO(data), max_side=512)   # as the CLI
+                picture.view = load_photo(io.BytesIO(data), max_side=VIEW_SIDE)
             with self.work:
                 picture.probs = probabilities(self.classifier.module,
                                               prep.normalize(picture.pixels)[None]
@@ -224,37 +223,35 @@ class Explorer:
             raise UserError("this image is no longer open here: open it again")
         return picture
 
-    # ---- tasks
 
     def start(self, kind: str, work: Callable[[Task], None], passes: int) -> str:
-        """Run ``work(task)`` in a thread of its own, one computation at a time."""
+        """Queue ``work(task)`` for the worker thread; the task's id."""
         task = Task(kind, passes=max(1, passes))
         with self.lock:
             key = self.tasks.put(task)
+        self.queue.put((task, work))
+        return key
 
-        def run() -> None:
+    def _worker(self) -> None:
+        """Run the queued tasks one at a time, in one long-lived thread (a new thread per task
+        would pay PyTorch's thread-pool start-up on every click)."""
+        while True:
+            task, work = self.queue.get()
             try:
-                while not self.work.acquire(timeout=0.1):
-                    if task.cancel.is_set():
-                        raise Cancelled
-                try:
-                    with self._counting(task):
-                        work(task)
-                finally:
-                    self.work.release()
+                if task.cancel.is_set():
+                    raise Cancelled
+                with self.work, self._counting(task):
+                    work(task)
                 task.state = "done"
             except Cancelled:
                 task.state, task.message = "cancelled", "cancelled"
             except UserError as exc:
                 task.state, task.message = "error", str(exc)
             except Exception as exc:   # a bug: the page says so, the server keeps serving
-                log.exception("task %s failed", kind)
+                log.exception("task %s failed", task.kind)
                 task.state, task.message = "error", f"internal error: {exc!r}"
             finally:
                 task.finished.set()
-
-        threading.Thread(target=run, daemon=True, name=f"explorer-{kind}").start()
-        return key
 
     @contextlib.contextmanager
     def _counting(self, task: Task) -> Iterator[None]:
@@ -286,7 +283,6 @@ class Explorer:
             raise UserError("no such task here (it may have been forgotten: run it again)")
         return task
 
-    # ---- classifier work
 
     def _target(self, picture: Picture, target: str | int | None) -> int:
         if target in (None, "", "pred"):
@@ -322,24 +318,25 @@ class Explorer:
                 heat = heatmaps(loaded.module, images, targets, method, layer_name, 1,
                                 self.cam_batch_size)[0].cpu()
                 stem = f"{visualize.slug(Path(picture.name).stem)}_{method}_{layer_name}"
-                panel = self._panel(picture, heat)
-                task.files[f"{method}.jpg"] = (f"{stem}.jpg", jpeg(panel))
-                task.files[f"{method}.png"] = (f"{stem}.png", lambda panel=panel: png(panel))
+                view = jpeg(self._panel(picture, heat, picture.view))
+                task.files[f"{method}.jpg"] = (f"{stem}.jpg", view)
+                task.files[f"{method}.png"] = (f"{stem}.png", lambda heat=heat: png(
+                    self._panel(picture, heat, picture.display)))
                 task.files[f"{method}.npy"] = (f"{stem}.npy", npy(heat))
-                maps.append({"method": method, "title": TITLES[method], "view": f"{method}.jpg",
+                maps.append({"method": method, "title": TITLES[method], "view": data_url(view),
                              "png": f"{method}.png", "npy": f"{method}.npy"})
             task.result = {"maps": maps, "layer": layer_name, "target": index,
                            "target_name": loaded.classes[index]}
 
         return self.start("explain", work, sum(self._passes(m, layer_name) for m in methods))
 
-    def _panel(self, picture: Picture, heat: torch.Tensor) -> np.ndarray:
-        """``original | overlay`` as the command line draws it (a photo at its own aspect
-        ratio with the map over the region the model saw)."""
-        if picture.display is None:
+    def _panel(self, picture: Picture, heat: torch.Tensor, shown: torch.Tensor | None
+               ) -> np.ndarray:
+        """``original | overlay`` as the command line draws it: a photo ``shown`` at its own
+        aspect ratio with the map over the region the model saw; a test image enlarged."""
+        if shown is None:
             return visualize.heatmap_panel(picture.pixels, heat)
         from folders import heatmap_on_photo
-        shown = picture.display
         on_photo, _ = heatmap_on_photo(heat, (shown.shape[2], shown.shape[1]),
                                        self.classifier.inputs, picture.photo.size)
         return visualize.heatmap_panel(shown, on_photo, min_side=224)
@@ -378,7 +375,6 @@ class Explorer:
         return self.start("curves", work, sum(self._passes(m, layer_name) + per_curve
                                               for m in methods) + per_curve)
 
-    # ---- detector work
 
     def detect(self, key: str, method: str = "gradcam", layers: list[str] | None = None) -> str:
         """Every detection and its maps at ``layers``: ``detection.explain_detections`` as
@@ -421,6 +417,9 @@ class Explorer:
                                for r, i in enumerate(result.explained.tolist())]}
             task.files["image.jpg"] = ("image.jpg", jpeg(picture.array))
             task.detection = (result, picture)
+            if len(result.explained):   # the first detection's maps come with the answer
+                task.result["first"] = {layer: data_url(self.file(task, f"box_0_{layer}.jpg")[1])
+                                        for layer in layers}
 
         passes = math.ceil(self.det_masks / DriseSettings().batch_size) + 1 if drise else 2
         return self.start("detect", work, passes)
@@ -467,7 +466,6 @@ class Handler(BaseHTTPRequestHandler):
     """The page and the JSON API of one :class:`Explorer` (``server.explorer``)."""
 
     protocol_version = "HTTP/1.1"      # keep-alive: no new connection per request
-    server_version = "explorer"
 
     def setup(self) -> None:
         super().setup()
@@ -498,7 +496,7 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, value: Any, status: int = 200) -> None:
         self._send(status, json.dumps(value).encode(), "application/json")
 
-    def _error(self, message: str, status: int = 400) -> None:
+    def _error(self, message: str, status: int = 400) -> None:   # shown in the page
         self._json({"error": message}, status)
 
     def _body(self) -> bytes:
@@ -588,19 +586,13 @@ class Handler(BaseHTTPRequestHandler):
 
 def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860
                 ) -> ThreadingHTTPServer:
-    """The HTTP server of ``explorer`` bound to ``host:port`` (port 0: any free one); a port
-    in use is a UserError."""
+    """The HTTP server of ``explorer`` bound to ``host:port`` (port 0: any free one), its
+    address to open in ``url``; a port in use is a UserError."""
     try:
         server = ThreadingHTTPServer((host, port), Handler)
     except OSError as exc:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    server.daemon_threads = True
-    server.explorer = explorer
+    server.daemon_threads, server.explorer = True, explorer
+    host, port = server.server_address[:2]    # the address to open (port 0: the one chosen)
+    server.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
     return server
-
-
-def address(server: ThreadingHTTPServer) -> str:
-    host, port = server.server_address[:2]
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else shown}:{port}/"
-

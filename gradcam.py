@@ -25,8 +25,9 @@ from cam import (
     at_least_fp32,
     capture_activation,
     check_batch,
+    map_layout,
     normalize_heatmaps,
-    read_map,
+    not_a_map,
     upsample,
 )
 from errors import note
@@ -65,9 +66,12 @@ class GradCAM(LayerExplainer):
                 torch.enable_grad(), self.autocast(images) as inputs:
             logits = self.model(inputs)
             activation = capture.activation
-            layout = read_map(self.model, layer, images, activation)
-            score = logits.gather(1, targets[:, None]).sum()
-            grad = score_gradient(score, activation)
+            layout = map_layout(self.model, activation, images)
+            if layout is not None:
+                score = logits.gather(1, targets[:, None]).sum()
+                grad = score_gradient(score, activation)
+        if layout is None:   # outside the capture: the error's list of layers runs the model
+            raise not_a_map(self.model, layer, images, activation)
         # a token layer's output and its gradient, read through the same layout as maps
         activation = at_least_fp32(layout.to_map(activation.detach()))
         grad = at_least_fp32(layout.to_map(grad))

@@ -139,7 +139,7 @@ def main() -> None:
         def api():
             return heatmaps(loaded.module, images, target, method, loaded.layer("auto"), 1)
         server = serve(app)
-        address = explorer.address(server)
+        address = server.url
         opened = post(address + "api/open", {"sample": sample})
         if browser:
             def prepare(d):
@@ -164,7 +164,7 @@ def main() -> None:
             return explain_detections(detector.model, image, layers, detector.score_thresh, 20,
                                       method="layercam")
         server = serve(app)
-        address = explorer.address(server)
+        address = server.url
         opened = post(address + "api/open", {"sample": sample})
         if browser:
             def prepare(d):

@@ -352,6 +352,21 @@ CASES: list[tuple[str, str, int, str]] = [
      "--input_size 64"),
     ("inception-input-size-32-list-layers", "--arch inception_v3 --input_size 32 --list_layers",
      BAD, "--input_size 32"),
+    # ---- vision transformers: token layers read as maps (issue 26)
+    ("vit-input-size-64-list-layers", "--arch vit_b_16 --input_size 64 --list_layers", BAD,
+     "--input_size 64"),
+    ("tokens-no-grid-auto",
+     "--model {w}/oddgrid.py:build --input_size 32 --image {w}/good.png --vis gradcam", BAD,
+     "give the patch grid as --token_grid"),
+    ("tokens-no-grid-target-layer",
+     ("--model {w}/oddgrid.py:build --input_size 32 --image {w}/good.png --vis gradcam "
+      "--target_layer norm1"), BAD, "--target_layer norm1 gives tokens [1, 33, 16]"),
+    ("tokens-grid-does-not-fit",
+     ("--model {w}/oddgrid.py:build --input_size 32 --image {w}/good.png --vis gradcam "
+      "--token_grid 6x6"), BAD, "--token_grid 6x6 is 36 patch tokens, but the layer has 33"),
+    ("tokens-grid-not-a-grid", "--arch vit_b_16 --list_layers --token_grid 14by14", BAD,
+     "--token_grid '14by14'"),
+    ("tokens-grid-unused", "--mode test --arch vit_b_16 --token_grid 14x14", BAD, "--token_grid"),
     ("finetune-batch-size-1-batchnorm",
      "--mode train --arch resnet18 --input_size 32 --data_dir {w}/ftree --batch_size 1", BAD,
      "batch_size 1"),
@@ -449,6 +464,11 @@ def world(tmp_path_factory) -> Path:
     (w / "scripted.py").write_text(small + "\ndef build():\n    return torch.jit.script(net())\n")
     (w / "metamodel.py").write_text(small + "\ndef build():\n    with torch.device('meta'):\n"
                                     "        return net()\n")
+    # a transformer whose 33 tokens (a class token and 4 x 8 patches of a 32 px input) are no
+    # square grid, so --token_grid must give it
+    (w / "oddgrid.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from test_tokens import OddGrid\n\ndef build():\n    return OddGrid()\n")
     # torch's hub cache, holding a pickle that runs code under a torchvision weights file name
     # (the user's cached files stay visible through links: other rows use the COCO weights)
     (w / "hub" / "checkpoints").mkdir(parents=True)

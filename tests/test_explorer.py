@@ -48,7 +48,7 @@ def server(app):
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
-    yield explorer.address(server)
+    yield server.url
     server.shutdown()
     server.server_close()
 
