@@ -214,18 +214,51 @@ def _flat(data: object, prefix: str = "") -> Iterable[tuple[str, object]]:
         yield prefix.rstrip("."), data
 
 
+DETECTION_SCORES = (("pointing_game", "Pointing game ↑"), ("energy_in_box", "Energy in box ↑"),
+                    ("discrimination.any.peak_in_own_box", "Peak in own box ↑"),
+                    ("discrimination.any.energy_in_own_box", "Energy in own box ↑"))
+
+
+def _score(summary: dict, key: str) -> tuple[str, float]:
+    """``0.125 [0.022, 0.471]`` of a dotted key of a map's summary, sorted by its value."""
+    *path, name = key.split(".")
+    for part in path:
+        summary = summary.get(part, {})
+    value, (low, high) = summary.get(name), summary.get(f"{name}_ci95") or (None, None)
+    if value is None:
+        return "", float("nan")
+    return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else ""), value
+
+
 def detection_section(path: Path) -> str:
-    """``voc_metrics.json``: AP per class and mAP, then the maps' scores and baselines."""
+    """``voc_metrics.json``: AP per class and mAP; each layer's map scores beside the baseline
+    maps' (italics), with 95% intervals; then the run's settings."""
     data = json.loads(path.read_text())
-    parts = [(f"<h3>Detection metrics ({_esc(data.get('method', ''))}, "
-             f"{_esc(data.get('images', ''))} images)</h3>")]
+    title = (f"{data.get('method', '')}, {data.get('images', '')} images; mAP@0.5 "
+             f"{_number(data.get('map'))}")
+    parts = [f"<h3>Detection metrics ({_esc(title)})</h3>"]
     if isinstance(data.get("ap"), dict):
         parts.append(_table(["Class", "AP@0.5 ↑"], sorted(data["ap"].items())))
-    rest = [(k, v) for k, v in _flat({k: v for k, v in data.items() if k != "ap"})]
-    parts.append(_table(["Quantity", "Value"], rest))
-    parts.append("<p><small>Higher is better for AP, the pointing game and the energy in the "
-                 "box; the baseline maps (centre, uniform, another detection's map) show what "
-                 "a map that knows nothing scores.</small></p>")
+    rows = [(f"{data.get('method', '')} {layer}", summary)
+            for layer, summary in data.get("layers", {}).items()]
+    base = data.get("baselines", {})
+    rows += [(f"{name} (baseline)", summary) for name, summary in base.items()
+             if name != "other_detection"]
+    rows += [(f"other detection's map {layer} (baseline)", summary)
+             for layer, summary in base.get("other_detection", {}).items()]
+    parts.append(_table(["Map", "Detections", *[title for _, title in DETECTION_SCORES]],
+                        [[name, summary.get("detections"),
+                          *[_score(summary, key) for key, _ in DETECTION_SCORES]]
+                         for name, summary in rows],
+                        ["base" if "baseline" in name else "" for name, _ in rows]))
+    parts.append("<p><small>Higher is better for AP and for every map score; the baseline "
+                 "maps (" + _esc("; ".join(f"{k}: {v}" for k, v in
+                                          data.get("baseline_maps", {}).items()))
+                 + ") show what a map that knows nothing scores. Click a header to sort."
+                   "</small></p>")
+    skip = {"ap", "layers", "baselines", "baseline_maps", "higher_is_better", "map"}
+    parts.append(_table(["Setting", "Value"],
+                        _flat({k: v for k, v in data.items() if k not in skip})))
     return "".join(parts)
 
 

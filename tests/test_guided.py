@@ -107,8 +107,12 @@ def test_guided_hooks_live_only_for_the_call_and_the_model_is_left_as_found():
     assert [m.training for m in net.modules()] == flags and net.relu1.inplace
     assert all(p.grad is None for p in net.parameters())
     assert not any(m._forward_hooks or m._backward_hooks for m in net.modules())
-    with pytest.raises(RuntimeError):      # class 7 does not exist: fails inside the hooks
-        guided_backprop(net, images, torch.tensor([0, 1, 7]))
+    def fail(module, inputs, output):
+        raise RuntimeError("a failure inside the guided pass")
+    failing = net.conv3.register_forward_hook(fail)
+    with pytest.raises(RuntimeError, match="inside the guided pass"):
+        guided_backprop(net, images, TARGETS)
+    failing.remove()
     assert not any(m._forward_hooks for m in net.modules())
     assert [m.training for m in net.modules()] == flags
 

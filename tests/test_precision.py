@@ -79,6 +79,28 @@ def test_a_validated_method_meets_the_bar_on_a_random_resnet50(method, resnet50)
     assert r >= 0.999 and gap <= 0.02, (method, r, gap)
 
 
+@pytest.fixture(scope="module")
+def vit():
+    """A random ViT-B/16 at 224 px, its head re-initialised (torchvision starts it at zero,
+    which would make every class score independent of the image and every map blank)."""
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16().eval()
+    torch.nn.init.normal_(model.heads.head.weight, std=0.02)
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    return model, images, torch.tensor([3, 7])
+
+
+@BF16
+@pytest.mark.parametrize("method", [m for m in REDUCED if m != "scorecam"])
+def test_a_validated_method_meets_the_bar_on_a_random_vit(method, vit) -> None:
+    model, images, targets = vit
+    fp32 = make_explainer(method, model)(images, targets)
+    bf16 = make_explainer(method, model, dtype=torch.bfloat16)(images, targets)
+    assert fp32.amax() > 0
+    r, gap = agreement(fp32, bf16)
+    assert r >= 0.999 and gap <= 0.02, (method, r, gap)
+
+
 @pytest.mark.parametrize("method", FP32_ONLY)
 def test_a_method_not_validated_ignores_the_dtype(method, shipped) -> None:
     model, images, targets = shipped
