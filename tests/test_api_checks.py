@@ -1,4 +1,4 @@
-"""The Python API checks its inputs at its entry points, once (issue 24): a bad argument is a
+"""The Python API checks its inputs at its entry points, once: a bad argument is a
 ``ParamError`` naming the parameter, what it got and what it takes, never an error from deep
 inside PyTorch, and never a silent result (a NaN map, a map of the wrong class)."""
 from __future__ import annotations

@@ -173,7 +173,7 @@ CASES: list[tuple[str, str, int, str]] = [
     ("make-scenes-into-file", "--make_scenes {w}/afile", BAD, "--make_scenes"),
     ("det-weights-scene-without-meta",
      "--det_img {w}/good.png --det_weights {w}/det_nometa.pth", BAD, "cannot be rebuilt"),
-    # ---- round two: datasets and images
+    # ---- datasets and images
     ("idx-6-bytes", "--data_dir {w}/fm_6bytes", BAD, "truncated"),
     ("idx-dims-overflow", "--data_dir {w}/fm_overflow", BAD, "truncated or corrupt"),
     ("idx-20x20", "--data_dir {w}/fm_20px", BAD, "28x28"),
@@ -181,7 +181,7 @@ CASES: list[tuple[str, str, int, str]] = [
      "28x28"),
     ("image-lab-tiff", "--image {w}/lab.tif", BAD, "L*a*b*"),
     ("det-img-lab-tiff", "--det_img {w}/lab.tif", BAD, "L*a*b*"),
-    # ---- round two: a VOC-style set's image list names files inside the set, as UTF-8
+    # ---- a VOC-style set's image list names files inside the set, as UTF-8
     ("voc-id-escapes-the-set", "--det_vis --voc_path {w}/voc_escape --det_weights {w}/det.pth",
      BAD, "'../../outside/stolen' is not an image id"),
     ("voc-list-not-utf8", "--det_vis --voc_path {w}/voc_latin1 --det_weights {w}/det.pth", BAD,
@@ -190,7 +190,7 @@ CASES: list[tuple[str, str, int, str]] = [
     ("voc-path-link-loop", "--det_vis --voc_path {w}/loop", BAD, "loop of symbolic links"),
     ("voc-listed-id-missing", "--det_vis --voc_path {w}/voc_missing --det_weights {w}/det.pth",
      BAD, "without an annotation or an image"),
-    # ---- round two: one rule for outputs (a regular file or nothing yet, in a folder that can
+    # ---- one rule for outputs (a regular file or nothing yet, in a folder that can
     # be created), refused before any work with the flag named
     ("save-path-dev-full", "--mode train --save_path /dev/full", BAD, "--save_path /dev/full"),
     ("save-path-fifo", "--mode train --save_path {w}/fifo", BAD, "--save_path"),
@@ -248,7 +248,7 @@ CASES: list[tuple[str, str, int, str]] = [
     ("steps-without-strategy", "--vis cam --steps 5", BAD, "--steps"),
     ("num-eval-with-image", "--image {w}/good.png --vis cam --num_eval 3", BAD, "--num_eval"),
     ("det-scenes-with-det-img", "--det_img {w}/good.png --det_scenes 10", BAD, "--det_scenes"),
-    # ---- models from anywhere (issue 17)
+    # ---- models from anywhere
     ("arch-unknown", "--arch resnet5O --image {w}/good.png --vis gradcam", BAD, "resnet50"),
     ("weights-do-not-fit", "--arch resnet18 --weights {w}/sd_tiny.pth --image {w}/good.png",
      BAD, "does not fit arch resnet18"),
@@ -290,7 +290,7 @@ CASES: list[tuple[str, str, int, str]] = [
      BAD, "one or the other"),
     ("det-train-weights-missing", "--mode train --det_vis --det_weights {w}/nope.pth", BAD,
      "not found"),
-    # ---- fine-tuning on a folder (issue 17, item 4)
+    # ---- fine-tuning on a folder
     ("finetune-no-val", "--mode train --arch resnet18 --input_size 32 --data_dir {w}/fold", BAD,
      "no validation images"),
     ("finetune-one-class", "--mode train --arch resnet18 --data_dir {w}/fold/unicorn", BAD,
@@ -306,14 +306,14 @@ CASES: list[tuple[str, str, int, str]] = [
      BAD, "not a torch.nn.Module"),
     ("finetune-classes-file-missing",
      "--mode train --arch resnet18 --data_dir {w}/ftree --classes {w}/nope.txt", BAD, "--classes"),
-    # ---- round three (issue 24): no code runs from a weights file, whatever reads it
+    # ---- no code runs from a weights file, whatever reads it
     ("hub-cache-pickle", "--arch resnet18 --weights DEFAULT --image {w}/good.png", BAD,
      "is not the file of ResNet18_Weights.IMAGENET1K_V1"),
     ("hub-cache-pickle-list-layers", "--arch resnet18 --weights DEFAULT --list_layers", BAD,
      "delete it to download it again"),
     ("det-weights-pickle", "--det_img {w}/good.png --det_weights {w}/ck_pickle.pth", BAD,
      "ck_pickle.pth"),
-    # ---- round three: no silent numbers, no silent guesses
+    # ---- no silent numbers, no silent guesses
     ("model-nan-weight", "--model {w}/nanmodel.py:build --image {w}/good.png --vis gradcam", BAD,
      "not finite"),
     ("model-inf-buffer", "--model {w}/nanmodel.py:build_inf --image {w}/good.png", BAD,
@@ -346,13 +346,13 @@ CASES: list[tuple[str, str, int, str]] = [
     ("layer-relu-called-twice-eigencam",
      "--arch resnet18 --image {w}/good.png --vis eigencam --target_layer layer4.1.relu", BAD,
      "runs more than once"),
-    # ---- round three: tracebacks turned into one line
+    # ---- tracebacks turned into one line
     ("model-torchscript", "--model {w}/scripted.py:build --image {w}/good.png", BAD, "TorchScript"),
     ("vit-input-size-64", "--arch vit_b_16 --input_size 64 --image {w}/good.png", BAD,
      "--input_size 64"),
     ("inception-input-size-32-list-layers", "--arch inception_v3 --input_size 32 --list_layers",
      BAD, "--input_size 32"),
-    # ---- vision transformers: token layers read as maps (issue 26)
+    # ---- vision transformers: token layers read as maps
     ("vit-input-size-64-list-layers", "--arch vit_b_16 --input_size 64 --list_layers", BAD,
      "--input_size 64"),
     ("tokens-no-grid-auto",
@@ -374,7 +374,7 @@ CASES: list[tuple[str, str, int, str]] = [
     ("ckpt-meta-tensor-vis", "--vis gradcam --save_path {w}/ck_meta.pth", BAD, "meta tensor"),
     ("model-meta-tensor", "--model {w}/metamodel.py:build --image {w}/good.png", BAD,
      "meta tensor"),
-    # ---- round three: the error line starts a line, after a progress bar too
+    # ---- the error line starts a line, after a progress bar too
     ("finetune-unreadable-image-mid-epoch",
      ("--mode train --arch resnet18 --input_size 32 --data_dir {w}/fbroken --batch_size 2 "
       "--num_epochs 1"), BAD, "broken.png"),

@@ -153,7 +153,7 @@ def readme_commands() -> list[list[str]]:
     import shlex
     text = (ROOT / "README.md").read_text().replace("\\\n", " ")
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
         for line in block.splitlines():
             words = shlex.split(line.split("#")[0])
             if "main.py" in words:

@@ -270,7 +270,7 @@ def test_more_ranks_than_images(tmp_path):
         assert npz["deletion"].shape == (1, 6)
 
 
-# -- round two: the environment, and errors printed once ---------------------------------------
+# -- the environment, and errors printed once ------------------------------------------------
 
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "0", "-5", "1e9", "soon", ""])
