@@ -57,7 +57,7 @@ def load(args: Namespace, device: torch.device) -> LoadedModel:
     weights = _weights(args)
     if weights == SHIPPED_CLASSIFIER and args.save_path is None:
         say(f"No --save_path, and no {default(TrainConfig, 'save_path')} trained here: "
-              f"testing the shipped classifier {SHIPPED_CLASSIFIER}")
+              f"using the shipped classifier {SHIPPED_CLASSIFIER}")
     arch = args.arch
     if weights is not None and args.weights is None:
         arch = CIFAR_ARCH       # --save_path names a checkpoint of this tool's ResNet-18
