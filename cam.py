@@ -463,13 +463,17 @@ class LayerExplainer:
     #: ignored and the method runs in fp32.
     reduced_precision_on: ClassVar[frozenset[str]] = frozenset()
 
-    def precision(self, images: torch.Tensor) -> torch.dtype | None:
-        """The autocast dtype of this call: ``dtype`` where the method was validated for the
-        images' device, else None (fp32)."""
-        if self.dtype in (None, torch.float32) \
-                or images.device.type not in self.reduced_precision_on:
+    @classmethod
+    def runs_in(cls, dtype: torch.dtype | None, device_type: str) -> torch.dtype | None:
+        """The autocast dtype the method runs in when ``dtype`` is asked for on a device of
+        ``device_type``: ``dtype`` where the method was validated there, else None (fp32)."""
+        if dtype in (None, torch.float32) or device_type not in cls.reduced_precision_on:
             return None
-        return self.dtype
+        return dtype
+
+    def precision(self, images: torch.Tensor) -> torch.dtype | None:
+        """The autocast dtype of this call (:meth:`runs_in` for the images' device)."""
+        return self.runs_in(self.dtype, images.device.type)
 
     @contextlib.contextmanager
     def autocast(self, images: torch.Tensor) -> Iterator[torch.Tensor]:

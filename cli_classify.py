@@ -404,20 +404,11 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
     processes while the model works, one batch at a time; ``predictions.csv`` lists every
     photo's top-5 classes."""
     from explain import heatmaps, probabilities
-    from folders import (
-        PhotoDataset,
-        heatmap_on_photo,
-        load_photo,
-        loader_workers,
-        photo_batches,
-        photo_loader,
-    )
+    from folders import load_photo
     prep = loaded.inputs
     batch_size = _batch(args)
     target_class = _target_class(args, loaded)
     dtype = precision_dtype(args.precision, device)
-    loader = photo_loader(PhotoDataset(paths, prep, labels), batch_size,
-                          workers=loader_workers(device))
     stems = visualize.unique_slugs([p.stem for p in paths])
     note(images=len(paths))
     which = "class" if target_class is not None else args.target   # pred, gt or a class
@@ -427,7 +418,7 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
           f"{', '.join(TITLES[m] for m in methods) or 'none'} at {layer}"
           f"{', ' + heatmaps_line(methods, dtype, device) if methods else ''}")
     bar = tqdm(total=len(paths), desc="images", unit="img", leave=False, disable=len(paths) < 20)
-    for batch in photo_batches(loader):
+    for batch in sources.loaded_batches(loaded, paths, device, batch_size, labels):
         images = prep.normalize(batch.pixels).to(device)
         probs = probabilities(loaded.module, images, batch_size)
         targets = (torch.full_like(probs[:, 0], target_class, dtype=torch.long)
@@ -447,11 +438,9 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
                 continue
             photo = load_photo(paths[i], max_side=512)
             for method, heat in maps.items():
-                on_photo, _ = heatmap_on_photo(heat[j], (photo.shape[2], photo.shape[1]), prep,
-                                               batch.sizes[j])
                 explained = loaded.classes[int(targets[j])]
                 title = f"{explained} {probs[j, targets[j]]:.2f} ({TITLES[method]})"
-                panel = visualize.heatmap_panel(photo, on_photo, min_side=224, title=title)
+                panel = visualize.photo_panel(photo, heat[j], prep, batch.sizes[j], title)
                 name = visualize.slug(explained)
                 visualize.save_rgb(panel, out / method / f"{method}_{stems[i]}_{which}_{name}.png")
         bar.update(len(batch.indices))

@@ -201,5 +201,4 @@ def heatmap_precision(methods: Sequence[str], dtype: torch.dtype | None,
     """The precision each method's maps are made in when ``dtype`` is asked for on ``device``:
     ``dtype`` where the method was validated for it there, None (fp32) elsewhere."""
     kind = torch.device(device).type
-    return {m: dtype if dtype is not None and kind in EXPLAINERS[m].reduced_precision_on
-            else None for m in methods}
+    return {m: EXPLAINERS[m].runs_in(dtype, kind) for m in methods}

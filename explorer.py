@@ -336,10 +336,7 @@ class Explorer:
         aspect ratio with the map over the region the model saw; a test image enlarged."""
         if shown is None:
             return visualize.heatmap_panel(picture.pixels, heat)
-        from folders import heatmap_on_photo
-        on_photo, _ = heatmap_on_photo(heat, (shown.shape[2], shown.shape[1]),
-                                       self.classifier.inputs, picture.photo.size)
-        return visualize.heatmap_panel(shown, on_photo, min_side=224)
+        return visualize.photo_panel(shown, heat, self.classifier.inputs, picture.photo.size)
 
     def curves(self, key: str, methods: list[str], layer: str = "auto",
                target: str | int | None = None, strategy: str = "zero") -> str:

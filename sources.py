@@ -9,7 +9,7 @@ same images many times (the leaderboard, the sanity check), and then only as man
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from errors import ParamError
 from evaluate import select_correct
 from explain import probabilities
 from folders import (
+    PhotoBatch,
     PhotoDataset,
     image_folder,
     list_images,
@@ -65,6 +66,19 @@ def photo_files(images: Sequence[str | os.PathLike] = (), image_dir: str | None 
     return [Path(p) for p in images] if images else list_images(image_dir)
 
 
+def loaded_batches(loaded: LoadedModel, paths: Sequence[Path], device: torch.device,
+                   batch_size: int = 128, labels: Sequence[int] | None = None
+                   ) -> Iterator[PhotoBatch]:
+    """``paths`` as batches of the model's inputs (pixels in ``[0, 1]``, before
+    normalization), decoded by worker processes where the cores allow while the model works."""
+    return photo_batches(photo_loader(PhotoDataset(paths, loaded.inputs, labels), batch_size,
+                                      workers=loader_workers(device)))
+
+
+def _as_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.mul(255).round().to(torch.uint8)
+
+
 @torch.no_grad()
 def folder_logits(loaded: LoadedModel, paths: Sequence[Path], labels: Sequence[int],
                   device: torch.device, dtype: torch.dtype | None = None,
@@ -72,10 +86,8 @@ def folder_logits(loaded: LoadedModel, paths: Sequence[Path], labels: Sequence[i
     """Log-probabilities ``[N, C]`` and labels ``[N]`` of a folder's photos, decoded by worker
     processes while the model works, in the precision ``dtype`` (None: fp32)."""
     prep = loaded.inputs
-    loader = photo_loader(PhotoDataset(paths, prep, labels), batch_size,
-                          workers=loader_workers(device))
     logits, truth = [], []
-    for batch in photo_batches(loader):
+    for batch in loaded_batches(loaded, paths, device, batch_size, labels):
         with autocast(device, dtype):
             probs = probabilities(loaded.module, prep.normalize(batch.pixels).to(device),
                                   batch_size)
@@ -94,9 +106,7 @@ def photos_in_memory(loaded: LoadedModel, paths: Sequence[Path], device: torch.d
     """The first ``n`` photos at the model's resolution, as a split whose labels are the
     classes to explain: ``target_class``, else the model's prediction."""
     pixels, labels = [], []
-    loader = photo_loader(PhotoDataset(paths[:n], loaded.inputs), batch_size,
-                          workers=loader_workers(device))
-    for batch in photo_batches(loader):
+    for batch in loaded_batches(loaded, paths[:n], device, batch_size):
         if target_class is None:
             probs = probabilities(loaded.module,
                                   loaded.inputs.normalize(batch.pixels).to(device),
@@ -104,7 +114,7 @@ def photos_in_memory(loaded: LoadedModel, paths: Sequence[Path], device: torch.d
             truth = probs.argmax(1).cpu()
         else:
             truth = torch.full((len(batch.pixels),), target_class, dtype=torch.long)
-        pixels.append(batch.pixels.mul(255).round().to(torch.uint8))
+        pixels.append(_as_uint8(batch.pixels))
         labels.append(truth)
     return _as_split(pixels, labels, loaded, n)
 
@@ -117,13 +127,9 @@ def folder_in_memory(loaded: LoadedModel, paths: Sequence[Path], labels: Sequenc
     (:func:`evaluate.select_correct`, batch by batch, reading no more of the folder than
     that needs)."""
     pixels, kept, have = [], [], 0
-    loader = photo_loader(PhotoDataset(paths if correct_only else paths[:n],
-                                       loaded.inputs, labels if correct_only
-                                       else labels[:n]),
-                          batch_size, workers=loader_workers(device))
-    for batch in photo_batches(loader):
-        chunk = ImageSplit(batch.pixels.mul(255).round().to(torch.uint8), batch.labels,
-                           loaded.inputs)
+    read = len(paths) if correct_only else n
+    for batch in loaded_batches(loaded, paths[:read], device, batch_size, labels[:read]):
+        chunk = ImageSplit(_as_uint8(batch.pixels), batch.labels, loaded.inputs)
         keep = (select_correct(loaded.module, chunk, device, n - have, batch_size).indices
                 if correct_only else torch.arange(len(chunk)))
         pixels.append(chunk.images[keep])

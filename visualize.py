@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 import outputs
+from data import InputSpec
 from errors import UserError
+from folders import heatmap_on_photo
 
 if TYPE_CHECKING:
     from detection import DetectionResult
@@ -173,6 +175,16 @@ def heatmap_panel(pixels: torch.Tensor, heatmap: torch.Tensor, min_side: int = 2
     spacer = np.full((big.shape[0], gap, 3), 255, dtype=np.uint8)
     panel = np.concatenate([big, spacer, blended], axis=1)
     return panel if title is None else _titled(panel, title)
+
+
+def photo_panel(photo: torch.Tensor, heatmap: torch.Tensor, inputs: InputSpec,
+                original_size: tuple[int, int], title: str | None = None) -> np.ndarray:
+    """``original | overlay`` of a photo ``[3, H, W]`` at its own aspect ratio (a copy of the
+    ``original_size`` photo the model saw, scaled for display) with the model-resolution
+    ``heatmap`` over the region the model saw, enlarged to 224 px at least."""
+    on_photo, _ = heatmap_on_photo(heatmap, (photo.shape[2], photo.shape[1]), inputs,
+                                   original_size)
+    return heatmap_panel(photo, on_photo, min_side=224, title=title)
 
 
 def save_heatmap_grid(pixels: torch.Tensor, heatmaps: torch.Tensor, titles: Sequence[str],

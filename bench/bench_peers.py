@@ -30,7 +30,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cam import capture_activation, normalize_heatmaps, resolve_layer
-from explain import EXPLAINERS, make_explainer
+from explain import heatmap_precision, make_explainer
 from runtime import autocast, precision_dtype, precision_label, resolve_device
 from zoo import load_classifier
 
@@ -135,8 +135,7 @@ def setting(title: str, model, images: torch.Tensor, targets: torch.Tensor, laye
             if make is not None:
                 runs[peer] = (lambda make=make, x=x, t=t: make(x, t))
         times = interleaved(runs, repeat, device)
-        used = "fp32" if dtype is None or device.type not in \
-            EXPLAINERS[name].reduced_precision_on else precision_label(dtype)
+        used = precision_label(heatmap_precision([name], dtype, device)[name])
         line = (f"  {name:<9} project {1000 * times['project'] / count:8.2f} ms/image "
                 f"({used})")
         ours_maps = ours(x, t)
