@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import math
 import os
 import re
@@ -167,11 +168,14 @@ def session(device_name: str = "auto") -> Iterator[World]:
 
 
 def exit_now(code: int) -> None:
-    """End the process with ``code``. After a failed block the process group is still open,
-    and at interpreter exit gloo's destructor can abort the process (``terminate called
-    without an active exception``, status -6) after the one ``error:`` line was printed; so
-    such a process flushes its streams and leaves without running destructors."""
-    if _left_open:
+    """End the process with ``code``. At interpreter exit gloo's destructors can abort a rank
+    (``terminate called without an active exception``, status -6) after its work and its
+    one line were done: with the process group left open by a failure, and now and then
+    after a clean ``destroy_process_group`` too. So a rank that joined a group flushes its
+    streams and logs and leaves without running destructors; every output file was written
+    and closed before (atomically, see ``outputs.py``)."""
+    if _left_open or _joined:
+        logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

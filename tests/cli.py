@@ -27,7 +27,7 @@ socket.getaddrinfo = _refuse
 sys.path.insert(0, {root!r})
 sys.argv = ["main.py"] + sys.argv[1:]
 import main
-sys.exit(main.main())
+main._exit(main.main())   # as `python main.py` leaves
 """
 
 

@@ -1,6 +1,8 @@
 """Shared test models and fixtures: small networks with random weights, made once."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,24 @@ def console() -> None:
     in those that run after a command-line test has set the console up."""
     import commands
     commands.configure_console()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_folders_removed(request, tmp_path_factory):
+    """The folders a module's fixtures made with ``tmp_path_factory`` go when the module ends
+    with no failure: the suite writes gigabytes of checkpoints in all, more than a CI disk may
+    hold, and a failed module's folders stay to be looked at."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failures = request.session.testsfailed
+    yield
+    if request.session.testsfailed != failures:
+        return
+    for path in set(base.iterdir()) - before:
+        if path.is_symlink():
+            path.unlink()
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
