@@ -113,13 +113,15 @@ def page_clicks(browser: Browser, address: str, sample: str, button: str, done: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     args = parser.parse_args()
     from detection import explain_detections, image_array, to_tensor
     from detectors import load_detector
     from explain import heatmaps, probabilities
     from recipes import SHIPPED_CLASSIFIER
+    from runtime import resolve_device
     from zoo import load_classifier
-    device = torch.device("cpu")
+    device = resolve_device(args.device)
     torch.manual_seed(0)
     resnet50 = load_classifier("resnet50", None, device=device)
     shipped = load_classifier(None, str(ROOT / SHIPPED_CLASSIFIER), device=device)
@@ -134,7 +136,7 @@ def main() -> None:
         app = explorer.Explorer(loaded, None, device, cli_serve.samples(loaded, str(ROOT / "data")))
         data, pixels = app.samples[sample]()
         pixels = pixels if pixels is not None else loaded.inputs.pixels(open_image(io.BytesIO(data)))
-        images = loaded.inputs.normalize(pixels)[None]
+        images = loaded.inputs.normalize(pixels)[None].to(device)
         target = probabilities(loaded.module, images, 1).argmax(1)
         def api():
             return heatmaps(loaded.module, images, target, method, loaded.layer("auto"), 1)
