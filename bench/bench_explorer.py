@@ -89,12 +89,25 @@ def http_clicks(address: str, path: str, ask: dict, pictures):
     return lambda: timed(once)
 
 
+CLICK_AND_WAIT = """
+const [doneId, buttonId, finish] = arguments;
+const done = document.getElementById(doneId);
+done.removeAttribute("data-ms");
+const watch = new MutationObserver(() => {
+  if (done.dataset.ms) { watch.disconnect(); finish(done.dataset.ms); }
+});
+watch.observe(done, {attributes: true, attributeFilter: ["data-ms"]});
+document.getElementById(buttonId).click();
+"""
+
+
 def page_clicks(browser: Browser, address: str, sample: str, button: str, done: str, prepare):
     """Open the page and ``sample``; returns a function that clicks ``button`` and returns
     the page's own measure from the click to the last picture drawn."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     d = browser.driver
+    d.set_script_timeout(300)
     d.get(address)
     wait = WebDriverWait(d, 300, poll_frequency=0.02)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#samples img"))
@@ -103,10 +116,9 @@ def page_clicks(browser: Browser, address: str, sample: str, button: str, done: 
     wait.until(lambda d: d.find_element(By.ID, "current").text.startswith(sample))
 
     def click() -> float:
-        d.execute_script(f"document.getElementById('{done}').removeAttribute('data-ms')")
-        d.find_element(By.ID, button).click()
-        return float(wait.until(lambda d: d.find_element(By.ID, done).get_attribute(
-            "data-ms"))) / 1000
+        # One WebDriver call that clicks and returns when the page has drawn the answer: a
+        # Python loop polling the page meanwhile would take the CPU from the work it times.
+        return float(d.execute_async_script(CLICK_AND_WAIT, done, button)) / 1000
     return click
 
 
