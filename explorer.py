@@ -19,6 +19,7 @@ import base64
 import contextlib
 import functools
 import io
+import ipaddress
 import json
 import logging
 import math
@@ -581,15 +582,28 @@ class Handler(BaseHTTPRequestHandler):
         self._json({"task": key, **task.status()})
 
 
+def _family(host: str, port: int) -> socket.AddressFamily:
+    """IPv4 or IPv6: read from an address, asked of the resolver only for a name."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+
 def make_server(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860
                 ) -> ThreadingHTTPServer:
-    """The HTTP server of ``explorer`` bound to ``host:port`` (port 0: any free one), its
-    address to open in ``url``; a port in use is a UserError."""
+    """The HTTP server of ``explorer`` bound to ``host:port`` (port 0: any free one), an IPv4
+    or IPv6 address or a name, its address to open in ``url``; a port in use or a host that
+    is not this machine's is a UserError."""
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
-    except OSError as exc:
-        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        family = _family(host, port)
+        server_class = type("Server", (ThreadingHTTPServer,), {"address_family": family})
+        server = server_class((host, port), Handler)
+    except (OSError, UnicodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise UserError(f"cannot listen on {host}:{port}: {why}") from None
     server.daemon_threads, server.explorer = True, explorer
     host, port = server.server_address[:2]    # the address to open (port 0: the one chosen)
-    server.url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    server.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
     return server

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import torch
 import cli_serve
 import explorer
 from data import open_image
+from errors import UserError
 from tests.browser import needs_browser, open_browser
 from tests.cli import _NO_NETWORK, ROOT
 
@@ -87,6 +89,28 @@ def api_map(app, path: Path, method: str, layer: str) -> torch.Tensor:
     images = loaded.inputs(open_image(path))[None]
     target = probabilities(loaded.module, images, 1).argmax(1)
     return heatmaps(loaded.module, images, target, method, layer)[0]
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="this Python has no IPv6")
+def test_an_ipv6_host_is_served_and_its_address_has_brackets(app):
+    try:
+        server = explorer.make_server(app, "::1", 0)
+    except UserError as exc:      # a machine with IPv6 switched off in its kernel
+        pytest.skip(str(exc))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    try:
+        assert server.url.startswith("http://[::1]:")
+        status, info = call(server.url + "api/info")
+        assert status == 200 and info["classifier"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_host_that_is_not_this_machine_is_one_user_error(app):
+    with pytest.raises(UserError, match="cannot listen on no.such.host.invalid"):
+        explorer.make_server(app, "no.such.host.invalid", 0)
 
 
 def test_maps_are_the_apis(app, server):
