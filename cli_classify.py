@@ -23,7 +23,7 @@ from data import ImageSplit
 from errors import ParamError, UserError
 from jobs import setting
 from recipes import SHIPPED_CLASSIFIER, ExplainConfig, TrainConfig, default
-from registry import TITLES, parse_layers, parse_methods, parse_strategies
+from registry import ALL_BLOCKS, ATTENTION_METHODS, TITLES, parse_layers, parse_strategies
 from runtime import precision_dtype, precision_label, resolve_device
 from zoo import LoadedModel
 
@@ -97,6 +97,33 @@ def uses_photos(args: Namespace, loaded: LoadedModel) -> bool:
     """Whether the job's images are photos (``--image``, ``--image_dir``, or an image folder
     in ``--data_dir`` for a model without a built-in dataset) rather than a test split."""
     return bool(args.image or args.image_dir) or loaded.dataset is None
+
+
+def _methods(args: Namespace, loaded: LoadedModel, spec: str | None = None) -> list[str]:
+    """``--vis``'s methods (``spec`` where given) for the loaded model: ``all`` is every
+    method that applies to it (rollout on a vision transformer only); rollout named for a
+    model without attention blocks is an error. ``--target_layer`` given with rollout alone
+    is refused: rollout reads every block, so the flag would change nothing."""
+    from explain import model_methods
+    methods = model_methods(loaded.module, spec or args.vis)
+    if methods and set(methods) <= set(ATTENTION_METHODS) and args.target_layer != "auto":
+        raise ParamError("layer", f"{{param}} {args.target_layer}: {', '.join(methods)} reads "
+                                  f"every attention block, not one layer; leave {{param}} out")
+    return methods
+
+
+def _shown_layer(method: str, layer: str) -> str:
+    """The layer a method's map comes from, as the panels and lines name it."""
+    return ALL_BLOCKS if method in ATTENTION_METHODS else layer
+
+
+def _methods_at(methods: list[str], layer: str) -> str:
+    """``Grad-CAM, LayerCAM at layer4``; rollout's ``at all blocks`` beside them."""
+    groups: dict[str, list[str]] = {}
+    for method in methods:
+        groups.setdefault(_shown_layer(method, layer), []).append(TITLES[method])
+    return "; ".join(f"{', '.join(titles)} at {where}" for where, titles in groups.items()) \
+        or f"none at {layer}"
 
 
 def _layers(args: Namespace, loaded: LoadedModel, device: torch.device) -> list[str]:
@@ -222,8 +249,11 @@ def heatmaps(args: Namespace) -> int:
     an image folder's first images, or of photos; photos' top-5 classes."""
     device = resolve_device(args.device)
     loaded = load(args, device)
-    methods = [] if args.vis == "none" else parse_methods(args.vis)
-    layer = _layers(args, loaded, device)[0] if methods else args.target_layer
+    methods = [] if args.vis == "none" else _methods(args, loaded)
+    if methods and set(methods) <= set(ATTENTION_METHODS):
+        layer = ALL_BLOCKS                 # rollout alone: no layer to resolve
+    else:
+        layer = _layers(args, loaded, device)[0] if methods else args.target_layer
     n = _how_many(args)
     if args.image or args.image_dir:
         paths = sources.photo_files(args.image, args.image_dir)
@@ -242,6 +272,7 @@ def leaderboard(args: Namespace) -> int:
     import leaderboard as board_api
     device = resolve_device(args.device)
     loaded = load(args, device)
+    methods = _methods(args, loaded)
     layers = _layers(args, loaded, device)
     batch_size = _batch(args)
     images = None
@@ -258,10 +289,10 @@ def leaderboard(args: Namespace) -> int:
     else:
         split = sources.dataset_split(loaded, args.data_dir)
     dtype = precision_dtype(args.precision, device)
-    say(f"Leaderboard: {heatmaps_line(parse_methods(args.vis), dtype, device)}, curves in "
+    say(f"Leaderboard: {heatmaps_line(methods, dtype, device)}, curves in "
         f"{precision_label(dtype)}")
     board = board_api.leaderboard(
-        loaded.module, split, device, parse_methods(args.vis), layers,
+        loaded.module, split, device, methods, layers,
         parse_strategies(args.hidden_strategy), steps=args.steps, num_images=args.num_eval,
         batch_size=batch_size, eval_batch_size=args.eval_batch_size,
         cam_batch_size=args.cam_batch_size, dtype=dtype, seed=args.seed,
@@ -295,8 +326,9 @@ def sanity(args: Namespace) -> int:
     from sanity import label, markdown_table, sanity_check, write_sanity
     device = resolve_device(args.device)
     loaded = load(args, device)
-    methods = parse_methods("all" if args.vis == "none" else args.vis)
+    methods = _methods(args, loaded, "all" if args.vis == "none" else args.vis)
     layers = _layers(args, loaded, device)
+    where = [ALL_BLOCKS] if set(methods) <= set(ATTENTION_METHODS) else layers
     batch_size = _batch(args)
     n = _how_many(args)
     if args.image or args.image_dir:
@@ -317,7 +349,7 @@ def sanity(args: Namespace) -> int:
     pixels = part.images.float().div(255)
     images = loaded.inputs.normalize(pixels).to(device)
     dtype = precision_dtype(args.precision, device)
-    print(f"Sanity check: {source}, {len(methods)} method(s) at {', '.join(layers)}, "
+    print(f"Sanity check: {source}, {len(methods)} method(s) at {', '.join(where)}, "
           f"{heatmaps_line(methods, dtype, device)}")
     from sanity import predicted_classes
     targets = (part.labels.to(device) if use_true
@@ -354,8 +386,8 @@ def explain_dataset(args: Namespace, loaded: LoadedModel, split: ImageSplit,
     dtype = precision_dtype(args.precision, device)
     here = distributed.world()
     if here.is_main:
-        print(f"Heatmaps of {n} {info.name} test images: {', '.join(TITLES[m] for m in methods)} "
-              f"at {layer}, {heatmaps_line(methods, dtype, device)}")
+        print(f"Heatmaps of {n} {info.name} test images: {_methods_at(methods, layer)}, "
+              f"{heatmaps_line(methods, dtype, device)}")
     correct = 0
     note(images=n)
     grid: dict[str, list[tuple[torch.Tensor, torch.Tensor, str]]] = {m: [] for m in methods}
@@ -390,8 +422,8 @@ def explain_dataset(args: Namespace, loaded: LoadedModel, split: ImageSplit,
         visualize.save_heatmap_grid(torch.stack([p for p, _, _ in items]),
                                     torch.stack([h for _, h, _ in items]),
                                     [t for _, _, t in items], path,
-                                    suptitle=f"{TITLES[method]} ({layer}, "
-                                             f"{which} class)")
+                                    suptitle=f"{TITLES[method]} "
+                                             f"({_shown_layer(method, layer)}, {which} class)")
         print(f"{TITLES[method]}: {n} panels and {path} ({correct}/{n} predicted "
               f"correctly{shown})")
     return 0
@@ -415,7 +447,7 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
     rows = []
     out = Path(args.out_dir)
     print(f"{len(paths)} image(s) at {loaded.input_size} px, methods: "
-          f"{', '.join(TITLES[m] for m in methods) or 'none'} at {layer}"
+          f"{_methods_at(methods, layer)}"
           f"{', ' + heatmaps_line(methods, dtype, device) if methods else ''}")
     bar = tqdm(total=len(paths), desc="images", unit="img", leave=False, disable=len(paths) < 20)
     for batch in sources.loaded_batches(loaded, paths, device, batch_size, labels):

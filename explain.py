@@ -17,7 +17,7 @@ import distributed
 from cam import map_layers, resolve_layer
 from data import ImageSplit, InputSpec, normalize
 from errors import ParamError, UserError
-from registry import METHODS, TITLES, parse_layers, parse_methods
+from registry import ATTENTION_METHODS, METHODS, TITLES, names_of, parse_layers, parse_methods
 from runtime import eval_mode
 from tokens import grid_problem, model_layout
 
@@ -29,6 +29,7 @@ __all__ = [
     "explain_split",
     "heatmaps",
     "make_explainer",
+    "model_methods",
     "parse_layers",
     "parse_methods",
     "probabilities",
@@ -57,13 +58,39 @@ EXPLAINERS: Mapping[str, Callable[..., Explainer]] = _Registry()
 def make_explainer(name: str, model: nn.Module, layer: str = "auto", **options: Any
                    ) -> Explainer:
     """The explainer called ``name`` for ``model`` at ``layer`` (``"auto"``: the model's own
-    default layer). ``options`` are every method's keywords (:class:`cam.LayerExplainer`):
-    ``batch_size``, the chunk of the per-channel forward passes (Score-CAM, Ablation-CAM), and
-    ``dtype``, their autocast precision (Score-CAM; None: fp32)."""
+    default layer; rollout, which reads every attention block, ignores it). ``options`` are
+    every method's keywords (:class:`cam.LayerExplainer`): ``batch_size``, the chunk of the
+    per-channel forward passes (Score-CAM, Ablation-CAM), and ``dtype``, their autocast
+    precision (Score-CAM; None: fp32)."""
     if name not in METHODS:
         raise ParamError("method", f"unknown heatmap method '{name}' (known: "
                                    f"{', '.join(METHODS)})")
     return EXPLAINERS[name](model, layer, **options)
+
+
+def model_methods(model: nn.Module, methods: str | Sequence[str] = "all") -> list[str]:
+    """The methods of ``methods`` (a name, a comma list, a list of names, or ``"all"``) for
+    ``model``. ``"all"`` is every method that applies to it: the attention methods
+    (``registry.ATTENTION_METHODS``, rollout) only where it has a vision transformer's
+    attention blocks. A method named on purpose that does not apply is a :class:`ParamError`
+    (``methods``) saying why."""
+    everything = isinstance(methods, str) and methods.strip() == "all"
+    names = names_of(methods, "methods", "heatmap method", list(METHODS), everything="all")
+    problems = {m: why for m in names if (why := attention_reason(m, model)) is not None}
+    if everything:
+        return [m for m in names if m not in problems]
+    for method, why in problems.items():
+        raise ParamError("methods", f"{{param}} {method}: {why}")
+    return names
+
+
+def attention_reason(name: str, model: nn.Module) -> str | None:
+    """Why the attention method ``name`` does not apply to ``model``; None where it does or
+    where ``name`` is a layer method."""
+    if name not in ATTENTION_METHODS:
+        return None
+    from rollout import attention_problem
+    return attention_problem(model)
 
 
 def probe_layers(model: nn.Module, layers: Sequence[str], image: torch.Tensor) -> None:
@@ -102,7 +129,11 @@ def probe_layers(model: nn.Module, layers: Sequence[str], image: torch.Tensor) -
 def undefined_reason(name: str, model: nn.Module, layer: str, image: torch.Tensor) -> str | None:
     """Why method ``name`` is not defined for ``model`` at ``layer`` (probed on ``image``
     ``[1, 3, H, W]``), or None where it is: CAM needs the maps that feed global average
-    pooling and one linear layer; every other method works at any layer with a spatial map."""
+    pooling and one linear layer; the attention methods (rollout) need a vision transformer's
+    attention blocks and ignore ``layer``; every other method works at any layer with a
+    spatial map."""
+    if name in ATTENTION_METHODS:
+        return attention_reason(name, model)
     if name != "cam":
         return None
     from cam import cam_head

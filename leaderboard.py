@@ -36,7 +36,14 @@ from evaluate import (
     select_correct,
     title,
 )
-from explain import Explainer, explain_batched, make_explainer, probe_layers, undefined_reason
+from explain import (
+    Explainer,
+    explain_batched,
+    make_explainer,
+    model_methods,
+    probe_layers,
+    undefined_reason,
+)
 from runtime import precision_label
 from stats import Spread, mean_spread, proportion_spread, small_sample_note
 
@@ -144,22 +151,26 @@ def explainers_by_layer(model: nn.Module, methods: list[str], layers: list[str],
                         ) -> tuple[list[tuple[str, str, Explainer]], list[str]]:
     """``(method, layer, explainer)`` for every method defined at every layer (probed on
     ``image``), and a note for each pair left out (CAM anywhere but the layer before global
-    pooling). An unknown layer is an error, not a note."""
+    pooling). An attention method (rollout) reads every block: it comes once, after the
+    others, its layer ``registry.ALL_BLOCKS``. An unknown layer is an error, not a note."""
     for layer in layers:
         resolve_layer(model, layer)
     entries, notes = [], []
-    for layer in layers:
-        for method in methods:
-            why = None if image is None else undefined_reason(method, model, layer, image)
-            if why is None:
-                try:
-                    explainer = make_explainer(method, model, layer, batch_size=batch_size,
-                                               dtype=dtype)
-                    entries.append((method, layer, explainer))
-                except ParamError as exc:
-                    why = exc.worded({})
-            if why is not None:
-                notes.append(f"note: {title(method)} left out at {layer}: {why}")
+    pairs = [(method, layer) for layer in layers for method in methods
+             if method not in registry.ATTENTION_METHODS]
+    pairs += [(method, registry.ALL_BLOCKS) for method in methods
+              if method in registry.ATTENTION_METHODS]
+    for method, layer in pairs:
+        why = None if image is None else undefined_reason(method, model, layer, image)
+        if why is None:
+            try:
+                explainer = make_explainer(method, model, layer, batch_size=batch_size,
+                                           dtype=dtype)
+                entries.append((method, layer, explainer))
+            except ParamError as exc:
+                why = exc.worded({})
+        if why is not None:
+            notes.append(f"note: {title(method)} left out at {layer}: {why}")
     return entries, notes
 
 
@@ -181,13 +192,14 @@ def leaderboard(model: nn.Module, split: ImageSplit, device: torch.device,
                 ) -> Leaderboard:
     """Every method of ``methods`` at every layer of ``layers``, and the baselines, scored on the
     first ``num_images`` correctly classified images of ``split`` under every hiding strategy.
+    ``methods="all"`` is every method that applies to the model (:func:`explain.model_methods`:
+    rollout on a vision transformer only); rollout reads every block and comes once.
 
     Each heatmap is computed once and scored under every strategy. ``dtype`` is the autocast
     precision of the scoring passes (None: fp32). Under torchrun every rank returns the whole
     leaderboard.
     """
-    methods = registry.names_of(methods, "methods", "heatmap method", list(registry.METHODS),
-                                everything="all")
+    methods = model_methods(model, methods)
     layers = registry.names_of(layers, "layers", "layer")
     strategies = registry.names_of(strategies, "strategies", "strategy",
                                    registry.FILL_STRATEGIES)
@@ -211,8 +223,10 @@ def leaderboard(model: nn.Module, split: ImageSplit, device: torch.device,
     n = len(targets)
     warnings = [w for w in [small_sample_note(n, "deletion / insertion")] if w]
     mine = distributed.shard(n, here)  # under torchrun: this rank's block of the images
+    used = (layers if any(m not in registry.ATTENTION_METHODS for m in methods) else []) \
+        + ([registry.ALL_BLOCKS] if set(methods) & set(registry.ATTENTION_METHODS) else [])
     context = {"steps": steps, "num_eval_requested": num_images, "dataset": info.name,
-               "target_layers": layers, "precision": precision_label(dtype), "seed": seed,
+               "target_layers": used, "precision": precision_label(dtype), "seed": seed,
                "test_images_scanned": selection.scanned, "interval": {
                    "means": mean_spread([0.0]).interval,
                    "proportions": proportion_spread([0.0]).interval}, **(context or {})}

@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("heatmaps")
     g.add_argument("--vis", default="none",
-                   help=f"none, a method ({', '.join(METHODS)}), a comma list of them, or all")
+                   help=f"none, a method ({', '.join(METHODS)}), a comma list of them, or all "
+                        "(those that apply to the model: rollout only to a vision transformer)")
     g.add_argument("--vis_num", type=int, default=None,
                    help="how many images to explain (default: the first "
                         f"{default(ExplainConfig, 'num_images')} of the test split, of an image "
@@ -194,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "map; for a transformer the last whose patch tokens reach the logits), "
                         "or any module name (layer4, features.denseblock4, "
                         "layer4.2.conv3; see --list_layers); with --hidden_strategy or --sanity "
-                        "a comma list such as layer3,layer4")
+                        "a comma list such as layer3,layer4. rollout reads every attention "
+                        "block and takes no layer")
     g.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="explain your own image (repeatable)")
     g.add_argument("--sanity", action="store_true",
@@ -273,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "detector); offline, until Ctrl-C")
     g.add_argument("--port", type=int, default=7860, help="the explorer's port (0: any free one)")
     g.add_argument("--host", default="127.0.0.1",
-                   help="the explorer's address to listen on (0.0.0.0: every interface)")
+                   help="the explorer's address to listen on, IPv4 or IPv6 (0.0.0.0 or ::: "
+                        "every interface)")
     return p
 
 

@@ -24,8 +24,16 @@ METHODS: dict[str, tuple[str, str, str]] = {
     "ablationcam": ("gradfree", "AblationCAM", "Ablation-CAM"),
     "eigencam": ("gradfree", "EigenCAM", "Eigen-CAM"),
     "guidedgradcam": ("gradcam", "GuidedGradCAM", "Guided Grad-CAM"),
+    "rollout": ("rollout", "Rollout", "Attention rollout"),
 }
 TITLES: dict[str, str] = {name: title for name, (_, _, title) in METHODS.items()}
+
+# The methods that read a vision transformer's attention instead of one layer's map: they use
+# every attention block (shown as ``ALL_BLOCKS`` where the others show their layer) and apply
+# only to a model with such blocks; ``all`` takes them where the model has them.
+ATTENTION_METHODS: tuple[str, ...] = ("rollout",)
+LAYER_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in ATTENTION_METHODS)
+ALL_BLOCKS = "all blocks"
 
 # How hidden pixels are filled in deletion / insertion (evaluate.fill_pixels implements them).
 FILL_STRATEGIES = ("zero", "gray", "mean", "blur", "blur_rise")

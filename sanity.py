@@ -24,7 +24,7 @@ import visualize
 from cam import check_batch
 from errors import ParamError
 from evaluate import BASELINES, title
-from explain import Explainer, explain_batched, make_explainer, undefined_reason
+from explain import Explainer, explain_batched, make_explainer, model_methods, undefined_reason
 from runtime import eval_mode
 from stats import Spread, mean_spread, small_sample_note
 
@@ -103,6 +103,8 @@ def reinitialise(module: nn.Module) -> None:
             layer.reset_running_stats()
         if hasattr(layer, "reset_parameters"):
             layer.reset_parameters()
+        elif isinstance(layer, nn.MultiheadAttention):   # its own initialiser has another name
+            layer._reset_parameters()
 
 
 @dataclass
@@ -130,13 +132,16 @@ def run_cascade(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
     net = copy.deepcopy(model).eval()
     stages = cascade_stages(net)
     pairs, notes = [], []
-    for layer in layers:
-        for method in methods:
-            why = undefined_reason(method, net, layer, images[:1])
-            if why is None:
-                pairs.append((method, layer))
-            else:   # CAM anywhere but the layer before pooling
-                notes.append(f"note: {title(method)} left out at {layer}: {why}")
+    asked = [(method, layer) for layer in layers for method in methods
+             if method not in registry.ATTENTION_METHODS]
+    asked += [(method, registry.ALL_BLOCKS) for method in methods     # every block, once
+              if method in registry.ATTENTION_METHODS]
+    for method, layer in asked:
+        why = undefined_reason(method, net, layer, images[:1])
+        if why is None:
+            pairs.append((method, layer))
+        else:   # CAM anywhere but the layer before pooling
+            notes.append(f"note: {title(method)} left out at {layer}: {why}")
     controls = {name: make(seed) for name, make in BASELINES.items()}
     maps: dict[tuple[str, str | None], list[torch.Tensor]] = {}
     torch.manual_seed(seed)
@@ -234,9 +239,10 @@ def sanity_check(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
                  source: str = "the images", which: str = "predicted") -> SanityReport:
     """The cascading randomisation test of every method at every layer on normalized
     ``images`` for classes ``targets``; ``source`` and ``which`` only word the caption.
-    The model is never changed (the test works on a copy)."""
-    methods = registry.names_of(methods, "methods", "heatmap method", list(registry.METHODS),
-                                everything="all")
+    ``methods="all"`` is every method that applies to the model (rollout on a vision
+    transformer only, once: it reads every block). The model is never changed (the test
+    works on a copy)."""
+    methods = model_methods(model, methods)
     layers = registry.names_of(layers, "layers", "layer")
     for param, value in (("batch_size", batch_size), ("cam_batch_size", cam_batch_size)):
         registry.check_number(value, param, 1, integer=True)

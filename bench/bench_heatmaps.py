@@ -4,8 +4,9 @@ of the reference implementations, in one run, on the same model and images.
     python bench/bench_heatmaps.py [--images 16] [--batch_size 64] [--layer layer4]
                                    [--cam_batch_size 256] [--score_chunk 16] [--ablation_chunk 32]
 
-* every registered method, batched: milliseconds per image, and **forward passes per map**
-  (its time over the model's raw batched inference time per image);
+* every registered method that applies to a CNN (all but rollout), batched: milliseconds per
+  image, and **forward passes per map** (its time over the model's raw batched inference time
+  per image);
 * Grad-CAM: also the original project's loop (a forward pass and a full ``backward()`` per image);
 * Score-CAM and Ablation-CAM: the straightforward per-image loop of the reference code, one
   forward pass per chunk of channels per image on the plain network (pytorch-grad-cam's chunks:
@@ -35,7 +36,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cam import normalize_heatmaps, resolve_layer
-from explain import EXPLAINERS, TITLES, explain_batched, make_explainer
+from explain import TITLES, explain_batched, make_explainer, model_methods
 from model import build_resnet18
 from runtime import fast_dtype, resolve_device
 
@@ -174,7 +175,7 @@ def main() -> None:
           f"{1000 * forward:.2f} ms/image")
     print(f"  {'method':<14} {'ms/image':>10} {'forward passes per map':>24}")
     batched_maps = {}
-    for name in EXPLAINERS:
+    for name in model_methods(model, "all"):      # those that apply to a CNN
         if name == "cam" and args.layer != "layer4":
             continue
         explainer = make_explainer(name, model, args.layer, batch_size=args.cam_batch_size)

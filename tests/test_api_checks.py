@@ -26,7 +26,7 @@ from explain import make_explainer
 from finetune import _check_batches
 from leaderboard import leaderboard
 from recipes import FineTuneConfig
-from registry import METHODS, names_of
+from registry import LAYER_METHODS, METHODS, names_of
 from sanity import sanity_check
 
 GRADIENT_METHODS = ("gradcam", "gradcampp", "xgradcam", "hirescam", "layercam",
@@ -58,7 +58,7 @@ def _refused(call, param: str, *fragments: str) -> ParamError:
 # ---- one check of images and targets for every method
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", LAYER_METHODS)   # rollout: tests/test_rollout.py
 def test_every_method_names_a_bad_target(net, batch, method):
     images, _ = batch
     explainer = make_explainer(method, net, batch_size=64)
@@ -69,7 +69,7 @@ def test_every_method_names_a_bad_target(net, batch, method):
     _refused(lambda: explainer(images, torch.tensor([0, 1, 2])), "targets", "3 entries")
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", LAYER_METHODS)
 def test_every_method_names_bad_images(net, batch, method):
     images, targets = batch
     explainer = make_explainer(method, net, batch_size=64)

