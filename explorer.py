@@ -44,7 +44,7 @@ from PIL import Image
 import visualize
 from data import open_image
 from errors import UserError
-from registry import DET_METHODS, DET_TITLES, METHODS, TITLES
+from registry import DET_METHODS, DET_TITLES, TITLES
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("explorer.html")
@@ -153,6 +153,7 @@ class Explorer:
         threading.Thread(target=self._worker, daemon=True, name="explorer-worker").start()
         self._layers: list[dict] | None = None
         self._channels: dict[str, int] = {}
+        self._methods: list[str] | None = None
 
 
     def layers(self) -> list[dict]:
@@ -165,13 +166,20 @@ class Explorer:
             self._channels = {n: k for n, (k, _, _) in rows}
         return self._layers
 
+    def methods(self) -> list[str]:
+        """The classifier's methods: every one that applies to it (rollout: a ViT's only)."""
+        if self._methods is None:
+            from explain import model_methods
+            self._methods = model_methods(self.classifier.module, "all")
+        return self._methods
+
     def info(self) -> dict:
         out: dict[str, Any] = {"samples": list(self.samples)}
         if self.classifier is not None:
             c = self.classifier
             out["classifier"] = {
                 "description": c.description, "classes": list(c.classes), "layers": self.layers(),
-                "methods": [{"name": m, "title": TITLES[m]} for m in METHODS]}
+                "methods": [{"name": m, "title": TITLES[m]} for m in self.methods()]}
         if self.detector is not None:
             from detection import backbone_layers, default_layer
             model = self.detector.model
@@ -303,9 +311,9 @@ class Explorer:
         from explain import heatmaps
         if self.classifier is None:
             raise UserError("no classifier loaded")
-        unknown = [m for m in methods if m not in METHODS]
+        unknown = [m for m in methods if m not in self.methods()]
         if unknown or not methods:
-            raise UserError(f"choose one or more methods of {', '.join(METHODS)}")
+            raise UserError(f"choose one or more methods of {', '.join(self.methods())}")
         picture = self.picture(key)
         loaded = self.classifier
         layer_name = loaded.layer(layer)

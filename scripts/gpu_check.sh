@@ -139,6 +139,11 @@ for bench in bench/*.py; do
         bench_train_detector:0) args=(--scenes 8 --batch_size 4) ;;
         bench_sharded_evaluate:1) args=(--images 64 --nproc "$gpus") ;;
         bench_sharded_evaluate:0) args=(--images 4 --steps 10) ;;
+        bench_photos:0) args=(--arch resnet18 --batch 4 --repeat 1 --small 4 --large 12
+                              --loop_images 8) ;;
+        bench_peers:0) args=(--repeat 1 --methods gradcam,layercam) ;;
+        bench_explorer:0) args=(--repeats 1) ;;
+        bench_rollout:0) args=(--image_size 64 --batch 2 --repeats 1) ;;
         *) args=() ;;
     esac
     step "$name" "$py" "$bench" --device "$device" "${args[@]}"

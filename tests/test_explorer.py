@@ -91,6 +91,15 @@ def api_map(app, path: Path, method: str, layer: str) -> torch.Tensor:
     return heatmaps(loaded.module, images, target, method, layer)[0]
 
 
+def test_the_methods_offered_are_the_models(app):
+    """A CNN is offered every layer method and not rollout, which reads a ViT's attention."""
+    from registry import LAYER_METHODS
+    offered = [m["name"] for m in app.info()["classifier"]["methods"]]
+    assert offered == list(LAYER_METHODS) and "rollout" not in offered
+    with pytest.raises(UserError, match="choose one or more methods"):
+        app.explain("any", ["rollout"])
+
+
 @pytest.mark.skipif(not socket.has_ipv6, reason="this Python has no IPv6")
 def test_an_ipv6_host_is_served_and_its_address_has_brackets(app):
     try:
