@@ -112,6 +112,23 @@ def _methods(args: Namespace, loaded: LoadedModel, spec: str | None = None) -> l
     return methods
 
 
+def _defined(methods: list[str], loaded: LoadedModel, layer: str, device: torch.device
+             ) -> list[str]:
+    """``all``'s methods that are defined for the model at ``layer``, with a note for each left
+    out (CAM where the head is not global average pooling + one linear layer, as on a ViT that
+    reads its class token), as the leaderboard and the sanity check leave them out."""
+    from explain import undefined_reason
+    image = torch.zeros(1, 3, loaded.input_size, loaded.input_size, device=device)
+    kept = []
+    for method in methods:
+        why = undefined_reason(method, loaded.module, layer, image)
+        if why is None:
+            kept.append(method)
+        elif distributed.world().is_main:
+            print(f"note: {TITLES[method]} left out at {layer}: {why}", file=sys.stderr)
+    return kept
+
+
 def _shown_layer(method: str, layer: str) -> str:
     """The layer a method's map comes from, as the panels and lines name it."""
     return ALL_BLOCKS if method in ATTENTION_METHODS else layer
@@ -254,6 +271,8 @@ def heatmaps(args: Namespace) -> int:
         layer = ALL_BLOCKS                 # rollout alone: no layer to resolve
     else:
         layer = _layers(args, loaded, device)[0] if methods else args.target_layer
+    if args.vis == "all":
+        methods = _defined(methods, loaded, layer, device)
     n = _how_many(args)
     if args.image or args.image_dir:
         paths = sources.photo_files(args.image, args.image_dir)

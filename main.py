@@ -29,6 +29,9 @@ from recipes import (
 from registry import DEFAULT_DET_ARCH, DET_ARCHS, DET_LAYERS, DET_METHODS, FILL_STRATEGIES, METHODS
 from validation import Parser, check_args
 
+# distributed.py's name in sys.modules: "camexplain.distributed" where installed (setup.py)
+_DISTRIBUTED = f"{__package__}.distributed" if __package__ else "distributed"
+
 HIDDEN_STRATEGIES = ("none", *FILL_STRATEGIES)
 
 EXAMPLES = """examples:
@@ -182,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("heatmaps")
     g.add_argument("--vis", default="none",
                    help=f"none, a method ({', '.join(METHODS)}), a comma list of them, or all "
-                        "(those that apply to the model: rollout only to a vision transformer)")
+                        "(those that apply to the model at the layer: rollout only to a vision "
+                        "transformer, CAM only before global pooling + one linear layer)")
     g.add_argument("--vis_num", type=int, default=None,
                    help="how many images to explain (default: the first "
                         f"{default(ExplainConfig, 'num_images')} of the test split, of an image "
@@ -291,7 +295,7 @@ def report_error(line: str, code: int) -> int:
     error before the processes joined (a flag, a path) is the same on every process of a
     machine: local rank 0 alone prints it, the others exit 0, so the user reads it once and
     ``torchrun`` reports one failed process. After joining every rank prints its own."""
-    joined = sys.modules.get("distributed")   # imported only once the flags were good
+    joined = sys.modules.get(_DISTRIBUTED)   # imported only once the flags were good
     if joined is not None:
         quiet = joined.quiet_before_join()
     else:
@@ -337,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
 def _exit(code: int) -> None:
     """Leave with ``code``; a rank whose process group a failure left open leaves at once
     (see ``distributed.exit_now``)."""
-    joined = sys.modules.get("distributed")
+    joined = sys.modules.get(_DISTRIBUTED)
     if joined is not None:
         joined.exit_now(code)
     sys.exit(code)

@@ -362,6 +362,16 @@ def test_vis_rollout_writes_its_panels(world, tmp_path, capfd, factory):
     assert len(panels) == 2 and all(p.startswith("rollout_") for p in panels)
 
 
+def test_vis_all_on_a_vit_writes_every_method_that_applies(world, tmp_path, capfd):
+    """CAM is not defined for a ViT that reads its class token: ``all`` leaves it out with a
+    note, as the leaderboard does, and every other method, rollout included, writes panels."""
+    result = _run(capfd, world, tmp_path / "out", "torchvision_vit", "--vis", "all")
+    assert result.returncode == 0, result.stderr
+    assert "note: CAM left out" in result.stderr
+    written = {p.name for p in (tmp_path / "out").iterdir() if p.is_dir()}
+    assert written - {"runs"} == set(registry.METHODS) - {"cam"}
+
+
 def test_vis_rollout_on_vit_b_16(world, tmp_path, capfd):
     result = run_here(capfd, "--arch", "vit_b_16", "--image", world / "a.png", "--vis",
                       "rollout", "--out_dir", tmp_path / "out")
