@@ -43,7 +43,9 @@ class _Registry(Mapping):
 
     def __getitem__(self, name: str) -> Callable[..., Explainer]:
         module, cls, _ = METHODS[name]
-        return getattr(importlib.import_module(module), cls)
+        # a sibling module by name: "gradcam" here, "camexplain.gradcam" installed (setup.py)
+        return getattr(importlib.import_module(f"{__package__}.{module}" if __package__
+                                               else module), cls)
 
     def __iter__(self) -> Iterator[str]:
         return iter(METHODS)

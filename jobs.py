@@ -164,6 +164,8 @@ def run(args: Namespace) -> int:
         if not distributed.world().is_main:
             return 0
     module, _, function = job.runs.partition(":")
+    # a sibling module by name: "cli_classify" here, "camexplain.cli_classify" installed (setup.py)
+    module = f"{__package__}.{module}" if __package__ else module
     return getattr(importlib.import_module(module), function)(args)
 
 
