@@ -22,7 +22,14 @@ from commands import note, precision_line, say
 from data import ImageSplit
 from errors import ParamError, UserError
 from jobs import setting
-from recipes import SHIPPED_CLASSIFIER, ExplainConfig, TrainConfig, default
+from recipes import (
+    SHIPPED_CLASSIFIER,
+    TRAIN_RECIPES,
+    ExplainConfig,
+    TrainConfig,
+    default,
+    train_recipe,
+)
 from registry import ALL_BLOCKS, ATTENTION_METHODS, TITLES, parse_layers, parse_strategies
 from runtime import precision_dtype, precision_label, resolve_device
 from zoo import LoadedModel
@@ -31,21 +38,22 @@ GRID_MAX = 50  # images in a method's grid figure; a larger grid is unreadable a
 
 
 def _checkpoint(args: Namespace) -> str:
-    """The checkpoint of this tool's ResNet-18 to test: ``--save_path``; without it the one
-    training writes by default, else the shipped classifier (said in one line)."""
+    """The checkpoint of a built-in arch to test: ``--save_path``; without it the one training
+    writes by default (``--arch``'s recipe), else for the CIFAR ResNet-18 the shipped
+    classifier (said in one line)."""
     if args.save_path is not None:
         return args.save_path
-    trained = default(TrainConfig, "save_path")
-    if Path(trained).is_file() or not Path(SHIPPED_CLASSIFIER).is_file():
+    trained = default(train_recipe(args.arch), "save_path")
+    if Path(trained).is_file() or args.arch not in (None, TrainConfig.arch) \
+            or not Path(SHIPPED_CLASSIFIER).is_file():
         return trained
     return SHIPPED_CLASSIFIER
 
 
 def _weights(args: Namespace) -> str | None:
-    """The weights the flags name: ``--weights``, or for this tool's ResNet-18 its
+    """The weights the flags name: ``--weights``, or for this tool's built-in archs their
     checkpoint; None for a random or a factory's own network."""
-    from zoo import CIFAR_ARCH
-    if args.weights is None and args.model is None and args.arch in (None, CIFAR_ARCH):
+    if args.weights is None and args.model is None and args.arch in (None, *TRAIN_RECIPES):
         return _checkpoint(args)
     return args.weights
 
@@ -53,18 +61,17 @@ def _weights(args: Namespace) -> str | None:
 def load(args: Namespace, device: torch.device) -> LoadedModel:
     """The classifier the flags name (see ``zoo.load_classifier``), with its first line."""
     from validation import rgb
-    from zoo import CIFAR_ARCH, load_classifier
+    from zoo import load_classifier
     weights = _weights(args)
     if weights == SHIPPED_CLASSIFIER and args.save_path is None:
         say(f"No --save_path, and no {default(TrainConfig, 'save_path')} trained here: "
               f"using the shipped classifier {SHIPPED_CLASSIFIER}")
-    arch = args.arch
-    if weights is not None and args.weights is None:
-        arch = CIFAR_ARCH       # --save_path names a checkpoint of this tool's ResNet-18
+    # --save_path names a checkpoint of one of this tool's built-in archs (its recorded one)
+    saved = weights is not None and args.weights is None
     try:
-        loaded = load_classifier(arch, weights, args.model, args.input_size,
+        loaded = load_classifier(args.arch, weights, args.model, args.input_size,
                                  rgb(args.mean, "--mean"), rgb(args.std, "--std", positive=True),
-                                 args.classes, device, dataset=args.dataset)
+                                 args.classes, device, dataset=args.dataset, builtin_only=saved)
     except ParamError as exc:   # the checkpoint came from --save_path, not from --weights
         if exc.param != "weights" or args.weights is not None:
             raise

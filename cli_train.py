@@ -1,5 +1,6 @@
-"""The classifier training jobs of the command line: this tool's CIFAR ResNet-18 on a built-in
-dataset, and fine-tuning any classifier on an image folder. A flag left out takes the job's
+"""The classifier training jobs of the command line: this tool's built-in archs (the CIFAR
+ResNet-18, the small ViT) from scratch on a built-in dataset, and fine-tuning any classifier on
+an image folder. A flag left out takes the job's
 recipe (``recipes.py``), the same one a script gets."""
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from argparse import Namespace
 
 import distributed
 from commands import note
-from recipes import FineTuneConfig, TrainConfig, given
+from recipes import FineTuneConfig, given, train_recipe
 from runtime import precision_dtype, precision_label, resolve_device
 
 RECIPE = ("num_epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "save_path")
@@ -26,9 +27,10 @@ def _run(args: Namespace) -> dict:
 
 
 def train_classifier(args: Namespace) -> int:
-    """``--mode train``: train, keep the best checkpoint, log metrics and curves."""
+    """``--mode train [--arch resnet18_cifar|vit_small_cifar]``: train with the arch's recipe,
+    keep the best checkpoint, log metrics and curves."""
     from train import fit
-    cfg = given(TrainConfig, dataset=args.dataset, **_run(args))
+    cfg = given(train_recipe(args.arch), dataset=args.dataset, **_run(args))
     history = fit(cfg)
     if distributed.world().is_main:
         print(f"Best test accuracy: {history.best:.2f}%  (checkpoint {cfg.save_path}, "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import replace
 
@@ -41,32 +40,23 @@ from folders import (
     training_data,
     training_pixels,
 )
+from model import BUILDERS
 from recipes import FineTuneConfig
 from runtime import autocast, eval_mode, precision_label, seed_everything
-from train import EpochRecorder, History, train_steps
+from train import EpochRecorder, History, train_steps, warmup_cosine
 from zoo import LoadedModel, load_classifier, read_classes, replace_head
 
 log = logging.getLogger(__name__)
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """The learning rate's factor at ``step`` of ``total``: linear from 1% to 100% over
-    ``warmup`` steps (torchvision's ``--lr-warmup-method linear --lr-warmup-decay 0.01``),
-    then a cosine down to 0 at the last step."""
-    if step < warmup:
-        return 0.01 + 0.99 * step / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
 
 def starting_model(cfg: FineTuneConfig, classes: tuple[str, ...]) -> tuple[LoadedModel, str]:
     """The network to fine-tune, its last layer made for ``classes``; and a line saying where
     it started and what was done to its head."""
     loaded = load_classifier(cfg.arch, cfg.weights, cfg.model_spec, cfg.input_size, cfg.mean,
                              cfg.std, None, cfg.device)
-    if loaded.arch == "resnet18_cifar":
-        raise ParamError("arch", "{param} resnet18_cifar is trained on the built-in datasets "
-                                 "(train.fit), not fine-tuned on a folder; name a torchvision "
-                                 "arch or {model_spec} FILE.py:FUNCTION", "model_spec")
+    if loaded.arch in BUILDERS:
+        raise ParamError("arch", f"{{param}} {loaded.arch} is trained on the built-in datasets "
+                                 f"(train.fit), not fine-tuned on a folder; name a torchvision "
+                                 f"arch or {{model_spec}} FILE.py:FUNCTION", "model_spec")
     start = (f"{loaded.arch} from {cfg.weights}" if cfg.weights else
              f"{loaded.arch} with the weights its factory gives" if cfg.model_spec else
              f"{loaded.arch} from random weights (no weights given: trained from scratch)")

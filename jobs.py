@@ -16,7 +16,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from errors import FlagError
-from recipes import DetectorTrainConfig, ExplainConfig, FineTuneConfig, TrainConfig, default
+from recipes import (
+    TRAIN_RECIPES,
+    DetectorTrainConfig,
+    ExplainConfig,
+    FineTuneConfig,
+    default,
+    train_recipe,
+)
 
 # Settings every job takes the same way: where to read and write, which device and precision.
 SHARED = frozenset({"mode", "device", "precision", "data_dir", "out_dir", "log_dir",
@@ -58,8 +65,9 @@ TRAINING = frozenset({"batch_size", "lr", "num_epochs", "weight_decay", "save_ha
 
 def fine_tuning(args: Namespace) -> bool:
     """Whether ``--mode train`` fine-tunes a model from anywhere on an image folder, rather
-    than training this tool's CIFAR ResNet-18 on a built-in dataset."""
-    return bool(args.weights or args.model or args.arch not in (None, "resnet18_cifar"))
+    than training one of this tool's built-in archs (the CIFAR ResNet-18, the small ViT) from
+    scratch on a built-in dataset."""
+    return bool(args.weights or args.model or args.arch not in (None, *TRAIN_RECIPES))
 
 
 @dataclass(frozen=True)
@@ -68,8 +76,9 @@ class Job:
     ``reads`` besides ``SHARED``, and ``runs``, ``module:function`` taking the flags and
     returning the exit status. ``rank0`` jobs are not split across torchrun's processes:
     rank 0 alone runs them. ``config`` is the recipe (``recipes.py``) whose defaults apply to
-    the flags left out (see :func:`setting`); ``params`` says which flag sets each library
-    parameter, for the wording of errors."""
+    the flags left out (see :func:`setting`), or a function of the flags giving it (the
+    training recipe of ``--arch``); ``params`` says which flag sets each library parameter,
+    for the wording of errors."""
 
     name: str
     title: str
@@ -77,8 +86,14 @@ class Job:
     reads: frozenset[str]
     runs: str
     rank0: bool = False
-    config: type | None = None
+    config: type | Callable[[Namespace], type] | None = None
     params: Mapping[str, str] = field(default_factory=lambda: CLASSIFIER_PARAMS)
+
+    def recipe(self, args: Namespace) -> type | None:
+        """The recipe whose defaults apply to these flags."""
+        if self.config is None or isinstance(self.config, type):
+            return self.config
+        return self.config(args)
 
 
 JOBS: tuple[Job, ...] = (
@@ -95,10 +110,11 @@ JOBS: tuple[Job, ...] = (
         lambda a: a.mode == "train" and fine_tuning(a),
         TRAINING | MODEL - {"dataset"} | {"label_smoothing", "val_fraction"},
         "cli_train:fine_tune", config=FineTuneConfig, params=TRAINING_PARAMS),
-    Job("train", "train the CIFAR ResNet-18 on a built-in dataset (--mode train)",
+    Job("train", "train the CIFAR ResNet-18, or the small ViT (--arch vit_small_cifar), from "
+                 "scratch on a built-in dataset (--mode train)",
         lambda a: a.mode == "train",
         TRAINING | {"dataset", "arch", "label_smoothing"}, "cli_train:train_classifier",
-        config=TrainConfig, params=TRAINING_PARAMS),
+        config=lambda a: train_recipe(a.arch), params=TRAINING_PARAMS),
     Job("make_scenes", "write the Fashion-MNIST test scenes (--make_scenes DIR)",
         lambda a: bool(a.make_scenes), frozenset({"make_scenes", "det_num"}),
         "cli_detect:make_scenes", rank0=True, params=DETECTOR_PARAMS),
@@ -134,9 +150,10 @@ def job_of(args: Namespace) -> Job:
 
 def setting(args: Namespace, name: str) -> object:
     """Flag ``name``'s value, or where it was left out (None), the default of the job's
-    recipe: ``--num_epochs`` is 30 training the CIFAR ResNet-18, 10 fine-tuning."""
+    recipe: ``--num_epochs`` is 30 training the CIFAR ResNet-18, 15 the small ViT, 10
+    fine-tuning."""
     value = getattr(args, name)
-    config = job_of(args).config
+    config = job_of(args).recipe(args)
     if value is None and config is not None and name in config.__dataclass_fields__:
         return default(config, name)
     return value

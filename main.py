@@ -20,10 +20,12 @@ from errors import (
 )
 from recipes import (
     SHIPPED_CLASSIFIER,
+    TRAIN_RECIPES,
     DetectorTrainConfig,
     ExplainConfig,
     FineTuneConfig,
     TrainConfig,
+    ViTTrainConfig,
     default,
 )
 from registry import DEFAULT_DET_ARCH, DET_ARCHS, DET_LAYERS, DET_METHODS, FILL_STRATEGIES, METHODS
@@ -49,6 +51,9 @@ EXAMPLES = """examples:
   python main.py --det_img photo.jpg --det_arch retinanet_resnet50_fpn --det_layer layer3,layer4
   # train a ResNet-18 on Fashion-MNIST (checkpoints/, logs/)
   python main.py --mode train --dataset fashion_mnist --num_epochs 15
+  # train the small vision transformer from scratch on Fashion-MNIST (AdamW, warm-up + cosine)
+  python main.py --mode train --arch vit_small_cifar --dataset fashion_mnist \
+      --save_path checkpoints/vit_fashion_mnist.pth
   # fine-tune a torchvision model on your photos (my_photos/CLASS/*.jpg, or train/ and val/)
   python main.py --mode train --arch resnet18 --weights DEFAULT --data_dir my_photos/ \\
       --save_path checkpoints/my_resnet18.pth
@@ -74,6 +79,8 @@ def by_job(name: str, explain: bool = False) -> str:
              f"{default(FineTuneConfig, name)} fine-tuning"]
     if any(f == name for f in DetectorTrainConfig.__dataclass_fields__):
         parts.append(f"{default(DetectorTrainConfig, name)} the detector")
+    if default(ViTTrainConfig, name) != default(TrainConfig, name):
+        parts.append(f"{default(ViTTrainConfig, name)} training {ViTTrainConfig.arch}")
     if explain:
         parts.append(f"{default(ExplainConfig, name)} explaining")
     return ", ".join(parts)
@@ -122,18 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
                         f"({by_job('batch_size', explain=True)})")
     g.add_argument("--lr", type=float, default=None,
                    help="peak learning rate: one-cycle for the CIFAR ResNet-18, warm-up + "
-                        f"cosine when fine-tuning and for the detector ({by_job('lr')})")
+                        "cosine when fine-tuning, for the detector and for "
+                        f"{ViTTrainConfig.arch} (AdamW) ({by_job('lr')})")
     g.add_argument("--num_epochs", type=int, default=None,
                    help=f"epochs of training ({by_job('num_epochs')})")
     g.add_argument("--weight_decay", type=float, default=None,
-                   help=f"SGD weight decay ({by_job('weight_decay')})")
+                   help="weight decay: SGD's, AdamW's for "
+                        f"{ViTTrainConfig.arch} ({by_job('weight_decay')})")
     g.add_argument("--label_smoothing", type=float, default=None,
                    help="classifier training: share of each target spread over the classes "
                         f"({by_job('label_smoothing')})")
     g.add_argument("--save_path", default=None,
                    help="checkpoint written by training, read by testing (default: "
-                        f"{default(TrainConfig, 'save_path')} for the CIFAR ResNet-18, and when "
-                        "testing without it, the shipped classifier "
+                        f"{default(TrainConfig, 'save_path')} for the CIFAR ResNet-18, "
+                        f"{default(ViTTrainConfig, 'save_path')} for {ViTTrainConfig.arch}, "
+                        "and when testing without it, the shipped classifier "
                         f"{SHIPPED_CLASSIFIER}; fine-tuning: "
                         f"{default(FineTuneConfig, 'save_path')}; the detector: "
                         f"{default(DetectorTrainConfig, 'save_path')})")
@@ -154,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("models from anywhere (default: this tool's CIFAR ResNet-18 in "
                              "--save_path)")
     g.add_argument("--arch", default=None, metavar="NAME",
-                   help="any torchvision classifier (resnet50, convnext_tiny, ...) or "
-                        "resnet18_cifar; when not given, the checkpoint's own")
+                   help="any torchvision classifier (resnet50, convnext_tiny, ...), or one "
+                        "of this tool's built-in archs, which --mode train trains from scratch "
+                        f"on --dataset: {', '.join(TRAIN_RECIPES)} (the small vision "
+                        "transformer); when not given, the checkpoint's own")
     g.add_argument("--weights", default=None, metavar="NAME|FILE",
                    help="a torchvision weights name (DEFAULT, IMAGENET1K_V2, ...; read from "
                         "torch's hub cache, downloaded there when missing) or a file: a state "

@@ -1,8 +1,13 @@
-"""The CIFAR-style ResNet-18 and the self-describing checkpoints it is saved in.
+"""The networks this tool trains on its built-in datasets, and the self-describing checkpoints
+they are saved in.
 
-The network is torchvision's ResNet-18 with the stem that small images need (3x3 convolution,
-stride 1, no max-pool), so a 32x32 input keeps a 4x4 map at ``layer4``. Its named stages
-(``layer1`` .. ``layer4``, ``fc``) are what explainers name as target layers.
+``resnet18_cifar`` is torchvision's ResNet-18 with the stem that small images need (3x3
+convolution, stride 1, no max-pool), so a 32x32 input keeps a 4x4 map at ``layer4``. Its named
+stages (``layer1`` .. ``layer4``, ``fc``) are what explainers name as target layers.
+``vit_small_cifar`` is a small torchvision ``VisionTransformer`` for 32x32 inputs (4x4 patches:
+an 8x8 grid of patch tokens and a class token). ``BUILDERS`` maps each name to its builder: a
+checkpoint records the name, and loading looks the builder up by it (no code runs from a
+file).
 """
 from __future__ import annotations
 
@@ -10,18 +15,20 @@ import io
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import resnet18
+from torchvision.models import VisionTransformer, resnet18
 
 import outputs
 from errors import TrainingStopped, UserError, note, reason
 
 ARCH = "resnet18_cifar"
+VIT_ARCH = "vit_small_cifar"
 
 
 def build_resnet18(num_classes: int = 10) -> nn.Module:
@@ -33,12 +40,37 @@ def build_resnet18(num_classes: int = 10) -> nn.Module:
     return model
 
 
+def build_vit_small(num_classes: int = 10, image_size: int = 32) -> nn.Module:
+    """A small vision transformer for 32x32 inputs (about 2.7 M parameters): torchvision's
+    ``VisionTransformer`` with 4x4 patches (64 patch tokens and a class token), 6 blocks of 3
+    heads, width 192, MLP width 768. torchvision starts the head at zero; here it starts small
+    and random (truncated normal, std 0.02), so that a fresh model's logits and gradients
+    already depend on the image."""
+    model = VisionTransformer(image_size=image_size, patch_size=4, num_layers=6, num_heads=3,
+                              hidden_dim=192, mlp_dim=768, num_classes=num_classes)
+    nn.init.trunc_normal_(model.heads.head.weight, std=0.02)
+    return model
+
+
+# The one map from a built-in arch's name (what a checkpoint records) to its builder, which
+# takes the number of classes.
+BUILDERS: dict[str, Callable[[int], nn.Module]] = {
+    ARCH: build_resnet18,
+    VIT_ARCH: build_vit_small,
+}
+
+
+def build(arch: str, num_classes: int = 10) -> nn.Module:
+    """The built-in network ``arch`` (a key of ``BUILDERS``) with ``num_classes`` outputs."""
+    return BUILDERS[arch](num_classes)
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None, half: bool = False) -> None:
     """Write a checkpoint that records what it holds, atomically (temporary file + rename).
 
-    ``meta`` carries ``dataset``, ``classes``, ``mean``, ``std``, ``input_size``, ``epoch`` and
-    ``acc``; ``half`` stores floating-point weights in fp16 to halve the file (loading restores
+    ``meta`` carries ``arch`` (``resnet18_cifar`` when it does not), ``dataset``, ``classes``,
+    ``mean``, ``std``, ``input_size``, ``epoch`` and ``acc``; ``half`` stores floating-point weights in fp16 to halve the file (loading restores
     fp32).
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

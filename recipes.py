@@ -37,10 +37,46 @@ class TrainingRun:
 
 @dataclass(frozen=True)
 class TrainConfig(TrainingRun):
-    """:func:`train.fit`: this tool's CIFAR ResNet-18 on a built-in dataset, one-cycle SGD."""
+    """:func:`train.fit`: this tool's CIFAR ResNet-18 on a built-in dataset, one-cycle SGD.
 
+    ``arch``: the built-in network trained from scratch (``model.BUILDERS``). ``optimizer``:
+    ``sgd`` is SGD with Nesterov momentum 0.9 and a one-cycle learning rate peaking at ``lr``
+    (a quarter of the steps rising from ``lr / 10``); ``adamw`` is AdamW (betas 0.9, 0.999;
+    no weight decay on biases, norms, the position embedding and the class token) with a linear
+    warm-up over ``warmup`` of the steps, then a cosine down to zero."""
+
+    arch: str = "resnet18_cifar"
     dataset: str = "cifar10"
     label_smoothing: float = 0.1
+    optimizer: str = "sgd"
+    warmup: float = 0.05        # adamw's warm-up, a share of all steps (sgd's: one-cycle's own)
+
+
+@dataclass(frozen=True)
+class ViTTrainConfig(TrainConfig):
+    """:func:`train.fit`: the small vision transformer (``vit_small_cifar``) from scratch on a
+    built-in dataset, with AdamW and a warm-up + cosine learning rate (vision transformers
+    trained from scratch are commonly reported to converge markedly worse with SGD)."""
+
+    arch: str = "vit_small_cifar"
+    save_path: str = "./checkpoints/vit_best.pth"
+    num_epochs: int = 15
+    batch_size: int = 128
+    lr: float = 1e-3            # for batch 128
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"
+
+
+# The recipe of each built-in arch, by name: what ``--mode train --arch NAME`` runs.
+TRAIN_RECIPES: dict[str, type[TrainConfig]] = {
+    TrainConfig.arch: TrainConfig,
+    ViTTrainConfig.arch: ViTTrainConfig,
+}
+
+
+def train_recipe(arch: str | None) -> type[TrainConfig]:
+    """The recipe that trains built-in ``arch`` (None: the CIFAR ResNet-18's)."""
+    return TRAIN_RECIPES[arch or TrainConfig.arch]
 
 
 @dataclass(frozen=True)

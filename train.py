@@ -1,8 +1,10 @@
 """Training and testing the classifier: plain functions, one epoch at a time.
 
-The recipe is the modern short-schedule one: SGD with Nesterov momentum and weight decay,
-a one-cycle learning rate, label smoothing, and on hardware that has it bf16/fp16 autocast with
-``channels_last`` memory. The best checkpoint on the test split is kept, as the original did.
+The recipe is the modern short-schedule one: for the CIFAR ResNet-18 SGD with Nesterov momentum
+and weight decay and a one-cycle learning rate, for the small vision transformer AdamW with a
+warm-up and a cosine (the recipe's ``optimizer``, :func:`optimizer_and_schedule`); label
+smoothing, and on hardware that has it bf16/fp16 autocast with ``channels_last`` memory. The
+best checkpoint on the test split is kept, as the original did.
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ import distributed
 import outputs
 import visualize
 from data import ImageSplit, InputSpec, batches, dataset_info, load_split
-from errors import TrainingStopped
-from model import build_resnet18, save_checkpoint
+from errors import ParamError, TrainingStopped
+from model import build, save_checkpoint
 from recipes import TrainConfig
 from runtime import autocast, eval_mode, precision_label, seed_everything
 
@@ -45,6 +47,57 @@ def warmup_fraction(total_steps: int) -> float:
     if total_steps < 4:
         return 0.25               # under one step of warm-up: OneCycleLR starts annealing at once
     return max(0.25, 2 / total_steps)
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """The learning rate's factor at ``step`` of ``total``: linear from 1% to 100% over
+    ``warmup`` steps (torchvision's ``--lr-warmup-method linear --lr-warmup-decay 0.01``),
+    then a cosine down to 0 at the last step."""
+    if step < warmup:
+        return 0.01 + 0.99 * step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+# Parameters that AdamW does not decay besides biases and norms (every tensor of one
+# dimension): a vision transformer's position embedding and class token, by torchvision's names.
+NO_DECAY = ("pos_embedding", "class_token")
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """``model``'s parameters in two groups: those decayed by ``weight_decay``, and biases,
+    norms and ``NO_DECAY`` at none."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            skip = param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY
+            (no_decay if skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def optimizer_and_schedule(cfg: TrainConfig, model: nn.Module, steps: int
+                           ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The recipe's optimizer over ``steps`` steps in all (``cfg.optimizer``): ``sgd``,
+    Nesterov SGD with a one-cycle learning rate; ``adamw``, AdamW with a linear warm-up over
+    ``cfg.warmup`` of the steps and a cosine to zero."""
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                                    weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr,
+                                                        total_steps=steps,
+                                                        pct_start=warmup_fraction(steps),
+                                                        div_factor=10.0,
+                                                        final_div_factor=100.0)
+        return optimizer, scheduler
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(decay_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                      betas=(0.9, 0.999))
+        warmup = round(cfg.warmup * steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, steps, warmup))
+        return optimizer, scheduler
+    raise ParamError("optimizer", f"{{param}} {cfg.optimizer!r}: expected sgd or adamw")
 
 
 @dataclass
@@ -173,9 +226,10 @@ FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "se
 
 
 def fit(cfg: TrainConfig) -> History:
-    """Train a ResNet-18 on ``cfg.dataset``, keep the checkpoint with the best test accuracy,
-    write ``metrics.csv`` and ``training_curves.png`` after every epoch. Under torchrun every
-    rank trains its share of each batch; rank 0 scores, logs and saves."""
+    """Train ``cfg.arch`` from scratch on ``cfg.dataset``, keep the checkpoint with the best
+    test accuracy (it records the arch), write ``metrics.csv`` and ``training_curves.png``
+    after every epoch. Under torchrun every rank trains its share of each batch; rank 0
+    scores, logs and saves."""
     here = distributed.world()
     device, dtype = torch.device(cfg.device), cfg.dtype
     generator = seed_everything(cfg.seed)  # the epochs' order: the same on every rank
@@ -185,17 +239,12 @@ def fit(cfg: TrainConfig) -> History:
     train_split = load_split(info.name, cfg.data_dir, train=True).to(device)
     test_split = load_split(info.name, cfg.data_dir, train=False).to(device)
 
-    model = build_resnet18(len(info.classes)).to(device)
+    model = build(cfg.arch, len(info.classes)).to(device)
     if dtype is not None:
         model = model.to(memory_format=torch.channels_last)
     net = distributed.wrap_model(model, here)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
-                                weight_decay=cfg.weight_decay)
     steps = cfg.num_epochs * -(-(len(train_split) // here.size) // cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps,
-                                                    pct_start=warmup_fraction(steps),
-                                                    div_factor=10.0,
-                                                    final_div_factor=100.0)
+    optimizer, scheduler = optimizer_and_schedule(cfg, model, steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
@@ -204,9 +253,10 @@ def fit(cfg: TrainConfig) -> History:
              f"batch {cfg.batch_size} per process x {here.size} processes = "
              f"{cfg.batch_size * here.size}")
     if here.is_main:
-        log.info(f"Training ResNet-18 on {info.name}: {len(train_split)} train / "
-                 f"{len(test_split)} test images, {cfg.num_epochs} epochs, {batch}, device "
-                 f"{device}, precision {precision_label(dtype)}")
+        log.info(f"Training {cfg.arch} on {info.name}: {len(train_split)} train / "
+                 f"{len(test_split)} test images, {cfg.num_epochs} epochs, {batch}, "
+                 f"{cfg.optimizer} at lr {cfg.lr:g}, device {device}, precision "
+                 f"{precision_label(dtype)}")
     for epoch in range(1, cfg.num_epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -221,7 +271,7 @@ def fit(cfg: TrainConfig) -> History:
         if not here.is_main:  # rank 0 scores, logs and saves
             continue
         record.epoch(epoch, stats, logits, test_split.labels.cpu(), lr, start, model,
-                     {"dataset": info.name, **info.as_meta()}, optimizer)
+                     {"arch": cfg.arch, "dataset": info.name, **info.as_meta()}, optimizer)
     return record.history()
 
 

@@ -1,5 +1,6 @@
-"""Models from anywhere: a torchvision classifier, this tool's CIFAR ResNet-18, or the user's
-own factory, each with the preprocessing and class names it needs.
+"""Models from anywhere: a torchvision classifier, this tool's built-in networks (the CIFAR
+ResNet-18, the small ViT), or the user's own factory, each with the preprocessing and class
+names it needs.
 
 One function, :func:`load_classifier`, turns ``arch`` / ``weights`` / ``model_spec`` into a
 :class:`LoadedModel`; everything downstream (explainers, evaluation, panels) takes that and
@@ -34,6 +35,7 @@ from errors import ParamError, UserError, note, reason
 from tokens import return_logits
 
 CIFAR_ARCH = cifar.ARCH                      # "resnet18_cifar", the default
+BUILTIN_ARCHS = tuple(cifar.BUILDERS)        # trained here on a built-in dataset
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESIZE_RATIO = 256 / 224                     # torchvision's resize-then-crop convention
@@ -43,7 +45,7 @@ RESIZE_RATIO = 256 / 224                     # torchvision's resize-then-crop co
 class LoadedModel:
     """A classifier ready to explain: ``module`` in eval mode on its device, its inputs and class
     names (one :class:`data.InputSpec`), the layer explained by default (None: no layer has a
-    map), a line describing it all, and the CIFAR ResNet-18's built-in dataset."""
+    map), a line describing it all, and the built-in dataset of a built-in arch."""
 
     module: nn.Module
     inputs: InputSpec
@@ -110,8 +112,9 @@ def torchvision_archs() -> tuple[str, ...]:
 
 
 def known_archs() -> tuple[str, ...]:
-    """Every ``arch`` this module builds: the CIFAR ResNet-18 first, then torchvision's."""
-    return (CIFAR_ARCH, *torchvision_archs())
+    """Every ``arch`` this module builds: the built-in ones first (the CIFAR ResNet-18, the
+    small ViT), then torchvision's."""
+    return (*BUILTIN_ARCHS, *torchvision_archs())
 
 
 def _unknown_arch(arch: str) -> UserError:
@@ -410,8 +413,8 @@ def load_classifier(arch: str | None = None, weights: str | None = None,
                     mean: tuple[float, float, float] | None = None,
                     std: tuple[float, float, float] | None = None,
                     classes_file: str | os.PathLike | None = None,
-                    device: torch.device | str = "cpu", dataset: str | None = None
-                    ) -> LoadedModel:
+                    device: torch.device | str = "cpu", dataset: str | None = None,
+                    builtin_only: bool = False) -> LoadedModel:
     """The classifier to explain, with its preprocessing and class names.
 
     - ``model_spec`` ``FILE.py:FUNCTION``: the user's factory (its code runs); ``weights`` may
@@ -419,29 +422,38 @@ def load_classifier(arch: str | None = None, weights: str | None = None,
       outputs, ImageNet's class names, unless ``input_size`` / ``mean`` / ``std`` /
       ``classes_file`` say otherwise.
     - ``arch`` ``resnet18_cifar`` (the default; also when ``weights`` is a checkpoint of it):
-      this tool's CIFAR ResNet-18, random or from a checkpoint file, explained at ``layer4``.
+      this tool's CIFAR ResNet-18, random or from a checkpoint file, explained at ``layer4``;
+      ``vit_small_cifar`` likewise, this tool's small ViT, explained at ``auto`` (its last
+      block's first norm).
     - ``arch`` any torchvision classifier; ``weights`` None (random, for tests), a weights name
       (``DEFAULT``, ``IMAGENET1K_V2``; from the hub cache, downloaded when missing) or a file
       (a state dict, or a checkpoint this tool wrote, whose recorded fields are used).
 
-    ``arch`` None means the checkpoint's own arch, else ``resnet18_cifar``. The default target
-    layer is ``auto`` (:func:`cam.auto_layer`) except for ``resnet18_cifar``. ``dataset``
-    names the built-in dataset of a ``resnet18_cifar`` checkpoint that does not record its own
-    (it must agree with one that does); other models have none.
+    ``arch`` None means the checkpoint's own arch, else ``resnet18_cifar``; ``builtin_only``
+    refuses a checkpoint of any other arch than the built-in ones (``BUILTIN_ARCHS``). The
+    default target layer is ``auto`` (:func:`cam.auto_layer`) except for ``resnet18_cifar``.
+    ``dataset`` names the built-in dataset of a built-in arch's checkpoint that does not record
+    its own (it must agree with one that does); other models have none.
     """
     device = torch.device(device)
     classes = read_classes(classes_file) if classes_file is not None else None
-    if dataset is not None and (model_spec is not None or arch not in (None, CIFAR_ARCH)):
-        raise ParamError("dataset", f"{{param}} {dataset}: only {{arch}} {CIFAR_ARCH} trains on a built-in "
-                        f"dataset; other models are tested on an image folder", "arch")
+    if dataset is not None and (model_spec is not None or arch not in (None, *BUILTIN_ARCHS)):
+        raise ParamError("dataset", f"{{param}} {dataset}: only {{arch}} {' or '.join(BUILTIN_ARCHS)} "
+                        f"train on a built-in dataset; other models are tested on an image "
+                        f"folder", "arch")
     if model_spec is not None:
         return _load_factory_model(model_spec, weights, input_size, mean, std, classes, device)
     if arch is not None and arch not in known_archs():
         raise _unknown_arch(arch)
     ckpt = None
-    if weights is not None and (arch in (None, CIFAR_ARCH) or _weights_enum(arch, weights) is None):
+    if weights is not None and (arch in (None, *BUILTIN_ARCHS)
+                                or _weights_enum(arch, weights) is None):
         ckpt = _read_weights_file(weights, arch)
         recorded = ckpt.get("arch")
+        if builtin_only and (arch or recorded or CIFAR_ARCH) not in BUILTIN_ARCHS:
+            raise ParamError("weights", f"{{param}} {weights} is a checkpoint of {{arch}} "
+                                        f"{arch or recorded}, not {' or '.join(BUILTIN_ARCHS)}",
+                             "arch")
         if arch is None:
             arch = recorded or CIFAR_ARCH
             if arch not in known_archs():
@@ -452,8 +464,8 @@ def load_classifier(arch: str | None = None, weights: str | None = None,
             raise ParamError("weights", f"{{param}} {weights} is a checkpoint of {{arch}} {recorded}, not {arch}",
                              "arch")
     arch = arch or CIFAR_ARCH
-    if arch == CIFAR_ARCH:
-        loaded = _load_cifar(weights, ckpt, classes, input_size, mean, std, dataset)
+    if arch in BUILTIN_ARCHS:
+        loaded = _load_builtin(arch, weights, ckpt, classes, input_size, mean, std, dataset)
     else:
         loaded = _load_torchvision(arch, weights, ckpt, classes, input_size, mean, std)
     loaded.module.to(device).eval()
@@ -494,10 +506,12 @@ def _check_classes(classes: tuple[str, ...] | None, outputs: int, what: str
     return classes
 
 
-def _load_cifar(weights: str | None, ckpt: dict[str, Any] | None,
-                classes: tuple[str, ...] | None, input_size: int | None,
-                mean: tuple[float, float, float] | None,
-                std: tuple[float, float, float] | None, dataset: str | None) -> LoadedModel:
+def _load_builtin(arch: str, weights: str | None, ckpt: dict[str, Any] | None,
+                  classes: tuple[str, ...] | None, input_size: int | None,
+                  mean: tuple[float, float, float] | None,
+                  std: tuple[float, float, float] | None, dataset: str | None) -> LoadedModel:
+    """A built-in arch (``model.BUILDERS``), random or from its checkpoint, with its dataset's
+    inputs; explained at ``layer4`` (the CIFAR ResNet-18) or at ``auto``."""
     recorded = (ckpt or {}).get("dataset")
     if dataset is not None and recorded is not None and dataset != recorded:
         raise ParamError("dataset", f"{{param}} {dataset}: the checkpoint {weights} was trained on {recorded}; "
@@ -505,27 +519,32 @@ def _load_cifar(weights: str | None, ckpt: dict[str, Any] | None,
     info = dataset_info(recorded or dataset or "cifar10")
     if ckpt is None:
         if weights is not None:
-            raise ParamError("weights", f"{{param}} {weights}: {{arch}} {CIFAR_ARCH} has no named weights; "
+            raise ParamError("weights", f"{{param}} {weights}: {{arch}} {arch} has no named weights; "
                             f"give a checkpoint file", "arch")
-        module, meta, source = cifar.build_resnet18(len(classes or info.classes)), {}, "random"
+        module, meta, source = cifar.build(arch, len(classes or info.classes)), {}, "random"
     else:
         state = ckpt["model_state_dict"]
-        fc = state.get("fc.weight")
-        outputs = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else len(info.classes)
+        head = _classifier_outputs(state)      # fc (the ResNet), heads.head (the ViT)
+        outputs = head[1] if head is not None else len(info.classes)
         cifar.check_metadata(ckpt, weights, outputs)
-        module = cifar.build_resnet18(outputs)
-        fit_state_dict(module, state, f"weights {weights}", CIFAR_ARCH)
+        module = cifar.build(arch, outputs)
+        fit_state_dict(module, state, f"weights {weights}", arch)
         meta = {k: v for k, v in ckpt.items() if k not in ("model_state_dict",
                                                            "optimizer_state_dict")}
         source = str(weights)
-    outputs = module.fc.out_features
+    outputs = _classifier_outputs(module.state_dict())[1]
     names = (_check_classes(classes, outputs, f"the checkpoint {weights}")
              or tuple(meta.get("classes") or ()) or
              (info.classes if len(info.classes) == outputs
               else tuple(f"class {i}" for i in range(outputs))))
     inputs = _override(_inputs_from_meta(meta, info), input_size, mean, std, names)
-    return LoadedModel(module, inputs, CIFAR_ARCH, "layer4",
-                       f"{CIFAR_ARCH} ({source}), {len(names)} classes, {inputs.input_size} px",
+    if arch == CIFAR_ARCH:
+        layer, where = "layer4", ""
+    else:
+        layer = _default_layer(module, inputs.input_size, arch)
+        where = f", layer {layer}"
+    return LoadedModel(module, inputs, arch, layer,
+                       f"{arch} ({source}), {len(names)} classes, {inputs.input_size} px{where}",
                        info.name)
 
 
