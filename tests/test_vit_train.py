@@ -4,6 +4,8 @@ and explained wherever a ``resnet18_cifar`` checkpoint is; the ResNet's recipe u
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,22 @@ def test_a_vit_without_a_checkpoint_is_looked_for_where_its_training_writes(tmp_
     assert not (ROOT / ViTTrainConfig.save_path).exists()
     result = run_here(capsys, "--arch", VIT_ARCH, "--vis", "gradcam", "--out_dir", tmp_path)
     assert_one_line_error(result, "checkpoint not found", ViTTrainConfig.save_path)
+
+
+def test_the_training_page_is_written_from_the_runs_own_files(trained, tmp_path):
+    """``scripts/training_page.py``: every number of the page comes from ``metrics.csv`` and
+    the checkpoint; the curves are copied beside it."""
+    out, ckpt, _ = trained
+    page = tmp_path / "page.md"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "training_page.py"), str(out / "logs"),
+         str(ckpt), str(page), "--title", "A ViT", "--command", "python main.py ...",
+         "--date", "2026-01-02"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    text = page.read_text()
+    row = next(csv.DictReader((out / "logs" / "metrics.csv").read_text().splitlines()))
+    assert f"**Test accuracy: {float(row['test_acc']):.2f}%**" in text
+    assert f"| 1 | {float(row['train_loss']):.4f} |" in text
+    assert "it records" in text and "2026-01-02" in text and "python main.py ..." in text
+    assert (tmp_path / "page_curves.png").read_bytes() == \
+        (out / "logs" / "training_curves.png").read_bytes()
