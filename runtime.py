@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as ``lscpu`` gives it (``/proc/cpuinfo``), for the machine line of
+    benchmarks and reports; what the platform says where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
 
 
 @functools.lru_cache(maxsize=1)

@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -36,16 +34,8 @@ import torch
 import cli_serve
 import explorer
 from data import open_image
+from runtime import cpu_name
 from tests.browser import Browser, missing
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def timed(fn) -> float:

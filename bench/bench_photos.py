@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from cam import capture_activation, resolve_layer
 from explain import heatmap_precision, heatmaps
 from folders import PhotoDataset, loader_workers, photo_batches, photo_loader
-from runtime import autocast, precision_dtype, precision_label, resolve_device
+from runtime import autocast, cpu_name, precision_dtype, precision_label, resolve_device
 from zoo import load_classifier
 
 
@@ -139,7 +139,7 @@ def main() -> None:
     dtype = heatmap_precision(["gradcam"], precision_dtype("auto", device), device)["gradcam"]
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU {_cpu_model()}, device {device}, Grad-CAM in {precision_label(dtype)}")
+          f"CPU {cpu_name()}, device {device}, Grad-CAM in {precision_label(dtype)}")
 
     loaded = load_classifier(args.arch, device=device)
     model = loaded.module.eval()
@@ -252,14 +252,6 @@ def main() -> None:
               f"floor of {args.memory_arch} (forward + autograd.grad to {layer}, batch "
               f"{args.batch}, {precision_label(dtype)}): {floor_rate:.1f} images/s -> "
               f"{rate / floor_rate:.2f}x the floor (target >= 0.85x)")
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -14,9 +14,7 @@ over forward; the target is at most 1.5.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,19 +25,9 @@ import torch
 import torchvision
 
 from explain import make_explainer
-from runtime import resolve_device
+from runtime import cpu_name, resolve_device
 
 TARGET = 1.5
-
-
-def cpu_name() -> str:
-    """``lscpu``'s model name, or what the platform says."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def timed(run, device: torch.device) -> float:

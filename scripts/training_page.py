@@ -5,8 +5,8 @@ recorded metadata. No number in the page is typed by hand.
     python scripts/training_page.py LOG_DIR CHECKPOINT OUT.md --title TITLE --command "..."
         [--wall SECONDS]
 
-The machine line is this machine's (``lscpu``'s model name, cores, torch), so run it where the
-training ran; ``--wall`` is the run's wall time when it was measured from outside (``time``).
+The machine line is this machine's (the CPU's model name as ``lscpu`` gives it, cores,
+torch), so run it where the training ran; ``--wall`` is the run's wall time when it was measured from outside (``time``).
 """
 from __future__ import annotations
 
@@ -14,23 +14,12 @@ import argparse
 import csv
 import datetime
 import os
-import platform
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def read_rows(log_dir: Path) -> list[dict[str, float]]:
@@ -53,7 +42,7 @@ def page(rows: list[dict[str, float]], meta: dict, size_mb: float, title: str, c
         command,
         "```",
         "",
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch_version}, precision "
+        f"Machine: {meta['cpu']}, {os.cpu_count()} cores, torch {torch_version}, precision "
         f"{meta['precision']}; trained {meta['date']}, nothing else running. Training and "
         f"scoring took {seconds / 60:.1f} min over the epochs"
         + (f" ({wall / 60:.1f} min wall time with start-up and data loading)." if wall else "."),
@@ -82,12 +71,12 @@ def main() -> None:
     import torch
 
     from model import read_checkpoint
-    from runtime import cpu_has_native_bf16
+    from runtime import cpu_has_native_bf16, cpu_name
     rows = read_rows(args.log_dir)
     ckpt = read_checkpoint(args.checkpoint)
     curves = args.out.with_name(args.out.stem + "_curves.png")
     shutil.copyfile(args.log_dir / "training_curves.png", curves)
-    meta = {"dataset": ckpt.get("dataset", "?"), "recorded": float(ckpt.get("acc", "nan")),
+    meta = {"cpu": cpu_name(), "dataset": ckpt.get("dataset", "?"), "recorded": float(ckpt.get("acc", "nan")),
             "path": args.checkpoint.resolve().relative_to(ROOT)
             if args.checkpoint.resolve().is_relative_to(ROOT) else args.checkpoint,
             "date": args.date,
