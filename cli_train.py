@@ -30,7 +30,8 @@ def train_classifier(args: Namespace) -> int:
     """``--mode train [--arch resnet18_cifar|vit_small_cifar]``: train with the arch's recipe,
     keep the best checkpoint, log metrics and curves."""
     from train import fit
-    cfg = given(train_recipe(args.arch), dataset=args.dataset, **_run(args))
+    cfg = given(train_recipe(args.arch), dataset=args.dataset, resume=args.resume,
+                **_run(args))
     history = fit(cfg)
     if distributed.world().is_main:
         print(f"Best test accuracy: {history.best:.2f}%  (checkpoint {cfg.save_path}, "

@@ -25,6 +25,10 @@ from recipes import (
     train_recipe,
 )
 
+# How the user starts the tool, for --help's examples and the run's recorded command: the
+# repository's script, or the command that installing the package puts on the PATH.
+PROG = "camexplain" if __package__ else "python main.py"
+
 # Settings every job takes the same way: where to read and write, which device and precision.
 SHARED = frozenset({"mode", "device", "precision", "data_dir", "out_dir", "log_dir",
                     "save_path"})
@@ -53,7 +57,8 @@ CLASSIFIER_PARAMS = {**MODEL_PARAMS, "layer": "--target_layer", "layers": "--tar
                      "strategy": "--hidden_strategy", "batch_size": "--cam_batch_size"}
 TRAINING_PARAMS = {**MODEL_PARAMS, "batch_size": "--batch_size", "lr": "--lr",
                    "num_epochs": "--num_epochs", "weight_decay": "--weight_decay",
-                   "label_smoothing": "--label_smoothing", "save_path": "--save_path"}
+                   "label_smoothing": "--label_smoothing", "save_path": "--save_path",
+                   "resume": "--resume", "seed": "--seed"}
 DETECTOR_PARAMS = {"layers": "--det_layer", "method": "--det_method", "device": "--device",
                    "arch": "--det_arch", "min_size": "--det_min_size", "weights": "--det_weights",
                    "masks": "--det_masks", "model": "the detector", "data_dir": "--data_dir",
@@ -113,7 +118,8 @@ JOBS: tuple[Job, ...] = (
     Job("train", "train the CIFAR ResNet-18, or the small ViT (--arch vit_small_cifar), from "
                  "scratch on a built-in dataset (--mode train)",
         lambda a: a.mode == "train",
-        TRAINING | {"dataset", "arch", "label_smoothing"}, "cli_train:train_classifier",
+        TRAINING | {"dataset", "arch", "label_smoothing", "resume"},
+        "cli_train:train_classifier",
         config=lambda a: train_recipe(a.arch), params=TRAINING_PARAMS),
     Job("make_scenes", "write the Fashion-MNIST test scenes (--make_scenes DIR)",
         lambda a: bool(a.make_scenes), frozenset({"make_scenes", "det_num"}),

@@ -91,6 +91,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
         tmp.write_bytes(buffer.getbuffer())
 
 
+def resume_path(save_path: str | os.PathLike) -> Path:
+    """Where the full training state (optimizer, schedule, RNG) of ``save_path`` is kept: a
+    training run writes it after every epoch, and ``resume`` continues from it."""
+    save_path = Path(save_path)
+    return save_path.with_name(save_path.stem + ".resume.pth")
+
+
 _told_fp32: set[str] = set()   # files whose fp32 tensors were already noted in this process
 
 

@@ -50,6 +50,7 @@ class TrainConfig(TrainingRun):
     label_smoothing: float = 0.1
     optimizer: str = "sgd"
     warmup: float = 0.05        # adamw's warm-up, a share of all steps (sgd's: one-cycle's own)
+    resume: bool = False        # continue the run whose training state is beside save_path
 
 
 @dataclass(frozen=True)

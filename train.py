@@ -4,7 +4,10 @@ The recipe is the modern short-schedule one: for the CIFAR ResNet-18 SGD with Ne
 and weight decay and a one-cycle learning rate, for the small vision transformer AdamW with a
 warm-up and a cosine (the recipe's ``optimizer``, :func:`optimizer_and_schedule`); label
 smoothing, and on hardware that has it bf16/fp16 autocast with ``channels_last`` memory. The
-best checkpoint on the test split is kept, as the original did.
+best checkpoint on the test split is kept, as the original did; the whole training state
+(weights, optimizer, schedule, random generators, the epochs so far) is written after every
+epoch beside it (:func:`model.resume_path`), so that ``resume`` continues a stopped run where it
+stopped.
 """
 from __future__ import annotations
 
@@ -25,8 +28,15 @@ import distributed
 import outputs
 import visualize
 from data import ImageSplit, InputSpec, batches, dataset_info, load_split
-from errors import ParamError, TrainingStopped
-from model import build, save_checkpoint
+from errors import ParamError, TrainingStopped, UserError, reason
+from model import (
+    build,
+    check_metadata,
+    load_state,
+    read_checkpoint,
+    resume_path,
+    save_checkpoint,
+)
 from recipes import TrainConfig
 from runtime import autocast, eval_mode, precision_label, seed_everything
 
@@ -225,21 +235,70 @@ class History:
 FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
 
 
+# What decides the run a training state belongs to: resuming with another value would continue
+# neither that run nor start a new one (the schedule, the data order and the model differ).
+RESUME_MUST_MATCH = ("arch", "dataset", "seed", "num_epochs", "batch_size", "lr", "weight_decay",
+                     "label_smoothing", "optimizer", "warmup")
+RESUME_KEYS = ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "history",
+               "epoch", "best", "best_epoch", "order_rng", "augment_rngs", "torch_rng",
+               "processes", "training")
+
+
+def read_resume_state(state_path: Path, cfg: TrainConfig, processes: int) -> dict:
+    """The training state ``cfg.resume`` continues from, checked whole before any training:
+    every part present (weights, optimizer, schedule, random generators, history), fields that
+    fit ``model.FIELDS``, written by a run of the same recipe (``RESUME_MUST_MATCH``) with the
+    same number of processes."""
+    if not state_path.is_file():
+        raise ParamError("resume", f"{{param}}: no training state {state_path} to resume from "
+                                   f"(a run writes it after its first epoch)")
+    state = read_checkpoint(state_path)
+    missing = [key for key in RESUME_KEYS if key not in state]
+    if missing:
+        raise ParamError("resume", f"{{param}}: {state_path} is not a complete classifier "
+                                   f"training state (no {', '.join(missing)}); start anew "
+                                   f"without {{param}}")
+    check_metadata(state, state_path, len(state.get("classes") or []) or
+                   len(dataset_info(cfg.dataset).classes))
+    written = state["training"]
+    if not isinstance(written, dict):
+        raise ParamError("resume", f"{{param}}: {state_path} does not record its recipe "
+                                   f"('training' is not a table); start anew without {{param}}")
+    for key in RESUME_MUST_MATCH:
+        if written.get(key) != getattr(cfg, key):
+            raise ParamError(key, f"{{resume}}: {state_path} was written with {{param}} "
+                                  f"{written.get(key)}, this run has {{param}} "
+                                  f"{getattr(cfg, key)}; resuming would be neither that run "
+                                  f"nor a new one (use {{param}} {written.get(key)}, or start "
+                                  f"anew without {{resume}})", "resume")
+    if state["processes"] != processes:
+        raise ParamError("resume", f"{{param}}: {state_path} was written by {state['processes']} "
+                                   f"process(es), this run has {processes}; resume with as "
+                                   f"many as the run had")
+    return state
+
+
 def fit(cfg: TrainConfig) -> History:
     """Train ``cfg.arch`` from scratch on ``cfg.dataset``, keep the checkpoint with the best
     test accuracy (it records the arch), write ``metrics.csv`` and ``training_curves.png``
-    after every epoch. Under torchrun every rank trains its share of each batch; rank 0
-    scores, logs and saves."""
+    after every epoch, and the whole training state beside the checkpoint
+    (:func:`model.resume_path`). ``cfg.resume`` continues the run that wrote that state from
+    its next epoch, ending where the uninterrupted run would have ended. Under torchrun every
+    rank trains its share of each batch; rank 0 scores, logs and saves."""
     here = distributed.world()
     device, dtype = torch.device(cfg.device), cfg.dtype
     generator = seed_everything(cfg.seed)  # the epochs' order: the same on every rank
     augment_generator = (torch.Generator().manual_seed(cfg.seed + 7919 * (here.rank + 1))
                          if here.distributed else None)
     info: InputSpec = dataset_info(cfg.dataset)
+    state_path = resume_path(cfg.save_path)
+    state = read_resume_state(state_path, cfg, here.size) if cfg.resume else None
     train_split = load_split(info.name, cfg.data_dir, train=True).to(device)
     test_split = load_split(info.name, cfg.data_dir, train=False).to(device)
 
     model = build(cfg.arch, len(info.classes)).to(device)
+    if state is not None:
+        load_state(model, state["model_state_dict"], f"training state {state_path}", cfg.arch)
     if dtype is not None:
         model = model.to(memory_format=torch.channels_last)
     net = distributed.wrap_model(model, here)
@@ -249,15 +308,23 @@ def fit(cfg: TrainConfig) -> History:
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
     record = EpochRecorder(cfg.log_dir, cfg.save_path, cfg.save_half, cfg.num_epochs, "test")
+    first = 1
+    if state is not None:
+        first = _continue(state, state_path, optimizer, scheduler, scaler, generator,
+                          augment_generator, record, here)
     batch = (f"batch {cfg.batch_size}" if not here.distributed else
              f"batch {cfg.batch_size} per process x {here.size} processes = "
              f"{cfg.batch_size * here.size}")
+    epochs = (f"{cfg.num_epochs} epochs" if state is None else
+              f"epochs {first}..{cfg.num_epochs} (resumed from {state_path})")
     if here.is_main:
         log.info(f"Training {cfg.arch} on {info.name}: {len(train_split)} train / "
-                 f"{len(test_split)} test images, {cfg.num_epochs} epochs, {batch}, "
+                 f"{len(test_split)} test images, {epochs}, {batch}, "
                  f"{cfg.optimizer} at lr {cfg.lr:g}, device {device}, precision "
                  f"{precision_label(dtype)}")
-    for epoch in range(1, cfg.num_epochs + 1):
+    meta = {"arch": cfg.arch, "dataset": info.name, **info.as_meta()}
+    training = {key: getattr(cfg, key) for key in RESUME_MUST_MATCH}
+    for epoch in range(first, cfg.num_epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         with record.stopping(epoch, cfg.lr):
@@ -268,11 +335,45 @@ def fit(cfg: TrainConfig) -> History:
         distributed.sync_buffers(model, here)
         logits = predict_sharded(model, test_split, device, dtype,
                                  batch_size=max(cfg.batch_size, 256))
+        augment_rngs = distributed.gather(
+            None if augment_generator is None else augment_generator.get_state(), here)
         if not here.is_main:  # rank 0 scores, logs and saves
             continue
-        record.epoch(epoch, stats, logits, test_split.labels.cpu(), lr, start, model,
-                     {"arch": cfg.arch, "dataset": info.name, **info.as_meta()}, optimizer)
+        row = record.epoch(epoch, stats, logits, test_split.labels.cpu(), lr, start, model, meta,
+                           optimizer)
+        save_checkpoint(state_path, model, {
+            **meta, "epoch": epoch, "acc": row["test_acc"], "training": training,
+            "history": record.rows, "best": record.best, "best_epoch": record.best_epoch,
+            "scheduler_state_dict": scheduler.state_dict(),
+            "scaler_state_dict": None if scaler is None else scaler.state_dict(),
+            "order_rng": generator.get_state(), "augment_rngs": augment_rngs,
+            "torch_rng": torch.get_rng_state(), "processes": here.size}, optimizer=optimizer)
     return record.history()
+
+
+def _continue(state: dict, state_path: Path, optimizer: torch.optim.Optimizer,
+              scheduler: torch.optim.lr_scheduler.LRScheduler,
+              scaler: torch.amp.GradScaler | None, generator: torch.Generator,
+              augment_generator: torch.Generator | None, record: EpochRecorder,
+              here: distributed.World) -> int:
+    """Put a run back where its training ``state`` left it (the weights are loaded already):
+    optimizer, schedule, loss scaler, random generators, the epochs so far. The next epoch."""
+    try:
+        optimizer.load_state_dict(state["optimizer_state_dict"])
+        scheduler.load_state_dict(state["scheduler_state_dict"])
+        if scaler is not None and state.get("scaler_state_dict"):
+            scaler.load_state_dict(state["scaler_state_dict"])
+        generator.set_state(state["order_rng"])
+        if augment_generator is not None:
+            augment_generator.set_state(state["augment_rngs"][here.rank])
+        torch.set_rng_state(state["torch_rng"])
+        record.rows = [dict(row) for row in state["history"]]
+        record.best, record.best_epoch = float(state["best"]), int(state["best_epoch"])
+        return int(state["epoch"]) + 1
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise UserError(f"training state {state_path}: its optimizer, schedule, random "
+                        f"generators or history do not fit this run ({reason(exc, 120)})"
+                        ) from None
 
 
 class EpochRecorder:

@@ -27,7 +27,14 @@ import visualize
 from detectors import SCENE_ARCH, build_scene_detector
 from detmetrics import average_precision
 from errors import ParamError, TrainingStopped, UserError, reason
-from model import check_finite, check_metadata, load_state, read_checkpoint, save_checkpoint
+from model import (
+    check_finite,
+    check_metadata,
+    load_state,
+    read_checkpoint,
+    resume_path,
+    save_checkpoint,
+)
 from recipes import DetectorTrainConfig
 from runtime import autocast, eval_mode, precision_label, seed_everything
 from train import History
@@ -50,12 +57,6 @@ def detector_meta(canvas: int = scenes.CANVAS) -> dict:
             "fpn_channels": 64, "head_channels": 256,
             "anchor_sizes": [[16, 24], [32, 48], [64, 96], [128, 160]],
             "aspect_ratios": [0.5, 1.0, 2.0], "score_thresh": 0.5}
-
-
-def resume_path(save_path: str | Path) -> Path:
-    """Where the full training state (optimizer, schedule, RNG) of ``save_path`` is kept."""
-    save_path = Path(save_path)
-    return save_path.with_name(save_path.stem + ".resume.pth")
 
 
 def learning_rate(step: int, total: int, peak: float) -> float:

@@ -93,8 +93,6 @@ COMBINATIONS: list[tuple[Callable[[Namespace], bool], str]] = [
      "--hidden_strategy evaluates heatmaps: name them with --vis (a method, a comma list, all)"),
     (lambda a: bool(a.image) and a.target == "gt",
      "--target gt needs the true class, which a user image does not have"),
-    (lambda a: a.resume and not (a.mode == "train" and a.det_vis),
-     "--resume continues detector training: use it with --mode train --det_vis"),
     (lambda a: a.resume and a.mode == "train" and bool(a.det_weights),
      ("--resume continues from its own training state; --det_weights starts a new run from "
       "a checkpoint: use one or the other")),

@@ -1,0 +1,365 @@
+"""The shipped CNN against the shipped vision transformer: the same test images, the same
+methods and metrics, and the results page written from the runs' own files.
+
+    python scripts/cnn_vs_vit.py [OUT] [--num_eval 100] [--steps 20] [--sanity_images 8]
+    python scripts/cnn_vs_vit.py OUT --page_only      # rebuild the page from OUT's files
+
+Both models were trained on Fashion-MNIST by this tool's own training command. The images are
+the first ``--num_eval`` test images that *both* models classify correctly, each explained for
+its true class, so that every difference in the tables is the models' and the methods', not the
+images'. For each model it runs, through the Python API:
+
+- test accuracy on the whole test split;
+- the leaderboard: every method that applies to the model at two layers (the ResNet's last two
+  stages; the ViT's middle and last block, read where ``auto`` reads a class-token ViT), and
+  attention rollout on the ViT, with the random-map and centre-prior baselines, deletion and
+  insertion under zero and blur hiding, Average Drop and Increase in Confidence;
+- the sanity check (cascading randomisation) of every method at the later layer on the first
+  ``--sanity_images`` of those images.
+
+Everything goes into OUT (default ``./figures/cnn_vs_vit``): each model's leaderboard and sanity
+folders as the command line writes them, and ``run.json`` (accuracy, the images, the machine,
+the precision, the date, how long each part took). The page (default
+``docs/results/cnn_vs_vit.md``, its figures beside it in ``docs/results/cnn_vs_vit/``) is then
+written from OUT's JSON files alone: no number in it is typed by hand.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PAGE = ROOT / "docs" / "results" / "cnn_vs_vit.md"
+STRATEGIES = ("zero", "blur")
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One model of the comparison: its name in the tables, its checkpoint, its two layers (the
+    earlier first) and the folder name of its runs."""
+
+    name: str
+    checkpoint: str
+    layers: tuple[str, str]
+    key: str
+
+
+def shown(path: str | Path) -> str:
+    """A path as the page shows it: relative to the repository when inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def contenders(cnn: str, vit: str) -> tuple[Contender, Contender]:
+    return (Contender("ResNet-18", cnn, ("layer3", "layer4"), "resnet18"),
+            Contender("ViT (6 blocks, width 192)", vit,
+                      ("encoder.layers.encoder_layer_3.ln_1",
+                       "encoder.layers.encoder_layer_5.ln_1"), "vit"))
+
+
+def common_correct(predictions: list, labels, n: int):
+    """Indices of the first ``n`` images that every model of ``predictions`` gets right."""
+    import torch
+    right = torch.stack([p == labels for p in predictions]).all(0)
+    return right.nonzero().flatten()[:n]
+
+
+def methods_for(model, methods: str) -> str | list[str]:
+    """``methods`` without those that do not apply to ``model`` (rollout on the CNN); ``all``
+    is left to the API, which means the same by it."""
+    from explain import attention_reason
+    if methods.strip() == "all":
+        return "all"
+    return [m for m in methods.split(",") if attention_reason(m.strip(), model) is None]
+
+
+def run(out: Path, models: tuple[Contender, ...], data_dir: str, num_eval: int, steps: int,
+        sanity_images: int, precision: str, methods: str, command: str) -> dict:
+    """Every part for every model into ``out``; returns what ``run.json`` records."""
+    import torch
+
+    import leaderboard as board_api
+    import sanity as sanity_api
+    import sources
+    from data import ImageSplit
+    from runtime import cpu_name, precision_dtype, precision_label, resolve_device
+    from train import predict
+    from zoo import load_classifier
+
+    device = resolve_device("auto")
+    dtype = precision_dtype(precision, device)
+    record: dict = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+                                "torch": torch.__version__, "device": str(device)},
+                    "precision": precision_label(dtype), "date": datetime.date.today().isoformat(),
+                    "num_eval_requested": num_eval, "steps": steps, "strategies": STRATEGIES,
+                    "command": command,
+                    "models": {}, "seconds": {}}
+    loaded = {m.key: load_classifier(weights=m.checkpoint, device=device) for m in models}
+    split = sources.dataset_split(loaded[models[0].key], data_dir)
+    started = time.perf_counter()
+    predictions = []
+    for m in models:
+        logits = predict(loaded[m.key].module, split, device, dtype)
+        predictions.append(logits.argmax(1))
+        record["models"][m.key] = {
+            "name": m.name, "checkpoint": shown(m.checkpoint), "layers": list(m.layers),
+            "arch": loaded[m.key].arch, "dataset": loaded[m.key].dataset,
+            "parameters": sum(p.numel() for p in loaded[m.key].module.parameters()),
+            "test_accuracy": 100.0 * (predictions[-1] == split.labels).float().mean().item(),
+            "test_images": len(split)}
+    record["seconds"]["test accuracy"] = time.perf_counter() - started
+    chosen = common_correct(predictions, split.labels, num_eval)
+    if len(chosen) == 0:
+        sys.exit("error: no test image is classified correctly by every model")
+    record["images"] = chosen.tolist()
+    common = ImageSplit(split.images[chosen], split.labels[chosen], split.info)
+    for m in models:
+        model = loaded[m.key].module
+        started = time.perf_counter()
+        mine = methods_for(model, methods)
+        board = board_api.leaderboard(model, common, device, mine, list(m.layers),
+                                      list(STRATEGIES), steps=steps, num_images=len(common),
+                                      dtype=dtype, context={"model": shown(m.checkpoint),
+                                                            "arch": loaded[m.key].arch})
+        board_api.write_leaderboard(board, out / m.key / "leaderboard")
+        record["seconds"][f"{m.key} leaderboard"] = time.perf_counter() - started
+        started = time.perf_counter()
+        part = common.subset(sanity_images)
+        pixels = part.images.float().div(255)
+        report = sanity_api.sanity_check(
+            model, loaded[m.key].inputs.normalize(pixels).to(device), part.labels.to(device),
+            mine, [m.layers[1]], dtype=dtype,
+            source=f"the first {len(part)} test images both models classify correctly",
+            which="true")
+        sanity_api.write_sanity(report, pixels, out / m.key / "sanity")
+        record["seconds"][f"{m.key} sanity check"] = time.perf_counter() - started
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# The page, from the files alone
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _interval(row: dict, key: str, digits: int) -> str:
+    mean, low, high = row[f"{key}_mean"], row[f"{key}_ci95_low"], row[f"{key}_ci95_high"]
+    if low is None or high is None:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _short(layer: str) -> str:
+    """``encoder.layers.encoder_layer_5.ln_1`` -> ``block 6 ln_1``; other names as they are."""
+    prefix = "encoder.layers.encoder_layer_"
+    if layer.startswith(prefix):
+        block, _, rest = layer[len(prefix):].partition(".")
+        return f"block {int(block) + 1} {rest}".strip()
+    return layer or "–"
+
+
+def leaderboard_table(rows: list[dict]) -> list[str]:
+    lines = [("| rank | method | layer | insertion − deletion ↑ | deletion AUC ↓ | "
+              "insertion AUC ↑ | Average Drop % ↓ | Increase in Confidence % ↑ |"),
+             "|---:|---|---|---|---|---|---|---|"]
+    for r in rows:
+        title = f"*{r['title']}*" if r["baseline"] else r["title"]
+        lines.append(f"| {r['rank']} | {title} | {_short(r['layer'])} | "
+                     f"{_interval(r, 'insertion_minus_deletion', 4)} | "
+                     f"{_interval(r, 'deletion_auc', 4)} | {_interval(r, 'insertion_auc', 4)} | "
+                     f"{_interval(r, 'average_drop_pct', 1)} | "
+                     f"{_interval(r, 'increase_in_confidence_pct', 1)} |")
+    return lines
+
+
+def best_method(rows: list[dict]) -> dict:
+    """The first row of a ranked leaderboard that is not a baseline."""
+    return next(r for r in rows if not r["baseline"])
+
+
+def side_by_side(record: dict, boards: dict[str, dict], sanities: dict[str, dict]) -> list[str]:
+    """One row per model: accuracy, its best method under each hiding, the baselines, and how
+    many of its methods pass the sanity check."""
+    keys = list(record["models"])
+    head = ["", *[record["models"][k]["name"] for k in keys]]
+    rows = [["test accuracy", *[f"{record['models'][k]['test_accuracy']:.2f}%" for k in keys]],
+            ["parameters", *[f"{record['models'][k]['parameters'] / 1e6:.2f} M" for k in keys]]]
+    for strategy in record["strategies"]:
+        best = {k: best_method(boards[k][strategy]["rows"]) for k in keys}
+        rows.append([f"best method, {strategy} hiding (insertion − deletion)",
+                     *[f"{best[k]['title']} at {_short(best[k]['layer'])}: "
+                       f"{_interval(best[k], 'insertion_minus_deletion', 3)}" for k in keys]])
+        for baseline in ("centre", "random"):
+            cells = []
+            for k in keys:
+                row = next(r for r in boards[k][strategy]["rows"]
+                           if r["baseline"] and r["method"] == baseline)
+                cells.append(_interval(row, "insertion_minus_deletion", 3))
+            rows.append([f"{baseline} baseline, {strategy} hiding", *cells])
+    rows.append(["lowest Average Drop % (a method)",
+                 *[min((r for r in boards[k]["zero"]["rows"] if not r["baseline"]),
+                       key=lambda r: r["average_drop_pct_mean"]) for k in keys]])
+    rows[-1][1:] = [f"{r['title']} at {_short(r['layer'])}: {r['average_drop_pct_mean']:.1f}"
+                    for r in rows[-1][1:]]
+    from evaluate import BASELINES
+    rows.append(["methods that pass the sanity check", *[
+        ", ".join(r["title"] for r in sanity_methods(sanities[k])
+                  if not r["fails"] and r["method"] not in BASELINES) or "none"
+        for k in keys]])
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def sanity_methods(sanity: dict) -> list[dict]:
+    """One row per method (and baseline) of a sanity check: the one after the last stage."""
+    last = sanity["stages"][-1]
+    return [r for r in sanity["rows"] if r["stage"] == last]
+
+
+def sanity_table(sanity: dict) -> list[str]:
+    stages = sanity["stages"]
+    lines = ["| method | layer | " + " | ".join(f"+{s}" for s in stages) + " | verdict |",
+             "|---|---|" + "---:|" * len(stages) + "---|"]
+    cells: dict[tuple[str, str], dict[str, dict]] = {}
+    for r in sanity["rows"]:
+        cells.setdefault((r["title"], r["layer"]), {})[r["stage"]] = r
+    for (title, layer), by_stage in cells.items():
+        fails = by_stage[stages[-1]]["fails"]
+        lines.append(f"| {title} | {_short(layer)} | " + " | ".join(
+            f"{by_stage[s]['spearman_mean']:.2f} / {by_stage[s]['ssim_mean']:.2f}"
+            for s in stages) + f" | {'**fails**' if fails else 'passes'} |")
+    return lines
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def page(out: Path, page_path: Path) -> str:
+    """The results page from ``out``'s files; its figures copied beside it."""
+    record = _read(out / "run.json")
+    keys = list(record["models"])
+    boards = {k: {s: _read(out / k / "leaderboard" / f"comparison_{s}.json")
+                  for s in record["strategies"]} for k in keys}
+    sanities = {k: _read(out / k / "sanity" / "sanity.json") for k in keys}
+    figures = page_path.parent / page_path.stem
+    figures.mkdir(parents=True, exist_ok=True)
+    for k in keys:
+        for s in record["strategies"]:
+            shutil.copyfile(out / k / "leaderboard" / f"ranking_{s}.png",
+                            figures / f"{k}_ranking_{s}.png")
+        shutil.copyfile(out / k / "sanity" / "sanity.png", figures / f"{k}_sanity.png")
+    machine = record["machine"]
+    models = record["models"]
+    n = len(record["images"])
+    first = boards[keys[0]]["zero"]
+    lines = [
+        "# A CNN against a vision transformer: the same images, the same metrics",
+        "",
+        ("Both models were trained from scratch on Fashion-MNIST by this tool's own training "
+         "command (their reports: [the ResNet-18](fashion_mnist_resnet18.md), [the small "
+         "ViT](fashion_mnist_vit.md)). This page is written by `scripts/cnn_vs_vit.py` from its "
+         "runs' JSON files; no number here is typed by hand."),
+        "",
+        "```bash",
+        record["command"].strip(),
+        "```",
+        "",
+        (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
+         f"device {machine['device']}, precision {record['precision']}; run {record['date']}, "
+         f"nothing else running. Time: "
+         + ", ".join(f"{part} {minutes(s)}" for part, s in record["seconds"].items())
+         + f" ({minutes(sum(record['seconds'].values()))} in all)."),
+        "",
+        (f"The images: the first {n} test images that both models classify correctly (of the "
+         f"first {max(record['images']) + 1}), each explained for its true class; deletion and "
+         f"insertion in {record['steps']} steps; 95% intervals in brackets "
+         f"({first['interval']['means']})."),
+        "",
+        "## Side by side",
+        "",
+        *side_by_side(record, boards, sanities),
+        "",
+        "Layers: " + "; ".join(f"{models[k]['name']} `{'`, `'.join(models[k]['layers'])}`"
+                               for k in keys) + ". Rollout reads every block (\"all blocks\").",
+        "",
+    ]
+    for k in keys:
+        lines += [f"## {models[k]['name']}", ""]
+        for s in record["strategies"]:
+            board = boards[k][s]
+            lines += [f"**{s.capitalize()} hiding**: {board['caption']}", "",
+                      *leaderboard_table(board["rows"]), "",
+                      f"![{models[k]['name']}, {s} hiding]({figures.name}/{k}_ranking_{s}.png)",
+                      ""]
+            lines += [f"- {note}" for note in board["skipped"] + board["warnings"]]
+            if board["skipped"] or board["warnings"]:
+                lines.append("")
+        lines += [(f"**Sanity check**: {sanities[k]['caption']}. Each cell: Spearman / SSIM "
+                   f"between the trained model's map and the map after that stage (near 0 is "
+                   f"what a faithful method shows; a method fails at Spearman >= "
+                   f"{sanities[k]['fail_if_spearman_at_least']} with every layer random)."), "",
+                  *sanity_table(sanities[k]), "",
+                  f"![{models[k]['name']}, sanity check]({figures.name}/{k}_sanity.png)", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", default=str(ROOT / "figures" / "cnn_vs_vit"),
+                        help="folder of the runs (default: figures/cnn_vs_vit in the "
+                             "repository)")
+    parser.add_argument("--cnn", default=str(ROOT / "checkpoints/resnet18_fashion_mnist.pth"))
+    parser.add_argument("--vit", default=str(ROOT / "checkpoints/vit_fashion_mnist.pth"))
+    parser.add_argument("--data_dir", default=str(ROOT / "data"))
+    parser.add_argument("--num_eval", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--sanity_images", type=int, default=8)
+    parser.add_argument("--precision", choices=("auto", "fp32"), default="auto")
+    parser.add_argument("--methods", default="all", help="methods to compare (default: all)")
+    parser.add_argument("--page", default=str(PAGE), help=f"the page to write (default: {PAGE})")
+    parser.add_argument("--page_only", action="store_true",
+                        help="rebuild the page from OUT's files without running anything")
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    for name in ("num_eval", "steps", "sanity_images"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    out = Path(args.out)
+    if not args.page_only:
+        models = contenders(args.cnn, args.vit)
+        for m in models:
+            if not Path(m.checkpoint).is_file():
+                print(f"error: checkpoint not found: {m.checkpoint}", file=sys.stderr)
+                return 2
+        record = run(out, models, args.data_dir, args.num_eval, args.steps, args.sanity_images,
+                     args.precision, args.methods,
+                     "python scripts/cnn_vs_vit.py " + shlex.join(argv))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    elif not (out / "run.json").is_file():
+        print(f"error: {out / 'run.json'} not found: run the comparison first", file=sys.stderr)
+        return 2
+    page_path = Path(args.page)
+    page_path.parent.mkdir(parents=True, exist_ok=True)
+    page_path.write_text(page(out, page_path) + "\n")
+    print(f"Wrote {page_path} from {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
