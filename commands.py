@@ -51,7 +51,7 @@ def run(args: Namespace) -> int:
     import jobs
     global _facts
     job = jobs.job_of(args)
-    _facts = RunFacts("python main.py " + shlex.join(sys.argv[1:]), job.name, job.title)
+    _facts = RunFacts(f"{jobs.PROG} " + shlex.join(sys.argv[1:]), job.name, job.title)
     start = time.perf_counter()
     try:
         return jobs.run(args)

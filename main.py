@@ -38,24 +38,24 @@ HIDDEN_STRATEGIES = ("none", *FILL_STRATEGIES)
 
 EXAMPLES = """examples:
   # heatmaps of 10 test images with the shipped Fashion-MNIST model (results/gradcam/)
-  python main.py --mode test --save_path checkpoints/resnet18_fashion_mnist.pth --vis gradcam --vis_num 10
+  %(prog)s --mode test --save_path checkpoints/resnet18_fashion_mnist.pth --vis gradcam --vis_num 10
   # the leaderboard of two methods at two layers, two ways of hiding pixels (results/)
-  python main.py --mode test --save_path checkpoints/resnet18_fashion_mnist.pth \\
+  %(prog)s --mode test --save_path checkpoints/resnet18_fashion_mnist.pth \\
       --vis gradcam,layercam --target_layer layer3,layer4 --hidden_strategy zero,blur
   # the model-randomisation sanity check of every method (results/sanity/)
-  python main.py --mode test --save_path checkpoints/resnet18_fashion_mnist.pth --sanity --vis_num 8
+  %(prog)s --mode test --save_path checkpoints/resnet18_fashion_mnist.pth --sanity --vis_num 8
   # explain the detections of the shipped scene detector on one scene (results/detection/)
-  python main.py --det_img data/fashion_scenes/JPEGImages/000001.png \\
+  %(prog)s --det_img data/fashion_scenes/JPEGImages/000001.png \\
       --det_weights checkpoints/fasterrcnn_fashion_scenes.pth --det_method layercam
   # explain RetinaNet's COCO detections on a photo at two layers (weights from torch's hub cache)
-  python main.py --det_img photo.jpg --det_arch retinanet_resnet50_fpn --det_layer layer3,layer4
+  %(prog)s --det_img photo.jpg --det_arch retinanet_resnet50_fpn --det_layer layer3,layer4
   # train a ResNet-18 on Fashion-MNIST (checkpoints/, logs/)
-  python main.py --mode train --dataset fashion_mnist --num_epochs 15
+  %(prog)s --mode train --dataset fashion_mnist --num_epochs 15
   # train the small vision transformer from scratch on Fashion-MNIST (AdamW, warm-up + cosine)
-  python main.py --mode train --arch vit_small_cifar --dataset fashion_mnist \
+  %(prog)s --mode train --arch vit_small_cifar --dataset fashion_mnist \\
       --save_path checkpoints/vit_fashion_mnist.pth
   # fine-tune a torchvision model on your photos (my_photos/CLASS/*.jpg, or train/ and val/)
-  python main.py --mode train --arch resnet18 --weights DEFAULT --data_dir my_photos/ \\
+  %(prog)s --mode train --arch resnet18 --weights DEFAULT --data_dir my_photos/ \\
       --save_path checkpoints/my_resnet18.pth
 """
 
@@ -100,7 +100,7 @@ def strategy_list(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """All flags; their ranges and combinations are checked in ``validation.py``."""
     p = Parser(
-        description="See why a classifier or a detector decides what it decides: CAM-family "
+        prog=jobs.PROG, description="See why a classifier or a detector decides what it decides: CAM-family "
                     "heatmaps of any torchvision classifier, your own model or the shipped "
                     "Fashion-MNIST ResNet-18; how far each map can be trusted (deletion / "
                     "insertion, a leaderboard, the sanity check); a map per detection of "
@@ -155,8 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "class held out for validation, split by --seed (default: 0.1; refused "
                         "where the folder has its own val/)")
     g.add_argument("--resume", action="store_true",
-                   help="detector training: continue from the last finished epoch's state "
-                        "(<save_path stem>.resume.pth)")
+                   help="training from scratch (a built-in arch or the detector): continue "
+                        "the stopped run from its last finished epoch's state (<save_path "
+                        "stem>.resume.pth), with the flags it was started with")
     g.add_argument("--det_scenes", type=int,
                    default=default(DetectorTrainConfig, "scenes_per_epoch"),
                    help="detector training: new Fashion-MNIST scenes per epoch")
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             commands.finish(args)   # the run's report.html and manifest
             return code
     except FlagError as exc:
-        return report_error(f"error: {exc} (see python main.py --help)", exc.exit_code)
+        return report_error(f"error: {exc} (see {jobs.PROG} --help)", exc.exit_code)
     except UserError as exc:
         return report_error(f"error: {exc}", exc.exit_code)
     except OSError as exc:   # reading or writing failed where no module named the file

@@ -165,7 +165,8 @@ def finish_run(folder: str | os.PathLike, announce: bool = True,
     if not written:
         return None
     manifest = manifest or manifest_path(folder)
-    lines = ["# python main.py " + " ".join(sys.argv[1:]), *map(str, written)]
+    from jobs import PROG
+    lines = [f"# {PROG} " + " ".join(sys.argv[1:]), *map(str, written)]
     count = len(written)
     write_text(manifest, "\n".join(lines) + "\n")
     written.clear()

@@ -87,6 +87,12 @@ classifier_parts() {
     run --mode test --save_path "$ckpt" --sanity --target_layer layer4 --vis_num "$n_sanity" \
         --vis cam,gradcam,gradcampp,xgradcam,hirescam,layercam,ablationcam,eigencam \
         --out_dir "$out/sanity_check" | tee "$out/sanity_check/log.txt"
+
+    part "the ResNet-18 against the small ViT: the same images, every method, both baselines"
+    local page=()
+    (( quick )) && page=(--page "$out/cnn_vs_vit.md")   # a quick run leaves docs/ alone
+    script scripts/cnn_vs_vit.py "$out/cnn_vs_vit" --num_eval "$n_eval" \
+        --steps "$(( quick ? 10 : 20 ))" --sanity_images "$n_sanity" "${page[@]}"
 }
 
 # The shipped detector on the shipped test scenes: evaluation only (training: README,

@@ -157,6 +157,10 @@ def test_the_installed_command_answers_help(installed: Path, tmp_path: Path) -> 
                  target=installed)
     assert result.returncode == 0, result.stderr
     assert "--vis" in result.stdout
+    # the examples and the errors name the command that is installed, not the repository's
+    assert "\n  camexplain --mode test --save_path" in result.stdout, result.stdout
+    assert "python main.py" not in result.stdout
     result = run([sys.executable, "-m", "camexplain", "--vis", "nothing"], cwd=tmp_path,
                  target=installed)
     assert result.returncode == 2 and result.stderr.startswith("error: "), result.stderr
+    assert "(see camexplain --help)" in result.stderr, result.stderr

@@ -37,6 +37,9 @@ def test_full_quick_run_has_the_classifier_parts_too(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     runs = commands(result)
     assert any("--sanity" in run for run in runs) and any("--det_vis" in run for run in runs)
+    # the CNN-against-ViT page of a quick run goes into its folder, not into docs/
+    vit = [run for run in runs if run.startswith("scripts/cnn_vs_vit.py")]
+    assert len(vit) == 1 and f"--page {tmp_path / 'out'}/cnn_vs_vit.md" in vit[0], vit
 
 
 def test_an_unknown_option_is_one_error_line(tmp_path: Path) -> None:
