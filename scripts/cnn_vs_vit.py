@@ -83,6 +83,42 @@ def methods_for(model, methods: str) -> str | list[str]:
     return [m for m in methods.split(",") if attention_reason(m.strip(), model) is None]
 
 
+# The maps of the side-by-side figure, one row each: (model key, method, which of its layers;
+# None for rollout, which reads every block).
+FIGURE_ROWS = (("resnet18", "gradcam", 1), ("vit", "gradcam", 1), ("vit", "rollout", None))
+FIGURE_IMAGES = 6
+
+
+def maps_figure(path: Path, models: tuple[Contender, ...], loaded: dict, common, device,
+                dtype) -> None:
+    """The first ``FIGURE_IMAGES`` common images, one row per entry of ``FIGURE_ROWS``: each
+    model's Grad-CAM at its later layer, and the ViT's rollout."""
+    import torch
+
+    from explain import attention_reason, heatmaps
+    from registry import ALL_BLOCKS, TITLES
+    from visualize import save_heatmap_grid
+    part = common.subset(FIGURE_IMAGES)
+    pixels = part.images.float().div(255)
+    by_key = {m.key: m for m in models}
+    grid_pixels, grid_maps, titles = [], [], []
+    for key, method, which in FIGURE_ROWS:
+        m, model = by_key[key], loaded[key]
+        if attention_reason(method, model.module) is not None:
+            continue
+        layer = ALL_BLOCKS if which is None else m.layers[which]
+        images = model.inputs.normalize(pixels).to(device)
+        maps = heatmaps(model.module, images, part.labels.to(device), method, layer,
+                        dtype=dtype).cpu()
+        grid_pixels.append(pixels)
+        grid_maps.append(maps)
+        where = "" if which is None else f" {_short(layer)}"
+        titles += [f"{m.name.split()[0]} {TITLES[method]}{where}"] * len(part)
+    save_heatmap_grid(torch.cat(grid_pixels), torch.cat(grid_maps), titles, path,
+                      suptitle="The same test images, each explained for its true class",
+                      columns=len(part))
+
+
 def run(out: Path, models: tuple[Contender, ...], data_dir: str, num_eval: int, steps: int,
         sanity_images: int, precision: str, methods: str, command: str) -> dict:
     """Every part for every model into ``out``; returns what ``run.json`` records."""
@@ -105,11 +141,17 @@ def run(out: Path, models: tuple[Contender, ...], data_dir: str, num_eval: int, 
                     "command": command,
                     "models": {}, "seconds": {}}
     loaded = {m.key: load_classifier(weights=m.checkpoint, device=device) for m in models}
-    split = sources.dataset_split(loaded[models[0].key], data_dir)
+    # one split per model: the same images and labels, each described (normalised) as its
+    # model takes them
+    splits = {m.key: sources.dataset_split(loaded[m.key], data_dir) for m in models}
+    split = splits[models[0].key]
+    if any(not torch.equal(s.labels, split.labels) for s in splits.values()):
+        print("error: the models were not trained on the same dataset", file=sys.stderr)
+        raise SystemExit(2)
     started = time.perf_counter()
     predictions = []
     for m in models:
-        logits = predict(loaded[m.key].module, split, device, dtype)
+        logits = predict(loaded[m.key].module, splits[m.key], device, dtype)
         predictions.append(logits.argmax(1))
         record["models"][m.key] = {
             "name": m.name, "checkpoint": shown(m.checkpoint), "layers": list(m.layers),
@@ -120,13 +162,19 @@ def run(out: Path, models: tuple[Contender, ...], data_dir: str, num_eval: int, 
     record["seconds"]["test accuracy"] = time.perf_counter() - started
     chosen = common_correct(predictions, split.labels, num_eval)
     if len(chosen) == 0:
-        sys.exit("error: no test image is classified correctly by every model")
+        print("error: no test image is classified correctly by every model", file=sys.stderr)
+        raise SystemExit(2)
     record["images"] = chosen.tolist()
-    common = ImageSplit(split.images[chosen], split.labels[chosen], split.info)
+    commons = {key: ImageSplit(s.images[chosen], s.labels[chosen], s.info)
+               for key, s in splits.items()}
+    started = time.perf_counter()
+    maps_figure(out / "maps.png", models, loaded, commons[models[0].key], device, dtype)
+    record["seconds"]["maps figure"] = time.perf_counter() - started
     for m in models:
         model = loaded[m.key].module
         started = time.perf_counter()
         mine = methods_for(model, methods)
+        common = commons[m.key]
         board = board_api.leaderboard(model, common, device, mine, list(m.layers),
                                       list(STRATEGIES), steps=steps, num_images=len(common),
                                       dtype=dtype, context={"model": shown(m.checkpoint),
@@ -190,8 +238,9 @@ def best_method(rows: list[dict]) -> dict:
 
 
 def side_by_side(record: dict, boards: dict[str, dict], sanities: dict[str, dict]) -> list[str]:
-    """One row per model: accuracy, its best method under each hiding, the baselines, and how
-    many of its methods pass the sanity check."""
+    """One column per model: accuracy, size, its best method and the baselines under each
+    hiding, its lowest Average Drop, and the methods that pass the sanity check."""
+    from evaluate import BASELINES
     keys = list(record["models"])
     head = ["", *[record["models"][k]["name"] for k in keys]]
     rows = [["test accuracy", *[f"{record['models'][k]['test_accuracy']:.2f}%" for k in keys]],
@@ -201,19 +250,16 @@ def side_by_side(record: dict, boards: dict[str, dict], sanities: dict[str, dict
         rows.append([f"best method, {strategy} hiding (insertion − deletion)",
                      *[f"{best[k]['title']} at {_short(best[k]['layer'])}: "
                        f"{_interval(best[k], 'insertion_minus_deletion', 3)}" for k in keys]])
-        for baseline in ("centre", "random"):
-            cells = []
-            for k in keys:
-                row = next(r for r in boards[k][strategy]["rows"]
-                           if r["baseline"] and r["method"] == baseline)
-                cells.append(_interval(row, "insertion_minus_deletion", 3))
+        for baseline in BASELINES:
+            cells = [_interval(next(r for r in boards[k][strategy]["rows"]
+                                    if r["baseline"] and r["method"] == baseline),
+                               "insertion_minus_deletion", 3) for k in keys]
             rows.append([f"{baseline} baseline, {strategy} hiding", *cells])
+    lowest = {k: min((r for r in boards[k][record["strategies"][0]]["rows"] if not r["baseline"]),
+                     key=lambda r: r["average_drop_pct_mean"]) for k in keys}
     rows.append(["lowest Average Drop % (a method)",
-                 *[min((r for r in boards[k]["zero"]["rows"] if not r["baseline"]),
-                       key=lambda r: r["average_drop_pct_mean"]) for k in keys]])
-    rows[-1][1:] = [f"{r['title']} at {_short(r['layer'])}: {r['average_drop_pct_mean']:.1f}"
-                    for r in rows[-1][1:]]
-    from evaluate import BASELINES
+                 *[f"{lowest[k]['title']} at {_short(lowest[k]['layer'])}: "
+                   f"{lowest[k]['average_drop_pct_mean']:.1f}" for k in keys]])
     rows.append(["methods that pass the sanity check", *[
         ", ".join(r["title"] for r in sanity_methods(sanities[k])
                   if not r["fails"] and r["method"] not in BASELINES) or "none"
@@ -262,6 +308,7 @@ def page(out: Path, page_path: Path) -> str:
             shutil.copyfile(out / k / "leaderboard" / f"ranking_{s}.png",
                             figures / f"{k}_ranking_{s}.png")
         shutil.copyfile(out / k / "sanity" / "sanity.png", figures / f"{k}_sanity.png")
+    shutil.copyfile(out / "maps.png", figures / "maps.png")
     machine = record["machine"]
     models = record["models"]
     n = len(record["images"])
@@ -292,6 +339,8 @@ def page(out: Path, page_path: Path) -> str:
         "## Side by side",
         "",
         *side_by_side(record, boards, sanities),
+        "",
+        f"![The same images explained by both models]({figures.name}/maps.png)",
         "",
         "Layers: " + "; ".join(f"{models[k]['name']} `{'`, `'.join(models[k]['layers'])}`"
                                for k in keys) + ". Rollout reads every block (\"all blocks\").",

@@ -28,7 +28,7 @@ def read_rows(log_dir: Path) -> list[dict[str, float]]:
 
 
 def page(rows: list[dict[str, float]], meta: dict, size_mb: float, title: str, command: str,
-         curves: str, wall: float | None, torch_version: str) -> str:
+         curves: str, wall: float | None, torch_version: str, shared: str | None = None) -> str:
     best = max(rows, key=lambda r: r["test_acc"])
     seconds = sum(r["seconds"] for r in rows)
     lines = [
@@ -43,8 +43,9 @@ def page(rows: list[dict[str, float]], meta: dict, size_mb: float, title: str, c
         "```",
         "",
         f"Machine: {meta['cpu']}, {os.cpu_count()} cores, torch {torch_version}, precision "
-        f"{meta['precision']}; trained {meta['date']}, nothing else running. Training and "
-        f"scoring took {seconds / 60:.1f} min over the epochs"
+        f"{meta['precision']}; trained {meta['date']}, "
+        + (f"not alone on the machine: {shared}" if shared else "nothing else running")
+        + f". Training and scoring took {seconds / 60:.1f} min over the epochs"
         + (f" ({wall / 60:.1f} min wall time with start-up and data loading)." if wall else "."),
         "",
         "| epoch | train loss | train accuracy | test loss | test accuracy | lr at start | s |",
@@ -67,6 +68,9 @@ def main() -> None:
     p.add_argument("--command", required=True)
     p.add_argument("--wall", type=float, default=None)
     p.add_argument("--date", default=datetime.date.today().isoformat())
+    p.add_argument("--shared", default=None,
+                   help="what else ran during the training, where something did (the seconds "
+                        "of those epochs are then not the model's alone)")
     args = p.parse_args()
     import torch
 
@@ -82,7 +86,7 @@ def main() -> None:
             "date": args.date,
             "precision": "bf16 autocast" if cpu_has_native_bf16() else "fp32"}
     text = page(rows, meta, args.checkpoint.stat().st_size / 1e6, args.title, args.command,
-                curves.name, args.wall, torch.__version__.split("+")[0])
+                curves.name, args.wall, torch.__version__.split("+")[0], args.shared)
     args.out.write_text(text)
     print(f"wrote {args.out} and {curves}")
 

@@ -74,7 +74,7 @@ def test_both_models_are_scored_on_the_same_images(compared):
         (folder / "out" / "resnet18" / "leaderboard" / "comparison_zero.json").read_text())["rows"]}
     assert "rollout" in vit_methods and "rollout" not in cnn_methods
     assert {"gradcam", "eigencam"} <= cnn_methods & vit_methods
-    assert set(record["seconds"]) == {"test accuracy", "resnet18 leaderboard",
+    assert set(record["seconds"]) == {"test accuracy", "maps figure", "resnet18 leaderboard",
                                       "resnet18 sanity check", "vit leaderboard",
                                       "vit sanity check"}
 
@@ -98,6 +98,7 @@ def test_the_page_carries_the_runs_numbers_and_figures(compared):
             assert f"{row['spearman_mean']:.2f} / {row['ssim_mean']:.2f}" in text
         assert (folder / "page" / "cnn_vs_vit" / f"{key}_sanity.png").is_file()
     assert "block 6 ln_1" in text and "block 4 ln_1" in text
+    assert (folder / "page" / "cnn_vs_vit" / "maps.png").stat().st_size > 1000
 
 
 def test_the_page_rebuilds_from_the_files_alone_from_any_folder(compared):

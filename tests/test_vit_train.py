@@ -201,12 +201,15 @@ def test_the_training_page_is_written_from_the_runs_own_files(trained, tmp_path)
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "training_page.py"), str(out / "logs"),
          str(ckpt), str(page), "--title", "A ViT", "--command", "python main.py ...",
-         "--date", "2026-01-02"], capture_output=True, text=True, check=False)
+         "--date", "2026-01-02", "--shared", "epoch 1 beside a test run"],
+        capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     text = page.read_text()
     row = next(csv.DictReader((out / "logs" / "metrics.csv").read_text().splitlines()))
     assert f"**Test accuracy: {float(row['test_acc']):.2f}%**" in text
     assert f"| 1 | {float(row['train_loss']):.4f} |" in text
     assert "it records" in text and "2026-01-02" in text and "python main.py ..." in text
+    assert "not alone on the machine: epoch 1 beside a test run" in text
+    assert "nothing else running" not in text
     assert (tmp_path / "page_curves.png").read_bytes() == \
         (out / "logs" / "training_curves.png").read_bytes()
