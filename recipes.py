@@ -61,7 +61,7 @@ class ViTTrainConfig(TrainConfig):
 
     arch: str = "vit_small_cifar"
     save_path: str = "./checkpoints/vit_best.pth"
-    num_epochs: int = 15
+    num_epochs: int = 20        # the shipped ViT's: 90.50% on Fashion-MNIST
     batch_size: int = 128
     lr: float = 1e-3            # for batch 128
     weight_decay: float = 0.05

@@ -45,3 +45,19 @@ def test_each_headline_number_is_in_its_report(model, headline, report):
         plain = number.rstrip("%")
         assert re.search(rf"(?<![\d.]){re.escape(plain)}(?!\d)", text), \
             f"{number} ({model}) is not in {report.name}"
+
+
+def test_the_cnn_against_vit_table_quotes_its_page():
+    """Every number of the README's CNN-against-ViT table is in the page the comparison script
+    writes from its runs."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("**A CNN against a vision transformer**", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    assert len(rows) >= 4, section
+    page = (ROOT / "docs" / "results" / "cnn_vs_vit.md").read_text()
+    found = [n for row in rows[2:] for n in numbers(row)]
+    assert found, rows
+    for number in found:
+        plain = number.rstrip("%")
+        assert re.search(rf"(?<![\d.]){re.escape(plain)}(?!\d)", page), \
+            f"{number} is not in docs/results/cnn_vs_vit.md"

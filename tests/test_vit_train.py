@@ -151,7 +151,7 @@ def test_the_resnet_recipe_is_one_cycle_sgd_with_nesterov():
 def test_the_vit_recipe_warms_up_then_anneals_to_zero():
     cfg = ViTTrainConfig()
     assert (cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.label_smoothing, cfg.batch_size,
-            cfg.num_epochs) == ("adamw", 1e-3, 0.05, 0.1, 128, 15)
+            cfg.num_epochs) == ("adamw", 1e-3, 0.05, 0.1, 128, 20)
     optimizer, scheduler = optimizer_and_schedule(cfg, build(VIT_ARCH), 100)
     assert type(optimizer) is torch.optim.AdamW
     lrs = []
@@ -167,7 +167,7 @@ def test_the_vit_recipe_warms_up_then_anneals_to_zero():
 
 @pytest.mark.parametrize("argv, job, values", [
     (["--mode", "train", "--arch", VIT_ARCH],
-     "train", {"lr": 1e-3, "weight_decay": 0.05, "num_epochs": 15, "batch_size": 128,
+     "train", {"lr": 1e-3, "weight_decay": 0.05, "num_epochs": 20, "batch_size": 128,
                "save_path": "./checkpoints/vit_best.pth"}),
     (["--mode", "train", "--arch", VIT_ARCH, "--lr", "5e-4", "--weight_decay", "0.1",
       "--batch_size", "64", "--num_epochs", "3"],
