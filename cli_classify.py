@@ -35,6 +35,7 @@ from runtime import precision_dtype, precision_label, resolve_device
 from zoo import LoadedModel
 
 GRID_MAX = 50  # images in a method's grid figure; a larger grid is unreadable and slow to draw
+PANEL_SIDE = 512   # a photo's longer side in its panel, at most
 
 
 def _checkpoint(args: Namespace) -> str:
@@ -461,8 +462,7 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
     ratio with the map over the region the model saw. The photos are decoded by two worker
     processes while the model works, one batch at a time; ``predictions.csv`` lists every
     photo's top-5 classes."""
-    from explain import heatmaps, probabilities
-    from folders import load_photo
+    from explain import explain_batched, make_explainer, predict_and_explain, probabilities
     prep = loaded.inputs
     batch_size = _batch(args)
     target_class = _target_class(args, loaded)
@@ -476,15 +476,23 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
           f"{_methods_at(methods, layer)}"
           f"{', ' + heatmaps_line(methods, dtype, device) if methods else ''}")
     bar = tqdm(total=len(paths), desc="images", unit="img", leave=False, disable=len(paths) < 20)
-    for batch in sources.loaded_batches(loaded, paths, device, batch_size, labels):
+    explainers = {m: make_explainer(m, loaded.module, layer, batch_size=args.cam_batch_size,
+                                    dtype=dtype) for m in methods}
+    predicted = target_class is None and args.target == "pred"
+    panel_side = PANEL_SIDE if methods else None
+    for batch in sources.loaded_batches(loaded, paths, device, batch_size, labels, panel_side):
         images = prep.normalize(batch.pixels).to(device)
-        probs = probabilities(loaded.module, images, batch_size)
-        targets = (torch.full_like(probs[:, 0], target_class, dtype=torch.long)
-                   if target_class is not None else batch.labels.to(device)
-                   if args.target == "gt" else probs.argmax(1))
+        if predicted:   # the prediction from the first method's own pass where it can
+            probs, maps = predict_and_explain(loaded.module, images, explainers, batch_size)
+            targets = probs.argmax(1)
+        else:
+            probs = probabilities(loaded.module, images, batch_size)
+            targets = (torch.full_like(probs[:, 0], target_class, dtype=torch.long)
+                       if target_class is not None else batch.labels.to(device))
+            maps = {m: explain_batched(e, images, targets, batch_size)
+                    for m, e in explainers.items()}
+        maps = {m: heat.cpu() for m, heat in maps.items()}
         top = probs.topk(min(5, probs.shape[1]), dim=1)
-        maps = {m: heatmaps(loaded.module, images, targets, m, layer, batch_size,
-                            args.cam_batch_size, dtype).cpu() for m in methods}
         for j, i in enumerate(batch.indices.tolist()):
             ranking = ", ".join(f"{loaded.classes[k]} {v:.3f}"
                                 for v, k in zip(top.values[j].tolist(), top.indices[j].tolist()))
@@ -494,7 +502,7 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
                 print(f"{paths[i]}: {ranking}")
             if not methods:
                 continue
-            photo = load_photo(paths[i], max_side=512)
+            photo = batch.panels[j]
             for method, heat in maps.items():
                 explained = loaded.classes[int(targets[j])]
                 title = f"{explained} {probs[j, targets[j]]:.2f} ({TITLES[method]})"

@@ -94,7 +94,7 @@ def finish(args: Namespace) -> None:
     import distributed
     import jobs
     import outputs
-    from report import write_report
+    from report import write_facts, write_report
     here = distributed.world()
     folder = args.log_dir if args.mode == "train" else args.out_dir
     files = list(outputs.written)
@@ -102,6 +102,7 @@ def finish(args: Namespace) -> None:
         files = [path for part in distributed.gather(files, here) for path in part]
     manifest = outputs.manifest_path(folder)
     if here.is_main and files and _facts is not None:
+        files.append(write_facts(folder, _facts))
         page = write_report(folder, files, _facts, manifest)
         logging.getLogger(__name__).info(f"Report of this run: {page}")
     outputs.finish_run(folder, announce=here.is_main, manifest=manifest)

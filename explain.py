@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import distributed
-from cam import map_layers, resolve_layer
+from cam import map_layers, normalize_heatmaps, resolve_layer
 from data import ImageSplit, InputSpec, normalize
 from errors import ParamError, UserError
 from registry import ATTENTION_METHODS, METHODS, TITLES, names_of, parse_layers, parse_methods
@@ -178,6 +178,35 @@ def probabilities(model: nn.Module, images: torch.Tensor, batch_size: int) -> to
                           for i in range(0, len(images), batch_size)])
 
 
+def predict_and_explain(model: nn.Module, images: torch.Tensor,
+                        explainers: Mapping[str, Explainer], batch_size: int
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Class probabilities ``[N, C]`` (fp32) and each explainer's maps of the predicted class.
+    Where the first explainer is a gradient method that runs in fp32, the prediction is read
+    from its own forward pass (the same fp32 forward :func:`probabilities` runs, with the
+    gradient on), so the images pass through the model once fewer; otherwise
+    :func:`probabilities` first, as before."""
+    from gradcam import GradCAM
+    first = next(iter(explainers.values()), None)
+    plain = isinstance(first, GradCAM) and type(first).__call__ is GradCAM.__call__
+    if not plain or first.precision(images) is not None:
+        probs = probabilities(model, images, batch_size)
+        targets = probs.argmax(1)
+        return probs, {m: explain_batched(e, images, targets, batch_size)
+                       for m, e in explainers.items()}
+    probs, maps = [], []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        raw, logits = first.raw_maps(chunk, None)
+        probs.append(logits.float().softmax(1))
+        maps.append(normalize_heatmaps(raw, tuple(chunk.shape[-2:])))
+    probs_all = torch.cat(probs)
+    targets = probs_all.argmax(1)
+    out = {name: explain_batched(e, images, targets, batch_size)
+           for name, e in list(explainers.items())[1:]}
+    return probs_all, {next(iter(explainers)): torch.cat(maps), **out}
+
+
 @dataclass
 class HeatmapBlock:
     """One chunk of explained test images: their indices in the split, pixels ``[n, 3, H, W]``
@@ -223,8 +252,11 @@ def _explain_block(model: nn.Module, explainers: dict[str, Explainer], pixels: t
     """Class probabilities ``[n, C]`` and each method's heatmaps ``[n, H, W]`` (on the CPU) for
     a block of test images."""
     images = normalize(pixels, info).to(device)
+    if target == "pred":
+        probs, maps = predict_and_explain(model, images, explainers, batch_size)
+        return probs.cpu(), {m: heat.cpu() for m, heat in maps.items()}
     probs = probabilities(model, images, batch_size)
-    targets = probs.argmax(1) if target == "pred" else labels.to(device)
+    targets = labels.to(device)
     return probs.cpu(), {m: explain_batched(e, images, targets, batch_size).cpu()
                          for m, e in explainers.items()}
 

@@ -96,13 +96,15 @@ def image_folder(root: str | os.PathLike, classes: Sequence[str]
 class PhotoItem:
     """One decoded image: the model's pixels ``[3, S, S]`` in ``[0, 1]`` (before
     normalization), its label (``NO_LABEL`` for a plain photo), its index in the dataset, the
-    photo's own size ``(width, height)``, and why it could not be read ("" when it could)."""
+    photo's own size ``(width, height)``, why it could not be read ("" when it could), and,
+    where asked for, the photo itself for a panel (:func:`photo_pixels`), from the same decode."""
 
     pixels: torch.Tensor
     label: int
     index: int
     size: tuple[int, int]
     error: str = ""
+    panel: torch.Tensor | None = None
 
 
 class PhotoDataset(Dataset):
@@ -112,7 +114,9 @@ class PhotoDataset(Dataset):
 
     def __init__(self, paths: Sequence[str | os.PathLike], preprocessing: InputSpec,
                  labels: Sequence[int] | None = None,
-                 transform: Callable[[Image.Image], torch.Tensor] | None = None):
+                 transform: Callable[[Image.Image], torch.Tensor] | None = None,
+                 panel_side: int | None = None):
+        self.panel_side = panel_side   # also give each photo for a panel, at most this side
         self.paths = [Path(p) for p in paths]
         if labels is not None and len(labels) != len(self.paths):
             raise ValueError(f"{len(self.paths)} paths but {len(labels)} labels")
@@ -127,7 +131,8 @@ class PhotoDataset(Dataset):
         try:
             photo = open_image(self.paths[index])
             pixels = self.transform(photo)
-            return PhotoItem(pixels, self.labels[index], index, photo.size)
+            panel = None if self.panel_side is None else photo_pixels(photo, self.panel_side)
+            return PhotoItem(pixels, self.labels[index], index, photo.size, panel=panel)
         except UserError as exc:
             side = self.inputs.input_size
             return PhotoItem(torch.zeros(3, side, side), self.labels[index], index, (0, 0),
@@ -144,11 +149,12 @@ class PhotoBatch:
     indices: torch.Tensor
     sizes: tuple[tuple[int, int], ...]
     errors: tuple[str, ...]
+    panels: tuple[torch.Tensor | None, ...] = ()
 
     def pin_memory(self) -> PhotoBatch:
         """Called by a ``DataLoader`` with ``pin_memory=True`` (CUDA)."""
         return PhotoBatch(self.pixels.pin_memory(), self.labels.pin_memory(),
-                          self.indices.pin_memory(), self.sizes, self.errors)
+                          self.indices.pin_memory(), self.sizes, self.errors, self.panels)
 
 
 def collate_photos(items: list[PhotoItem]) -> PhotoBatch:
@@ -157,7 +163,8 @@ def collate_photos(items: list[PhotoItem]) -> PhotoBatch:
     return PhotoBatch(torch.stack([i.pixels for i in items]),
                       torch.tensor([i.label for i in items], dtype=torch.long),
                       torch.tensor([i.index for i in items], dtype=torch.long),
-                      tuple(i.size for i in items), tuple(i.error for i in items))
+                      tuple(i.size for i in items), tuple(i.error for i in items),
+                      tuple(i.panel for i in items))
 
 
 def loader_workers(device: torch.device | str, wanted: int = 2) -> int:
@@ -357,7 +364,11 @@ def training_data(root: str | os.PathLike, classes: Sequence[str] | None = None,
 def load_photo(path: str | os.PathLike, max_side: int | None = None) -> torch.Tensor:
     """A photo as pixels ``[3, h, w]`` in ``[0, 1]``, upright, at its own aspect ratio, scaled
     down so that its longer side is at most ``max_side`` (for panels)."""
-    photo = open_image(path)
+    return photo_pixels(open_image(path), max_side)
+
+
+def photo_pixels(photo: Image.Image, max_side: int | None = None) -> torch.Tensor:
+    """:func:`load_photo` of an image already opened (alpha composited on black)."""
     if photo.mode in ("RGBA", "LA", "P"):
         rgba = photo.convert("RGBA")
         photo = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)

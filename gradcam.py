@@ -55,9 +55,15 @@ class GradCAM(LayerExplainer):
         """``[B, K, h, w]`` activation and gradient -> ``[B, K]`` weights."""
         return grad.mean(dim=(2, 3))
 
-    def raw_maps(self, images: torch.Tensor, targets: torch.Tensor
+    def raw_maps(self, images: torch.Tensor, targets: torch.Tensor | None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unnormalized maps ``[B, h, w]`` at the layer's resolution, and the logits."""
+        """Unnormalized maps ``[B, h, w]`` at the layer's resolution, and the logits.
+        ``targets=None``: each image's predicted class, read from this pass's own logits (a
+        caller that needs the prediction anyway saves a forward pass)."""
+        predicted = targets is None
+        if predicted:   # class 0 for the checks; the prediction replaces it after the forward
+            targets = (torch.zeros(len(images), dtype=torch.long)
+                       if isinstance(images, torch.Tensor) and images.ndim else 0)
         targets = check_batch(images, targets, self.model, gradients=True)
         layer = self.layer_module(images)
         if images.is_inference():
@@ -65,6 +71,8 @@ class GradCAM(LayerExplainer):
         with eval_mode(self.model), capture_activation(layer, self.layer) as capture, \
                 torch.enable_grad(), self.autocast(images) as inputs:
             logits = self.model(inputs)
+            if predicted:
+                targets = logits.detach().argmax(1)
             activation = capture.activation
             layout = map_layout(self.model, activation, images)
             if layout is not None:

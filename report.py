@@ -19,7 +19,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -27,6 +27,7 @@ import outputs
 from registry import FILL_STRATEGIES, TITLES
 
 REPORT_NAME = "report.html"
+FACTS_NAME = "run_facts.json"   # the same facts, for scripts (the results pages read them)
 TABLE_ROWS = 300        # rows of a CSV shown in the page; the link opens all of them
 EAGER_IMAGES = 48       # a gallery's first pictures load at once, the rest when scrolled to
 LINKED = (".csv", ".json", ".npz", ".npy", ".md", ".txt", ".pth")
@@ -386,6 +387,24 @@ def render(folder: Path, files: Sequence[Path], facts: RunFacts, manifest: Path 
             + (f"<h2>Files</h2><ul>{link_items}</ul>" if link_items else "")
             + f'<div id="zoom"><img alt="enlarged"></div><script>{SCRIPT}</script>'
             "</body></html>\n")
+
+
+def write_facts(folder: str | os.PathLike, facts: RunFacts) -> Path:
+    """Write ``folder/run_facts.json``: the run's facts, the machine (CPU model, cores, torch)
+    and the date, so that a page written later from the run's files can say what ran where."""
+    import datetime
+    import platform
+
+    import torch
+
+    from runtime import cpu_name
+    record = {**asdict(facts),
+              "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+                          "python": platform.python_version()},
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
+    path = Path(folder) / FACTS_NAME
+    outputs.write_text(path, json.dumps(record, indent=2) + "\n")
+    return path
 
 
 def write_report(folder: str | os.PathLike, files: Sequence[str | os.PathLike],

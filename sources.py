@@ -67,12 +67,14 @@ def photo_files(images: Sequence[str | os.PathLike] = (), image_dir: str | None 
 
 
 def loaded_batches(loaded: LoadedModel, paths: Sequence[Path], device: torch.device,
-                   batch_size: int = 128, labels: Sequence[int] | None = None
-                   ) -> Iterator[PhotoBatch]:
+                   batch_size: int = 128, labels: Sequence[int] | None = None,
+                   panel_side: int | None = None) -> Iterator[PhotoBatch]:
     """``paths`` as batches of the model's inputs (pixels in ``[0, 1]``, before
-    normalization), decoded by worker processes where the cores allow while the model works."""
-    return photo_batches(photo_loader(PhotoDataset(paths, loaded.inputs, labels), batch_size,
-                                      workers=loader_workers(device)))
+    normalization), decoded by worker processes where the cores allow while the model works;
+    with ``panel_side``, each photo also for its panel (``batch.panels``), from the same
+    decode."""
+    dataset = PhotoDataset(paths, loaded.inputs, labels, panel_side=panel_side)
+    return photo_batches(photo_loader(dataset, batch_size, workers=loader_workers(device)))
 
 
 def _as_uint8(pixels: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ methods and metrics, and the results page written from the runs' own files.
 
     python scripts/cnn_vs_vit.py [OUT] [--num_eval 100] [--steps 20] [--sanity_images 8]
     python scripts/cnn_vs_vit.py OUT --page_only      # rebuild the page from OUT's files
+    python scripts/cnn_vs_vit.py --rebuild            # rewrite the page from its record
 
 Both models were trained on Fashion-MNIST by this tool's own training command. The images are
 the first ``--num_eval`` test images that *both* models classify correctly, each explained for
@@ -38,6 +39,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from pagekit import (
+    BASELINES,
+    best_method,
+    interval,
+    leaderboard_table,
+    minutes,
+    read,
+    sanity_methods,
+    sanity_table,
+    short_layer,
+)
 
 PAGE = ROOT / "docs" / "results" / "cnn_vs_vit.md"
 STRATEGIES = ("zero", "blur")
@@ -112,7 +126,7 @@ def maps_figure(path: Path, models: tuple[Contender, ...], loaded: dict, common,
                         dtype=dtype).cpu()
         grid_pixels.append(pixels)
         grid_maps.append(maps)
-        where = "" if which is None else f" {_short(layer)}"
+        where = "" if which is None else f" {short_layer(layer)}"
         titles += [f"{m.name.split()[0]} {TITLES[method]}{where}"] * len(part)
     save_heatmap_grid(torch.cat(grid_pixels), torch.cat(grid_maps), titles, path,
                       suptitle="The same test images, each explained for its true class",
@@ -198,49 +212,9 @@ def run(out: Path, models: tuple[Contender, ...], data_dir: str, num_eval: int, 
 # The page, from the files alone
 
 
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def _interval(row: dict, key: str, digits: int) -> str:
-    mean, low, high = row[f"{key}_mean"], row[f"{key}_ci95_low"], row[f"{key}_ci95_high"]
-    if low is None or high is None:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _short(layer: str) -> str:
-    """``encoder.layers.encoder_layer_5.ln_1`` -> ``block 6 ln_1``; other names as they are."""
-    prefix = "encoder.layers.encoder_layer_"
-    if layer.startswith(prefix):
-        block, _, rest = layer[len(prefix):].partition(".")
-        return f"block {int(block) + 1} {rest}".strip()
-    return layer or "–"
-
-
-def leaderboard_table(rows: list[dict]) -> list[str]:
-    lines = [("| rank | method | layer | insertion − deletion ↑ | deletion AUC ↓ | "
-              "insertion AUC ↑ | Average Drop % ↓ | Increase in Confidence % ↑ |"),
-             "|---:|---|---|---|---|---|---|---|"]
-    for r in rows:
-        title = f"*{r['title']}*" if r["baseline"] else r["title"]
-        lines.append(f"| {r['rank']} | {title} | {_short(r['layer'])} | "
-                     f"{_interval(r, 'insertion_minus_deletion', 4)} | "
-                     f"{_interval(r, 'deletion_auc', 4)} | {_interval(r, 'insertion_auc', 4)} | "
-                     f"{_interval(r, 'average_drop_pct', 1)} | "
-                     f"{_interval(r, 'increase_in_confidence_pct', 1)} |")
-    return lines
-
-
-def best_method(rows: list[dict]) -> dict:
-    """The first row of a ranked leaderboard that is not a baseline."""
-    return next(r for r in rows if not r["baseline"])
-
-
 def side_by_side(record: dict, boards: dict[str, dict], sanities: dict[str, dict]) -> list[str]:
     """One column per model: accuracy, size, its best method and the baselines under each
     hiding, its lowest Average Drop, and the methods that pass the sanity check."""
-    from evaluate import BASELINES
     keys = list(record["models"])
     head = ["", *[record["models"][k]["name"] for k in keys]]
     rows = [["test accuracy", *[f"{record['models'][k]['test_accuracy']:.2f}%" for k in keys]],
@@ -248,17 +222,17 @@ def side_by_side(record: dict, boards: dict[str, dict], sanities: dict[str, dict
     for strategy in record["strategies"]:
         best = {k: best_method(boards[k][strategy]["rows"]) for k in keys}
         rows.append([f"best method, {strategy} hiding (insertion − deletion)",
-                     *[f"{best[k]['title']} at {_short(best[k]['layer'])}: "
-                       f"{_interval(best[k], 'insertion_minus_deletion', 3)}" for k in keys]])
+                     *[f"{best[k]['title']} at {short_layer(best[k]['layer'])}: "
+                       f"{interval(best[k], 'insertion_minus_deletion', 3)}" for k in keys]])
         for baseline in BASELINES:
-            cells = [_interval(next(r for r in boards[k][strategy]["rows"]
+            cells = [interval(next(r for r in boards[k][strategy]["rows"]
                                     if r["baseline"] and r["method"] == baseline),
                                "insertion_minus_deletion", 3) for k in keys]
             rows.append([f"{baseline} baseline, {strategy} hiding", *cells])
     lowest = {k: min((r for r in boards[k][record["strategies"][0]]["rows"] if not r["baseline"]),
                      key=lambda r: r["average_drop_pct_mean"]) for k in keys}
     rows.append(["lowest Average Drop % (a method)",
-                 *[f"{lowest[k]['title']} at {_short(lowest[k]['layer'])}: "
+                 *[f"{lowest[k]['title']} at {short_layer(lowest[k]['layer'])}: "
                    f"{lowest[k]['average_drop_pct_mean']:.1f}" for k in keys]])
     rows.append(["methods that pass the sanity check", *[
         ", ".join(r["title"] for r in sanity_methods(sanities[k])
@@ -269,46 +243,34 @@ def side_by_side(record: dict, boards: dict[str, dict], sanities: dict[str, dict
     return lines
 
 
-def sanity_methods(sanity: dict) -> list[dict]:
-    """One row per method (and baseline) of a sanity check: the one after the last stage."""
-    last = sanity["stages"][-1]
-    return [r for r in sanity["rows"] if r["stage"] == last]
-
-
-def sanity_table(sanity: dict) -> list[str]:
-    stages = sanity["stages"]
-    lines = ["| method | layer | " + " | ".join(f"+{s}" for s in stages) + " | verdict |",
-             "|---|---|" + "---:|" * len(stages) + "---|"]
-    cells: dict[tuple[str, str], dict[str, dict]] = {}
-    for r in sanity["rows"]:
-        cells.setdefault((r["title"], r["layer"]), {})[r["stage"]] = r
-    for (title, layer), by_stage in cells.items():
-        fails = by_stage[stages[-1]]["fails"]
-        lines.append(f"| {title} | {_short(layer)} | " + " | ".join(
-            f"{by_stage[s]['spearman_mean']:.2f} / {by_stage[s]['ssim_mean']:.2f}"
-            for s in stages) + f" | {'**fails**' if fails else 'passes'} |")
-    return lines
-
-
-def minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min"
-
-
-def page(out: Path, page_path: Path) -> str:
-    """The results page from ``out``'s files; its figures copied beside it."""
-    record = _read(out / "run.json")
-    keys = list(record["models"])
-    boards = {k: {s: _read(out / k / "leaderboard" / f"comparison_{s}.json")
-                  for s in record["strategies"]} for k in keys}
-    sanities = {k: _read(out / k / "sanity" / "sanity.json") for k in keys}
-    figures = page_path.parent / page_path.stem
-    figures.mkdir(parents=True, exist_ok=True)
-    for k in keys:
-        for s in record["strategies"]:
+def record(out: Path, folder: Path) -> None:
+    """Copy what the page reads out of the runs in ``out`` into ``folder`` (the page's own
+    folder, committed beside it): ``run.json``, each model's leaderboard and sanity JSON, and
+    the figures; the page is then written from ``folder`` alone."""
+    run_record = read(out / "run.json")
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "run.json").resolve() != (out / "run.json").resolve():
+        shutil.copyfile(out / "run.json", folder / "run.json")
+    for k in run_record["models"]:
+        for s in run_record["strategies"]:
+            shutil.copyfile(out / k / "leaderboard" / f"comparison_{s}.json",
+                            folder / f"{k}_leaderboard_{s}.json")
             shutil.copyfile(out / k / "leaderboard" / f"ranking_{s}.png",
-                            figures / f"{k}_ranking_{s}.png")
-        shutil.copyfile(out / k / "sanity" / "sanity.png", figures / f"{k}_sanity.png")
-    shutil.copyfile(out / "maps.png", figures / "maps.png")
+                            folder / f"{k}_ranking_{s}.png")
+        shutil.copyfile(out / k / "sanity" / "sanity.json", folder / f"{k}_sanity.json")
+        shutil.copyfile(out / k / "sanity" / "sanity.png", folder / f"{k}_sanity.png")
+    shutil.copyfile(out / "maps.png", folder / "maps.png")
+
+
+def page(folder: Path) -> str:
+    """The results page from its record ``folder`` (see :func:`record`); the page goes beside
+    the folder and shows its figures."""
+    record = read(folder / "run.json")
+    keys = list(record["models"])
+    boards = {k: {s: read(folder / f"{k}_leaderboard_{s}.json") for s in record["strategies"]}
+              for k in keys}
+    sanities = {k: read(folder / f"{k}_sanity.json") for k in keys}
+    figures = folder
     machine = record["machine"]
     models = record["models"]
     n = len(record["images"])
@@ -326,8 +288,8 @@ def page(out: Path, page_path: Path) -> str:
         "```",
         "",
         (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
-         f"device {machine['device']}, precision {record['precision']}; run {record['date']}, "
-         f"nothing else running. Time: "
+         f"device {machine['device']}, precision {record['precision']}; run {record['date']}. "
+         f"Time: "
          + ", ".join(f"{part} {minutes(s)}" for part, s in record["seconds"].items())
          + f" ({minutes(sum(record['seconds'].values()))} in all)."),
         "",
@@ -383,29 +345,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page", default=str(PAGE), help=f"the page to write (default: {PAGE})")
     parser.add_argument("--page_only", action="store_true",
                         help="rebuild the page from OUT's files without running anything")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="rewrite the page from its record (the folder beside --page) alone")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     for name in ("num_eval", "steps", "sanity_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     out = Path(args.out)
+    page_path = Path(args.page)
+    folder = page_path.parent / page_path.stem
+    if args.rebuild:
+        if not (folder / "run.json").is_file():
+            print(f"error: {folder / 'run.json'} not found: run the comparison first",
+                  file=sys.stderr)
+            return 2
+        page_path.write_text(page(folder) + "\n")
+        print(f"Wrote {page_path} from {folder}")
+        return 0
     if not args.page_only:
         models = contenders(args.cnn, args.vit)
         for m in models:
             if not Path(m.checkpoint).is_file():
                 print(f"error: checkpoint not found: {m.checkpoint}", file=sys.stderr)
                 return 2
-        record = run(out, models, args.data_dir, args.num_eval, args.steps, args.sanity_images,
+        result = run(out, models, args.data_dir, args.num_eval, args.steps, args.sanity_images,
                      args.precision, args.methods,
                      "python scripts/cnn_vs_vit.py " + shlex.join(argv))
         out.mkdir(parents=True, exist_ok=True)
-        (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+        (out / "run.json").write_text(json.dumps(result, indent=2) + "\n")
     elif not (out / "run.json").is_file():
         print(f"error: {out / 'run.json'} not found: run the comparison first", file=sys.stderr)
         return 2
-    page_path = Path(args.page)
-    page_path.parent.mkdir(parents=True, exist_ok=True)
-    page_path.write_text(page(out, page_path) + "\n")
+    record(out, folder)
+    page_path.write_text(page(folder) + "\n")
     print(f"Wrote {page_path} from {out}")
     return 0
 

@@ -3,11 +3,12 @@ detection, on the shipped scene detector and test scenes: the Spearman rank corr
 two maps, and whether their peaks lie within 15 px of each other (the pointing game's
 tolerance). D-RISE is black-box, so it is the reference the gradient maps are checked against.
 
-    python scripts/drise_agreement.py [--scenes 20] [--masks 300]
+    python scripts/drise_agreement.py [--scenes 20] [--masks 300] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenes", type=int, default=20)
     p.add_argument("--masks", type=int, default=300)
+    p.add_argument("--json", help="also write the table as JSON here (for the results page)")
     args = p.parse_args()
     layers = ["layer2", "layer3", "layer4"]
     detector = load_detector("checkpoints/fasterrcnn_fashion_scenes.pth", torch.device("cpu"))
@@ -58,10 +60,17 @@ def main() -> None:
     n = len(next(iter(rho.values())))
     print(f"{n} detections on {args.scenes} scenes, D-RISE with {args.masks} masks")
     print("map              Spearman with D-RISE [95% CI]     peaks within 15 px [95% CI]")
+    table = {}
     for key, values in rho.items():
         r, c = mean_spread(values), proportion_spread(close[key]).scaled(100)
         print(f"{key:<16} {r.mean:+.2f} {r.interval_text(2)}          "
               f"{c.mean:5.1f}% {c.interval_text(1)}")
+        table[key] = {"spearman": r.mean, "spearman_ci95": [r.ci_low, r.ci_high],
+                      "peaks_within_15px_pct": c.mean, "peaks_within_15px_ci95": [c.ci_low, c.ci_high]}
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"scenes": args.scenes, "masks": args.masks, "detections": n, "maps": table},
+            indent=2) + "\n")
 
 
 if __name__ == "__main__":

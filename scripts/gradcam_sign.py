@@ -4,11 +4,12 @@ raw map (``sum_k w_k A_k``, no ReLU) brought to the image, its mean inside the g
 and on the background, and where its peak lies: the detection's own garment, another garment,
 or the background. For the README's reading of why Grad-CAM fails at layer3 and layer4.
 
-    python scripts/gradcam_sign.py [--scenes 300] [--method gradcam]
+    python scripts/gradcam_sign.py [--scenes 300] [--method gradcam] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def main() -> None:
     p.add_argument("--scenes", type=int, default=300)
     p.add_argument("--method", default="gradcam")
     p.add_argument("--layers", default="layer2,layer3,layer4")
+    p.add_argument("--json", help="also write the table as JSON here (for the results page)")
     args = p.parse_args()
     layers = args.layers.split(",")
     detector = load_detector("checkpoints/fasterrcnn_fashion_scenes.pth", torch.device("cpu"))
@@ -70,8 +72,16 @@ def main() -> None:
           f"its ReLU, scaled by its largest magnitude")
     print("layer   peak on own garment / another garment / background   mean on garments / "
           "on background")
+    n = max(matched, 1)
+    table = {layer: {"peak_own_pct": 100 * t["own"] / n, "peak_other_pct": 100 * t["other"] / n,
+                     "peak_background_pct": 100 * t["background"] / n,
+                     "mean_on_garments": t["inside"] / n, "mean_on_background": t["outside"] / n}
+             for layer, t in counts.items()}
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"method": args.method, "scenes": args.scenes, "matched": matched,
+             "layers": table}, indent=2) + "\n")
     for layer, t in counts.items():
-        n = max(matched, 1)
         print(f"{layer:<7} {100 * t['own'] / n:5.1f}% / {100 * t['other'] / n:5.1f}% / "
               f"{100 * t['background'] / n:5.1f}%        {t['inside'] / n:+.3f} / "
               f"{t['outside'] / n:+.3f}")

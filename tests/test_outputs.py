@@ -96,7 +96,9 @@ def test_each_run_lists_its_own_files(setup, tmp_path, capsys):
     assert all(lines[0].startswith("# python main.py") for lines in listed)
     reports = [{f for f in lines[1:] if os.path.basename(f) == "report.html"} for lines in listed]
     assert all(len(r) == 1 for r in reports)        # each run's report, in its own list
-    files = [{os.path.basename(f) for f in lines[1:]} - {"report.html"} for lines in listed]
+    assert all("run_facts.json" in {os.path.basename(f) for f in lines[1:]} for lines in listed)
+    files = [{os.path.basename(f) for f in lines[1:]} - {"report.html", "run_facts.json"}
+             for lines in listed]
     assert {f.split("_")[0] for run in files for f in run} == {"gradcam", "cam"}
     assert files[0].isdisjoint(files[1]) and sorted(map(len, files)) == [3, 4]
     assert capsys.readouterr().out.count("Files of this run:") == 2

@@ -46,3 +46,16 @@ def test_an_unknown_option_is_one_error_line(tmp_path: Path) -> None:
     result = dry_run(tmp_path, "--detections")
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error:") and result.stderr.count("\n") == 1
+
+
+def test_the_pages_are_written_from_the_runs_and_each_part_is_timed(tmp_path: Path) -> None:
+    """After every part, scripts/results_pages.py writes the pages from the runs (a quick
+    run's into its own folder); parts.tsv holds each part's wall time for them."""
+    result = dry_run(tmp_path, "--quick")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out"
+    assert commands(result)[-1] == f"scripts/results_pages.py {out} --pages {out}/pages"
+    parts = [line.split("\t") for line in (out / "parts.tsv").read_text().splitlines()]
+    assert len(parts) >= 8 and all(seconds.isdigit() for _, seconds in parts)
+    assert any(name.startswith("EfficientNet-Lite0") for name, _ in parts)
+    assert "examples/efficientnet_lite0.py:build --image_dir data/samples" in result.stdout
