@@ -403,7 +403,7 @@ def write_facts(folder: str | os.PathLike, facts: RunFacts) -> Path:
                           "python": platform.python_version()},
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
     path = Path(folder) / FACTS_NAME
-    outputs.write_text(path, json.dumps(record, indent=2) + "\n")
+    outputs.write_text(path, json.dumps(record, indent=2, default=str) + "\n")   # a Path: text
     return path
 
 
