@@ -170,7 +170,7 @@ def resnet_page(folder: Path) -> str:
         ("**Training.** The checkpoint records its architecture "
          f"(`{ckpt['arch']}`), its last epoch ({ckpt['epoch']}) and the test accuracy it scored "
          f"then ({ckpt['acc']:.2f}%, fp32 weights evaluated in bf16). It was trained with the "
-         "tool's own command, seed 0, on the Debian package `dataset-fashion-mnist`; that "
+         "tool's own command on the Debian package `dataset-fashion-mnist`; that "
          "run's per-epoch log was not kept, so this page shows no training curve (retraining "
          "with `--log_dir` writes one):"),
         "",
@@ -413,9 +413,10 @@ def _training(folder: Path, ckpt: dict) -> list[str]:
     return [
         "## How it was trained",
         "",
-        ("Two runs of the tool's own command on 2 CPU cores (bf16 autocast), from random "
-         "weights and then a new schedule from the first run's weights, each epoch 4,000 new "
-         "scenes drawn from the Fashion-MNIST **train** split, scored after every epoch "
+        ("Two runs of the tool's own command on a CPU (bf16 autocast), from random "
+         "weights and then a new schedule from the first run's weights, each epoch "
+         f"{ckpt['scenes_per_epoch']:,} new scenes drawn from the Fashion-MNIST **train** "
+         "split, scored after every epoch "
          "(mAP@0.5, the trainer's bf16 scoring) on the test scenes. The training log "
          "(`training_metrics.csv`, its curves below) numbers the second run's epochs after the "
          "first's; the checkpoint is the last epoch, stored in fp16, and records "
