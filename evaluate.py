@@ -31,7 +31,7 @@ from tqdm import tqdm
 from data import ImageSplit, InputSpec, normalize
 from errors import ParamError
 from explain import Explainer
-from registry import FILL_STRATEGIES, TITLES
+from registry import BASELINE_TITLES, FILL_STRATEGIES, TITLES
 from runtime import autocast, eval_mode, inference_copy
 from train import predict
 
@@ -312,7 +312,6 @@ BASELINES: dict[str, Callable[[int], Explainer]] = {
     "random": RandomHeatmap,
     "centre": lambda seed: CentrePrior(),
 }
-BASELINE_TITLES = {"random": "Random (baseline)", "centre": "Centre prior (baseline)"}
 
 
 def title(name: str) -> str:

@@ -28,6 +28,10 @@ METHODS: dict[str, tuple[str, str, str]] = {
 }
 TITLES: dict[str, str] = {name: title for name, (_, _, title) in METHODS.items()}
 
+# The baseline maps every leaderboard and sanity check adds (evaluate.BASELINES makes them)
+BASELINE_TITLES: dict[str, str] = {"random": "Random (baseline)",
+                                   "centre": "Centre prior (baseline)"}
+
 # The methods that read a vision transformer's attention instead of one layer's map: they use
 # every attention block (shown as ``ALL_BLOCKS`` where the others show their layer) and apply
 # only to a model with such blocks; ``all`` takes them where the model has them.

@@ -393,14 +393,9 @@ def write_facts(folder: str | os.PathLike, facts: RunFacts) -> Path:
     """Write ``folder/run_facts.json``: the run's facts, the machine (CPU model, cores, torch)
     and the date, so that a page written later from the run's files can say what ran where."""
     import datetime
-    import platform
 
-    import torch
-
-    from runtime import cpu_name
-    record = {**asdict(facts),
-              "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
-                          "python": platform.python_version()},
+    from runtime import machine_facts
+    record = {**asdict(facts), "machine": machine_facts(),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")}
     path = Path(folder) / FACTS_NAME
     outputs.write_text(path, json.dumps(record, indent=2, default=str) + "\n")   # a Path: text

@@ -55,6 +55,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def machine_facts() -> dict[str, object]:
+    """What a measurement ran on: the CPU's model name, its cores, torch and Python, for the
+    records that results pages and reports are written from."""
+    import os
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
 def cpu_name() -> str:
     """The CPU's model name, as ``lscpu`` gives it (``/proc/cpuinfo``), for the machine line of
     benchmarks and reports; what the platform says where there is none."""

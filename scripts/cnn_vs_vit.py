@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shlex
 import shutil
 import sys
@@ -142,14 +141,13 @@ def run(out: Path, models: tuple[Contender, ...], data_dir: str, num_eval: int, 
     import sanity as sanity_api
     import sources
     from data import ImageSplit
-    from runtime import cpu_name, precision_dtype, precision_label, resolve_device
+    from runtime import machine_facts, precision_dtype, precision_label, resolve_device
     from train import predict
     from zoo import load_classifier
 
     device = resolve_device("auto")
     dtype = precision_dtype(precision, device)
-    record: dict = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
-                                "torch": torch.__version__, "device": str(device)},
+    record: dict = {"machine": {**machine_facts(), "device": str(device)},
                     "precision": precision_label(dtype), "date": datetime.date.today().isoformat(),
                     "num_eval_requested": num_eval, "steps": steps, "strategies": STRATEGIES,
                     "command": command,

@@ -5,9 +5,14 @@ machine lines. Plain Python (no torch), so that rebuilding a page is instant.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-BASELINES = ("random", "centre")   # the leaderboard's baseline maps (evaluate.BASELINES)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from registry import BASELINE_TITLES  # the repository's modules (no torch)
+
+BASELINES = tuple(BASELINE_TITLES)   # the leaderboard's and sanity check's baseline maps
 
 
 def read(path: Path) -> dict:

@@ -55,13 +55,15 @@ def _glob_one(runs: Path, pattern: str) -> Path | None:
 
 def _checkpoint_facts(path: Path) -> dict:
     """The metadata a checkpoint records (no tensors), and its size."""
-    sys.path.insert(0, str(ROOT))
     from model import read_checkpoint
     meta = read_checkpoint(path)
     keep = {k: v for k, v in meta.items()
             if isinstance(v, (str, int, float, bool, list)) and k != "classes"}
     return {"path": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
             "megabytes": path.stat().st_size / 1e6, **keep}
+
+
+KEEP = {"training_metrics.csv", "training_curves.png"}   # training logs: not made by a rerun
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,6 @@ class Page:
             facts = _checkpoint_facts(ROOT / self.checkpoint)
             (folder / "checkpoint.json").write_text(json.dumps(facts, indent=2) + "\n")
         return True
-
-
-KEEP = {"training_metrics.csv", "training_curves.png"}   # training logs: not made by a rerun
 
 
 def _opt(folder: Path, name: str) -> dict | None:

@@ -371,6 +371,12 @@ def test_baselines_honour_the_explainer_contract_and_stay_out_of_the_registry() 
     assert centre[4, 4] == centre.max() and centre[0, 0] == centre.min()
 
 
+def test_the_registry_names_every_baseline_in_order() -> None:
+    """registry.BASELINE_TITLES is where the pages (which do not load torch) read the names."""
+    from registry import BASELINE_TITLES
+    assert list(evaluate.BASELINES) == list(BASELINE_TITLES)
+
+
 # --------------------------------------------------------------------------------------------
 # Through the command line
 
