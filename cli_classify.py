@@ -20,7 +20,7 @@ import sources
 import visualize
 from commands import note, precision_line, say
 from data import ImageSplit
-from errors import ParamError, UserError
+from errors import FlagError, ParamError, UserError
 from jobs import setting
 from recipes import (
     SHIPPED_CLASSIFIER,
@@ -272,6 +272,9 @@ def test_accuracy(args: Namespace) -> int:
 def heatmaps(args: Namespace) -> int:
     """``--vis``, ``--image``, ``--image_dir``: heatmap panels (and a grid) of test images, of
     an image folder's first images, or of photos; photos' top-5 classes."""
+    if args.panel_format is not None and args.vis == "none":
+        raise FlagError("argument --panel_format: no panels are drawn without --vis; leave it "
+                        "out or name the methods to draw")
     device = resolve_device(args.device)
     loaded = load(args, device)
     methods = [] if args.vis == "none" else _methods(args, loaded)
@@ -420,6 +423,7 @@ def explain_dataset(args: Namespace, loaded: LoadedModel, split: ImageSplit,
     grid: dict[str, list[tuple[torch.Tensor, torch.Tensor, str]]] = {m: [] for m in methods}
     mine = distributed.shard(n, here)
     batch_size = _batch(args)
+    suffix = setting(args, "panel_format")
     bar = tqdm(total=mine.stop - mine.start, desc="heatmaps", unit="img", leave=False,
                disable=not here.is_main or n <= batch_size)
     for block in explain_split(loaded.module, split, methods, layer, n, device, args.target,
@@ -429,7 +433,8 @@ def explain_dataset(args: Namespace, loaded: LoadedModel, split: ImageSplit,
         for method, maps in block.maps.items():
             for j, i in enumerate(block.indices):
                 pred, true = info.classes[preds[j]], info.classes[block.labels[j]]
-                name = f"{method}_{i}_pred_{visualize.slug(pred)}_gt_{visualize.slug(true)}.png"
+                name = (f"{method}_{i}_pred_{visualize.slug(pred)}_gt_{visualize.slug(true)}"
+                        f".{suffix}")
                 visualize.save_rgb(visualize.heatmap_panel(block.pixels[j], maps[j]),
                                    Path(args.out_dir) / method / name)
                 if i < GRID_MAX:
@@ -480,6 +485,7 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
                                     dtype=dtype) for m in methods}
     predicted = target_class is None and args.target == "pred"
     panel_side = PANEL_SIDE if methods else None
+    suffix = setting(args, "panel_format")
     for batch in sources.loaded_batches(loaded, paths, device, batch_size, labels, panel_side):
         images = prep.normalize(batch.pixels).to(device)
         if predicted:   # the prediction from the first method's own pass where it can
@@ -508,7 +514,8 @@ def explain_photos(args: Namespace, loaded: LoadedModel, paths: list[Path], meth
                 title = f"{explained} {probs[j, targets[j]]:.2f} ({TITLES[method]})"
                 panel = visualize.photo_panel(photo, heat[j], prep, batch.sizes[j], title)
                 name = visualize.slug(explained)
-                visualize.save_rgb(panel, out / method / f"{method}_{stems[i]}_{which}_{name}.png")
+                visualize.save_rgb(panel, out / method / f"{method}_{stems[i]}_{which}_{name}"
+                                          f".{suffix}")
         bar.update(len(batch.indices))
     bar.close()
     outputs.write_csv(out / "predictions.csv", ("image", "top5", "explained"), rows)

@@ -97,14 +97,15 @@ class PhotoItem:
     """One decoded image: the model's pixels ``[3, S, S]`` in ``[0, 1]`` (before
     normalization), its label (``NO_LABEL`` for a plain photo), its index in the dataset, the
     photo's own size ``(width, height)``, why it could not be read ("" when it could), and,
-    where asked for, the photo itself for a panel (:func:`photo_pixels`), from the same decode."""
+    where asked for, the photo itself for a panel (:func:`photo_rgb`: uint8, as a panel draws
+    it), from the same decode."""
 
     pixels: torch.Tensor
     label: int
     index: int
     size: tuple[int, int]
     error: str = ""
-    panel: torch.Tensor | None = None
+    panel: np.ndarray | None = None
 
 
 class PhotoDataset(Dataset):
@@ -131,7 +132,7 @@ class PhotoDataset(Dataset):
         try:
             photo = open_image(self.paths[index])
             pixels = self.transform(photo)
-            panel = None if self.panel_side is None else photo_pixels(photo, self.panel_side)
+            panel = None if self.panel_side is None else photo_rgb(photo, self.panel_side)
             return PhotoItem(pixels, self.labels[index], index, photo.size, panel=panel)
         except UserError as exc:
             side = self.inputs.input_size
@@ -149,7 +150,7 @@ class PhotoBatch:
     indices: torch.Tensor
     sizes: tuple[tuple[int, int], ...]
     errors: tuple[str, ...]
-    panels: tuple[torch.Tensor | None, ...] = ()
+    panels: tuple[np.ndarray | None, ...] = ()
 
     def pin_memory(self) -> PhotoBatch:
         """Called by a ``DataLoader`` with ``pin_memory=True`` (CUDA)."""
@@ -369,6 +370,14 @@ def load_photo(path: str | os.PathLike, max_side: int | None = None) -> torch.Te
 
 def photo_pixels(photo: Image.Image, max_side: int | None = None) -> torch.Tensor:
     """:func:`load_photo` of an image already opened (alpha composited on black)."""
+    rgb = photo_rgb(photo, max_side)
+    return torch.from_numpy(rgb.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
+def photo_rgb(photo: Image.Image, max_side: int | None = None) -> np.ndarray:
+    """An image already opened as an RGB uint8 array ``[h, w, 3]`` (alpha composited on
+    black), its longer side scaled down to ``max_side``: what a panel draws, without the
+    round trip through floats (:func:`photo_pixels` gives the same values in ``[0, 1]``)."""
     if photo.mode in ("RGBA", "LA", "P"):
         rgba = photo.convert("RGBA")
         photo = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
@@ -377,8 +386,7 @@ def photo_pixels(photo: Image.Image, max_side: int | None = None) -> torch.Tenso
         scale = max_side / max(photo.size)
         photo = photo.resize((max(1, round(photo.width * scale)),
                               max(1, round(photo.height * scale))), Image.Resampling.BILINEAR)
-    return torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255.0).permute(2, 0, 1
-                                                                               ).contiguous()
+    return np.asarray(photo)
 
 
 def heatmap_on_photo(heatmap: torch.Tensor, photo_size: tuple[int, int],

@@ -143,7 +143,7 @@ JOBS: tuple[Job, ...] = (
         "cli_classify:leaderboard", config=ExplainConfig),
     Job("heatmaps", "heatmaps of test images or of your images (--vis, --image, --image_dir)",
         lambda a: a.vis != "none" or bool(a.image or a.image_dir),
-        HEATMAPS | {"vis_num"}, "cli_classify:heatmaps", config=ExplainConfig),
+        HEATMAPS | {"vis_num", "panel_format"}, "cli_classify:heatmaps", config=ExplainConfig),
     Job("test", "test accuracy of a classifier (--mode test)", lambda a: True,
         MODEL | {"batch_size"}, "cli_classify:test_accuracy", config=ExplainConfig),
 )

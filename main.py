@@ -19,6 +19,7 @@ from errors import (
     reason,
 )
 from recipes import (
+    PANEL_FORMATS,
     SHIPPED_CLASSIFIER,
     TRAIN_RECIPES,
     DetectorTrainConfig,
@@ -204,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many images to explain (default: the first "
                         f"{default(ExplainConfig, 'num_images')} of the test split, of an image "
                         "folder or of --image_dir; every --image)")
+    g.add_argument("--panel_format", default=None, choices=PANEL_FORMATS,
+                   help="each image's panel as png (lossless) or jpg (JPEG quality 95: a few "
+                        "times smaller and faster to write, for large folders; default "
+                        f"{default(ExplainConfig, 'panel_format')})")
     g.add_argument("--target", default="pred", metavar="pred|gt|CLASS",
                    help="explain the predicted class, the true class, or a class by name or "
                         "index (with --image / --image_dir)")

@@ -124,11 +124,17 @@ class DetectorTrainConfig(TrainingRun):
 
 @dataclass(frozen=True)
 class ExplainConfig:
-    """The classifier explanation jobs: images per chunk of explanation, and how many test
-    images the heatmap and sanity jobs explain (your own photos: all of them)."""
+    """The classifier explanation jobs: images per chunk of explanation, how many test images
+    the heatmap and sanity jobs explain (your own photos: all of them), and the file format of
+    each image's panel (``PANEL_FORMATS``: png is lossless; jpg, at JPEG quality 95, is a few
+    times smaller and much faster to write, for folders of thousands of photos)."""
 
     batch_size: int = 128
     num_images: int = 20
+    panel_format: str = "png"
+
+
+PANEL_FORMATS = ("png", "jpg")
 
 
 def default(config: type, name: str) -> Any:

@@ -120,8 +120,14 @@ def plot_confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], path:
 # Heatmaps
 
 
-def to_uint8_image(pixels: torch.Tensor) -> np.ndarray:
-    """Pixel tensor ``[3, H, W]`` in ``[0, 1]`` -> RGB uint8 array ``[H, W, 3]``."""
+def to_uint8_image(pixels: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Pixel tensor ``[3, H, W]`` in ``[0, 1]`` -> RGB uint8 array ``[H, W, 3]``; an RGB uint8
+    array is one already."""
+    if isinstance(pixels, np.ndarray):
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise ValueError(f"an image array must be RGB uint8 [H, W, 3], not {pixels.dtype} "
+                             f"{list(pixels.shape)}")
+        return pixels
     return (pixels.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255
             ).round().astype(np.uint8)
 
@@ -146,19 +152,24 @@ def enlarge(image_rgb: np.ndarray, min_side: int = 224) -> np.ndarray:
     return cv2.resize(image_rgb, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
 
 
+JPEG_QUALITY = 95   # OpenCV's own default, named here so that it cannot change under us
+
+
 def save_rgb(image_rgb: np.ndarray, path: str | Path) -> None:
-    """Write an RGB uint8 array as PNG/JPEG with OpenCV."""
+    """Write an RGB uint8 array as PNG (OpenCV's default settings) or JPEG (by the suffix)."""
     path = Path(path)
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
     # Encoded in memory and written by Python: a failed write is an OSError with its reason
     # (libpng would print its own line to stderr).
-    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    ok, encoded = cv2.imencode(path.suffix or ".png", cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if jpeg else [])
     if not ok:
         raise UserError(f"cannot write {path}: OpenCV cannot encode a '{path.suffix}' image")
     with outputs.atomic(path) as tmp:
         tmp.write_bytes(encoded.tobytes())
 
 
-def enlarged_overlay(pixels: torch.Tensor, heatmap: torch.Tensor, min_side: int = 224
+def enlarged_overlay(pixels: torch.Tensor | np.ndarray, heatmap: torch.Tensor, min_side: int = 224
                      ) -> tuple[np.ndarray, np.ndarray]:
     """The image enlarged to at least ``min_side`` pixels and the heatmap overlay on it."""
     big = enlarge(to_uint8_image(pixels), min_side)
@@ -167,7 +178,7 @@ def enlarged_overlay(pixels: torch.Tensor, heatmap: torch.Tensor, min_side: int 
     return big, overlay(big, heat)
 
 
-def heatmap_panel(pixels: torch.Tensor, heatmap: torch.Tensor, min_side: int = 224,
+def heatmap_panel(pixels: torch.Tensor | np.ndarray, heatmap: torch.Tensor, min_side: int = 224,
                   gap: int = 4, title: str | None = None) -> np.ndarray:
     """``original | overlay`` side by side, enlarged, as one RGB uint8 array; under a
     ``title`` (the class explained and its probability) when one is given."""
@@ -177,13 +188,14 @@ def heatmap_panel(pixels: torch.Tensor, heatmap: torch.Tensor, min_side: int = 2
     return panel if title is None else _titled(panel, title)
 
 
-def photo_panel(photo: torch.Tensor, heatmap: torch.Tensor, inputs: InputSpec,
+def photo_panel(photo: torch.Tensor | np.ndarray, heatmap: torch.Tensor, inputs: InputSpec,
                 original_size: tuple[int, int], title: str | None = None) -> np.ndarray:
-    """``original | overlay`` of a photo ``[3, H, W]`` at its own aspect ratio (a copy of the
-    ``original_size`` photo the model saw, scaled for display) with the model-resolution
-    ``heatmap`` over the region the model saw, enlarged to 224 px at least."""
-    on_photo, _ = heatmap_on_photo(heatmap, (photo.shape[2], photo.shape[1]), inputs,
-                                   original_size)
+    """``original | overlay`` of a photo (pixels ``[3, H, W]`` or RGB uint8 ``[H, W, 3]``) at
+    its own aspect ratio (a copy of the ``original_size`` photo the model saw, scaled for
+    display) with the model-resolution ``heatmap`` over the region the model saw, enlarged to
+    224 px at least."""
+    height, width = photo.shape[:2] if isinstance(photo, np.ndarray) else photo.shape[1:]
+    on_photo, _ = heatmap_on_photo(heatmap, (width, height), inputs, original_size)
     return heatmap_panel(photo, on_photo, min_side=224, title=title)
 
 

@@ -81,6 +81,10 @@ CASES: list[tuple[str, str, int, str]] = [
     # ---- flags that cannot go together
     ("strategy-without-vis", "--hidden_strategy zero", BAD, "--vis"),
     ("image-with-target-gt", "--image {w}/good.png --target gt", BAD, "--target gt"),
+    ("panel-format-without-vis", "--image {w}/good.png --panel_format jpg", BAD,
+     "--panel_format"),
+    ("panel-format-gif", "--vis gradcam --panel_format gif", BAD, "--panel_format"),
+    ("panel-format-detection", "--det_vis --panel_format jpg", BAD, "--panel_format"),
     # ---- devices: only what this PyTorch build can use
     ("device-mps", "--device mps", BAD, "--device mps"),
     ("device-meta", "--device meta", BAD, "--device meta"),

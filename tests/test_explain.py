@@ -40,6 +40,32 @@ def test_vis_num_writes_that_many_panels_and_one_grid(setup, tmp_path, capfd):
     assert panel.shape[0] >= 224 and panel.shape[1] > 2 * panel.shape[0]   # original | overlay
 
 
+def test_panels_as_jpeg_are_the_png_panels_up_to_compression(setup, tmp_path, capfd):
+    """``--panel_format jpg``: the same panels, named the same but for the suffix, of the same
+    size and within JPEG's loss of the lossless PNG (test images and photos alike)."""
+    ckpt, data_dir = setup
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 16, 3), np.uint8)).resize(
+        (160, 120), Image.Resampling.BICUBIC).save(photo)
+    for fmt in ("png", "jpg"):
+        for source in (["--data_dir", data_dir, "--vis_num", "2"], ["--image", photo]):
+            result = run_here(capfd, "--mode", "test", "--save_path", ckpt, *source, "--vis",
+                              "gradcam", "--panel_format", fmt, "--out_dir", tmp_path / fmt)
+            assert result.returncode == 0, result.stderr
+    pngs = sorted((tmp_path / "png" / "gradcam").glob("gradcam_*.png"))
+    jpgs = sorted((tmp_path / "jpg" / "gradcam").glob("gradcam_*.jpg"))
+    assert [p.stem for p in pngs if p.stem != "gradcam_grid"] == [p.stem for p in jpgs]
+    assert len(jpgs) == 3
+    for path in jpgs:
+        assert path.read_bytes()[:3] == b"\xff\xd8\xff"              # a JPEG file
+        lossless = np.asarray(Image.open(tmp_path / "png" / "gradcam" / f"{path.stem}.png"),
+                              dtype=np.float32)
+        lossy = np.asarray(Image.open(path), dtype=np.float32)
+        assert lossy.shape == lossless.shape
+        assert np.abs(lossy - lossless).mean() < 4.0, path.name
+    assert (tmp_path / "jpg" / "gradcam" / "gradcam_grid.png").is_file()   # figures stay PNG
+
+
 def test_several_methods_and_true_class_targets(setup, tmp_path, capfd):
     ckpt, data_dir = setup
     result = run_here(capfd, "--mode", "test", "--save_path", ckpt, "--data_dir", data_dir,

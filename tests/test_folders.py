@@ -21,6 +21,7 @@ from folders import (
     train_val_folders,
     training_pixels,
 )
+from visualize import to_uint8_image
 from zoo import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -149,7 +150,8 @@ def test_load_photo_keeps_the_aspect_ratio(tmp_path):
 def test_the_panel_photo_from_the_dataset_is_load_photo_from_one_decode(tmp_path):
     """Asked for panels, the dataset gives each photo for its panel from the decode that made
     the model's pixels: exactly :func:`load_photo` (EXIF orientation, alpha on black, the
-    longer side scaled down), through worker processes too."""
+    longer side scaled down; as RGB uint8, the values that a panel draws), through worker
+    processes too."""
     rotated = tmp_path / "rotated.jpg"
     exif = Image.Exif()
     exif[0x0112] = 6                        # "rotate 90 degrees clockwise to view"
@@ -161,12 +163,15 @@ def test_the_panel_photo_from_the_dataset_is_load_photo_from_one_decode(tmp_path
     paths = [rotated, clear]
     dataset = PhotoDataset(paths, PREP, panel_side=256)
     for i, path in enumerate(paths):
-        assert torch.equal(dataset[i].panel, load_photo(path, max_side=256)), path.name
+        assert dataset[i].panel.dtype == np.uint8
+        assert np.array_equal(dataset[i].panel, to_uint8_image(load_photo(path, max_side=256)))
+        assert torch.equal(torch.tensor(dataset[i].panel).permute(2, 0, 1).float() / 255,
+                           load_photo(path, max_side=256)), path.name
         assert torch.equal(dataset[i].pixels, PhotoDataset(paths, PREP)[i].pixels)
     assert PhotoDataset(paths, PREP)[0].panel is None
     batches = list(photo_batches(photo_loader(dataset, 2, workers=1)))
-    assert torch.equal(batches[0].panels[0], load_photo(rotated, max_side=256))
-    assert batches[0].panels[0].shape == (3, 256, 110)      # upright: taller than wide
+    assert np.array_equal(batches[0].panels[0], dataset[0].panel)
+    assert batches[0].panels[0].shape == (256, 110, 3)      # upright: taller than wide
 
 
 def test_training_pixels_augment_at_the_model_size(tmp_path):
