@@ -88,15 +88,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# A temporary's name: ``.NAME.PID.tmp`` and the target's suffix (see :func:`_temporary`).
+TEMPORARY = re.compile(r"(?P<stem>\..*)\.(?P<pid>\d+)\.tmp(?P<suffix>(?:\.[^.]*)?)$")
+# Per folder written in this run, the temporaries that processes no longer running left
+# there, by the (stem, suffix) of the file they were to become.
+_stale: dict[Path, dict[tuple[str, str], list[Path]]] = {}
+
+
 def remove_stale_temporaries(path: Path) -> None:
-    """Delete the temporary files of ``path`` left by processes that no longer run."""
-    pattern = re.compile(rf"{re.escape(_temporary_stem(path))}\.(\d+)\.tmp"
-                         rf"{re.escape(path.suffix)}$")
-    with contextlib.suppress(OSError):
-        for candidate in path.parent.iterdir():
-            match = pattern.match(candidate.name)
-            if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
-                candidate.unlink(missing_ok=True)
+    """Delete the temporary files of ``path`` left by processes that no longer run. The folder
+    is listed once per run, on its first write: listing it for every file cost a folder of
+    4,000 panels 4.4 ms per panel (and grew with the folder) against 0.09 ms for the write."""
+    folder = path.parent.absolute()
+    if folder not in _stale:
+        found: dict[tuple[str, str], list[Path]] = {}
+        with contextlib.suppress(OSError):
+            for candidate in folder.iterdir():
+                match = TEMPORARY.match(candidate.name)
+                pid = int(match["pid"]) if match else os.getpid()
+                if pid != os.getpid() and not _alive(pid):
+                    found.setdefault((match["stem"], match["suffix"]), []).append(candidate)
+        _stale[folder] = found
+    for candidate in _stale[folder].pop((_temporary_stem(path), path.suffix), []):
+        with contextlib.suppress(OSError):
+            candidate.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -163,6 +178,7 @@ def finish_run(folder: str | os.PathLike, announce: bool = True,
     """List this run's files in ``manifest`` (default :func:`manifest_path`) with the
     command line and say where; nothing when the run wrote nothing."""
     if not written:
+        _stale.clear()
         return None
     manifest = manifest or manifest_path(folder)
     from jobs import PROG
@@ -170,6 +186,7 @@ def finish_run(folder: str | os.PathLike, announce: bool = True,
     count = len(written)
     write_text(manifest, "\n".join(lines) + "\n")
     written.clear()
+    _stale.clear()
     if announce:
         logging.getLogger(__name__).info(f"Files of this run: {manifest} ({count} files)")
     return manifest

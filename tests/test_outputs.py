@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,31 @@ def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_pa
     live.write_bytes(b"being written")
     outputs.write_text(tmp_path / "ck.pth", "new")
     assert not stale.exists() and live.exists() and (tmp_path / "ck.pth").read_text() == "new"
+
+
+def test_a_folder_is_listed_once_per_run_for_stale_temporaries(tmp_path, monkeypatch):
+    """The temporaries of dead writers are found by one listing of the folder, on the run's
+    first write there, and each is removed when its own target is written: a folder of
+    thousands of panels is not listed once per panel."""
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    stale = tmp_path / f".b.png.{finished.pid}.tmp.png"
+    stale.write_bytes(b"half a panel")
+    other = tmp_path / f".user.{finished.pid}.tmp.png.notes"      # not a temporary's name
+    other.write_bytes(b"kept")
+    listed = []
+    original = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: listed.append(self) or original(self))
+    outputs.finish_run(tmp_path)                       # a fresh run: nothing listed yet
+    for i in range(20):
+        outputs.write_text(tmp_path / f"a{i}.png", "x")
+    assert stale.exists()                              # not b.png's turn yet
+    outputs.write_text(tmp_path / "b.png", "new")
+    assert not stale.exists() and other.exists() and (tmp_path / "b.png").read_text() == "new"
+    assert listed.count(tmp_path.absolute()) == 1
+    outputs.finish_run(tmp_path, announce=False)       # the next run lists it again
+    outputs.write_text(tmp_path / "c.png", "x")
+    assert listed.count(tmp_path.absolute()) == 2
 
 
 # A subprocess whose files may not grow past a limit (``ulimit -f``): writes fail with EFBIG
