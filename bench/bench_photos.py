@@ -23,6 +23,12 @@
    most 10% of the wall time). Workers share the cores with the model's threads, so their
    contention is included; ``folders.loader_workers`` picks the number the tool uses.
 
+4. **Where the time goes.** The loop ``main.py`` runs for photos
+   (``cli_classify.explain_photos``), in this process, with a clock around each stage
+   (reading and decoding, the Grad-CAM pass, drawing the panel, encoding and writing it), for
+   each ``--panel_formats``: shares of one loop, which hold however the machine's speed drifts
+   between the runs that sections 1-3 compare.
+
 Random weights (weights do not change the cost), the machine's default thread count; the
 floors run in the precision ``main.py``'s Grad-CAM runs in under ``--precision auto`` (fp32 on
 a CPU: Grad-CAM is not validated for bf16 there, see ``tests/test_precision.py``).
@@ -220,9 +226,83 @@ def main() -> None:
                   f"for images {100 * share_in_run[workers]:.1f}% of the run (target <= 10%); "
                   f"{100 * extra:.1f}% slower than in memory{mark}")
 
+        time_shares(args, device, paths, tmp)
         if args.skip_memory:
             return
         folder_runs(args, device, dtype, tmp)
+
+
+def time_shares(args: argparse.Namespace, device: torch.device, paths: list[Path],
+                tmp: Path) -> None:
+    """Section 4: where the photo loop's time goes, for each panel format: the loop that
+    ``main.py`` runs (``cli_classify.explain_photos``, in this process, on the decoding
+    comparison's photos) with a clock around each of its stages. The shares come from one
+    loop, so they hold however the machine's speed drifts between runs."""
+    import contextlib
+    import io
+
+    import cli_classify
+    import explain
+    import main as cli
+    import sources
+    import visualize
+    loaded = load_classifier(args.folder_arch, device=device)
+    layer = loaded.layer("auto")
+    stages = {"reading and decoding": 0.0, "Grad-CAM pass (prediction and map)": 0.0,
+              "drawing the panel": 0.0, "encoding and writing it": 0.0}
+
+    def clocked(fn, stage):
+        def timed(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                stages[stage] += time.perf_counter() - start
+        return timed
+
+    def clocked_batches(*a, **k):
+        batches = iter(originals["loaded_batches"](*a, **k))
+        while (batch := clocked(next, "reading and decoding")(batches, None)) is not None:
+            yield batch
+
+    originals = {"loaded_batches": sources.loaded_batches,
+                 "predict_and_explain": explain.predict_and_explain,
+                 "photo_panel": visualize.photo_panel, "save_rgb": visualize.save_rgb}
+    print(f"\n4. Where the photo loop's time goes: {len(paths)} photos, {args.folder_arch}, "
+          f"batch {args.batch} (ms per photo, share of the loop)")
+    try:
+        sources.loaded_batches = clocked_batches
+        explain.predict_and_explain = clocked(originals["predict_and_explain"],
+                                              "Grad-CAM pass (prediction and map)")
+        visualize.photo_panel = clocked(originals["photo_panel"], "drawing the panel")
+        visualize.save_rgb = clocked(originals["save_rgb"], "encoding and writing it")
+        best: dict[str, tuple[float, dict[str, float]]] = {}
+        for round_ in range(1 + max(1, args.repeat)):      # round 0 warms up, untimed
+            for fmt in args.panel_formats.split(","):
+                flags = cli.build_parser().parse_args(
+                    ["--arch", args.folder_arch, "--image_dir", str(paths[0].parent), "--vis",
+                     "gradcam", "--batch_size", str(args.batch), "--panel_format", fmt,
+                     "--out_dir", str(tmp / f"shares_{fmt}"), "--device", device.type])
+                stages.update(dict.fromkeys(stages, 0.0))
+                start = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()), \
+                        contextlib.redirect_stderr(io.StringIO()):
+                    cli_classify.explain_photos(flags, loaded, paths[:args.batch] if round_ == 0
+                                                else paths, ["gradcam"], layer, device)
+                wall = time.perf_counter() - start
+                if round_ and wall < best.get(fmt, (float("inf"),))[0]:
+                    best[fmt] = (wall, dict(stages))
+        for fmt, (wall, spent) in best.items():
+            rest = wall - sum(spent.values())
+            parts = ", ".join(f"{name} {1000 * t / len(paths):.1f} ({100 * t / wall:.0f}%)"
+                              for name, t in [*spent.items(), ("the rest", rest)])
+            print(f"   --panel_format {fmt}: {1000 * wall / len(paths):.1f} ms per photo "
+                  f"(the fastest of {max(1, args.repeat)} loops): {parts}")
+    finally:
+        sources.loaded_batches = originals["loaded_batches"]
+        explain.predict_and_explain = originals["predict_and_explain"]
+        visualize.photo_panel = originals["photo_panel"]
+        visualize.save_rgb = originals["save_rgb"]
 
 
 def folder_runs(args: argparse.Namespace, device: torch.device, dtype: torch.dtype | None,
