@@ -292,12 +292,13 @@ def time_shares(args: argparse.Namespace, device: torch.device, paths: list[Path
                 wall = time.perf_counter() - start
                 if round_ and wall < best.get(fmt, (float("inf"),))[0]:
                     best[fmt] = (wall, dict(stages))
+        loops = max(1, args.repeat)
         for fmt, (wall, spent) in best.items():
             rest = wall - sum(spent.values())
             parts = ", ".join(f"{name} {1000 * t / len(paths):.1f} ({100 * t / wall:.0f}%)"
                               for name, t in [*spent.items(), ("the rest", rest)])
             print(f"   --panel_format {fmt}: {1000 * wall / len(paths):.1f} ms per photo "
-                  f"(the fastest of {max(1, args.repeat)} loops): {parts}")
+                  f"(the fastest of {loops} loop{'s' * (loops > 1)}): {parts}")
     finally:
         sources.loaded_batches = originals["loaded_batches"]
         explain.predict_and_explain = originals["predict_and_explain"]
